@@ -1,0 +1,51 @@
+"""``immiscible-assigners``: list every registered assigner with origin, scope and description.
+
+Listing names needs no import; scope and description come from the class, so each plugin is imported
+here (a broken one is shown with its error instead of breaking the listing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from immiscible_policy import registry
+
+
+def rows() -> list[dict]:
+    out = []
+    for name, entry in registry.available().items():
+        row = {"name": name, "origin": entry.origin, "version": entry.version, "target": entry.target}
+        try:
+            cls = registry.load(entry)
+            row.update(
+                scope=cls.scope, description=cls.description or (cls.__doc__ or "").strip().split("\n")[0]
+            )
+            row["error"] = None
+        except registry.AssignerError as exc:
+            row.update(scope="?", description="", error=str(exc))
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="immiscible-assigners", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    table = rows()
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    w_name = max([4] + [len(r["name"]) for r in table])
+    w_origin = max([6] + [len(f"{r['origin']} {r['version']}".strip()) for r in table])
+    print(f"{'name':<{w_name}}  {'origin':<{w_origin}}  {'scope':<6}  description")
+    for r in table:
+        origin = f"{r['origin']} {r['version']}".strip()
+        desc = f"ERROR: {r['error']}" if r["error"] else r["description"]
+        print(f"{r['name']:<{w_name}}  {origin:<{w_origin}}  {r['scope']:<6}  {desc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

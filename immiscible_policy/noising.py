@@ -1,0 +1,228 @@
+"""The shared noising core: one training step's (x_t, t, target) for both trainers.
+
+Data flow of a step (see DESIGN.md)::
+
+    noise   = randn_like(x0, generator)                    # one draw per step, per-rank stream
+    pairing = assigner.pair(x0, noise, generator=generator)
+    t       ~ U{0..T-1} (or U(0,1) for rectified flow), drawn independently of the pairing
+    x_t     = scheduler.add_noise(pairing.x0, pairing.noise, t)
+    target  = noise | v | x0    (by the scheduler's prediction_type; noise - x0 for rectified flow)
+
+diffusers' ``add_noise(original, noise, t)`` takes the noise as an argument: that is the seam where the
+assigner acts. With ``vanilla`` this module reproduces ``scheduler.add_noise`` / ``get_velocity`` exactly.
+Nothing here knows which trainer calls it or which assigner it holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from immiscible_policy.assigners.base import Assigner
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+class RectifiedFlow:
+    """Rectified flow / flow matching: ``x_t = (1 - t) x0 + t noise``, target ``noise - x0``, t in [0, 1].
+
+    Sampling integrates dx/dt = v from t=1 (noise) to t=0 with Euler steps. Timesteps are floats, which
+    a diffusers UNet accepts; scale them with ``timestep_scale`` (e.g. 1000) for models tuned to DDPM
+    timestep ranges.
+    """
+
+    prediction_type = "flow"
+
+    def __init__(self, timestep_scale: float = 1000.0) -> None:
+        self.timestep_scale = float(timestep_scale)
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        tt = _broadcast(t, x0)
+        return (1.0 - tt) * x0 + tt * noise
+
+    def model_timesteps(self, t: Tensor) -> Tensor:
+        return t * self.timestep_scale
+
+
+def _broadcast(t: Tensor, like: Tensor) -> Tensor:
+    return t.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass
+class TrainingPair:
+    """One step's model input and target.
+
+    Attributes:
+        x_t: (B, ...) noised input.
+        timesteps: (B,) long DDPM timesteps, or float t in [0, 1] for rectified flow.
+        model_timesteps: (B,) what to feed the model (== timesteps for DDPM, scaled t for flow).
+        target: (B, ...) regression target for the model output.
+        x0: (B, ...) the clean data actually noised (after any assigner transform).
+        noise: (B, ...) the noise actually used (after pairing).
+        info: the pairing's diagnostics plus ``assign_ms`` (host wall time of the assigner call).
+    """
+
+    x_t: Tensor
+    timesteps: Tensor
+    model_timesteps: Tensor
+    target: Tensor
+    x0: Tensor
+    noise: Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def noise_generator(seed: int, rank: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from (seed, rank, step).
+
+    Each rank gets its own stream (a shared seed on every rank would make all GPUs draw identical noise),
+    and seeding per step makes a resumed run draw exactly what an uninterrupted one would have.
+    """
+    state = np.random.SeedSequence([int(seed), int(rank), int(step)]).generate_state(2, dtype=np.uint32)
+    g = torch.Generator(device=torch.device(device))
+    g.manual_seed(int(state[0]) << 31 ^ int(state[1]))
+    return g
+
+
+class NoisingCore:
+    """Draws noise, pairs it through an assigner, draws timesteps, returns (x_t, t, target).
+
+    Args:
+        scheduler: a diffusers ``DDPMScheduler``/``DDIMScheduler`` (prediction types epsilon,
+            v_prediction, sample) or :class:`RectifiedFlow`.
+        assigner: any :class:`~immiscible_policy.assigners.base.Assigner`.
+    """
+
+    def __init__(self, scheduler: Any, assigner: Assigner) -> None:
+        self.scheduler = scheduler
+        self.assigner = assigner
+        self.is_flow = isinstance(scheduler, RectifiedFlow)
+        if not self.is_flow:
+            ptype = scheduler.config.prediction_type
+            if ptype not in PREDICTION_TYPES:
+                raise ValueError(
+                    f"Unsupported prediction_type {ptype!r}; use one of {', '.join(PREDICTION_TYPES)}."
+                )
+            self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+
+    @property
+    def prediction_type(self) -> str:
+        return "flow" if self.is_flow else self.scheduler.config.prediction_type
+
+    def draw_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+        """(B,) timesteps: uniform integers in [0, T) or uniform floats in [0, 1) for flow."""
+        if self.is_flow:
+            return torch.rand(batch, device=device, generator=generator)
+        return torch.randint(0, self.num_train_timesteps, (batch,), device=device, generator=generator)
+
+    def training_pair(
+        self, x0: Tensor, generator: torch.Generator | None = None, timesteps: Tensor | None = None
+    ) -> TrainingPair:
+        """Build one step's training pair from a clean (normalised) batch ``x0`` (B, ...)."""
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        start = time.perf_counter()
+        pairing = self.assigner.pair(x0, noise, generator=generator)
+        assign_ms = (time.perf_counter() - start) * 1e3
+        if timesteps is None:
+            timesteps = self.draw_timesteps(x0.shape[0], x0.device, generator)
+        px0, pnoise = pairing.x0, pairing.noise
+        if self.is_flow:
+            x_t = self.scheduler.add_noise(px0, pnoise, timesteps)
+            target = pnoise - px0
+            model_t = self.scheduler.model_timesteps(timesteps)
+        else:
+            x_t = self.scheduler.add_noise(px0, pnoise, timesteps)
+            ptype = self.scheduler.config.prediction_type
+            if ptype == "epsilon":
+                target = pnoise
+            elif ptype == "v_prediction":
+                target = self.scheduler.get_velocity(px0, pnoise, timesteps)
+            else:
+                target = px0
+            model_t = timesteps
+        info = dict(pairing.info)
+        info["assign_ms"] = assign_ms
+        return TrainingPair(x_t, timesteps, model_t, target, px0, pnoise, info)
+
+    def timestep_fraction(self, timesteps: Tensor) -> Tensor:
+        """Timesteps mapped to [0, 1) (noise level order), for per-bucket loss analysis."""
+        if self.is_flow:
+            return timesteps.float()
+        return timesteps.float() / self.num_train_timesteps
+
+    def bucket_losses(self, per_sample_loss: Tensor, timesteps: Tensor, n_buckets: int = 10) -> Tensor:
+        """(n_buckets,) mean loss per timestep bucket (NaN for empty buckets), on the loss's device."""
+        idx = (self.timestep_fraction(timesteps) * n_buckets).long().clamp_(0, n_buckets - 1)
+        sums = torch.zeros(n_buckets, device=per_sample_loss.device).index_add_(
+            0, idx, per_sample_loss.detach().float()
+        )
+        counts = torch.bincount(idx, minlength=n_buckets).to(sums)
+        return sums / counts
+
+    def decode(self, x0: Tensor) -> Tensor:
+        """Undo the assigner's data-space transform on a generated sample."""
+        return self.assigner.decode(x0)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model_fn: Callable[[Tensor, Tensor], Tensor],
+        shape: tuple[int, ...],
+        *,
+        num_inference_steps: int | None = None,
+        sampler: str = "ddim",
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Generate (shape) samples: x_T ~ N(0, I) -> scheduler steps -> assigner.decode.
+
+        ``model_fn(x_t, model_timesteps)`` returns the model prediction for a batch. ``sampler`` is
+        "ddim" or "ddpm" for diffusers schedulers (a fresh scheduler built from the training config, so
+        the training scheduler is never mutated) and "euler" for rectified flow.
+        """
+        x = (
+            noise
+            if noise is not None
+            else torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        )
+        if self.is_flow:
+            if sampler not in ("euler", "ddim"):
+                raise ValueError(f"Rectified flow samples with sampler='euler', got {sampler!r}.")
+            n = int(num_inference_steps or 50)
+            ts = torch.linspace(1.0, 0.0, n + 1, device=x.device)
+            for i in range(n):
+                t = ts[i].expand(x.shape[0])
+                v = model_fn(x, self.scheduler.model_timesteps(t))
+                x = x + (ts[i + 1] - ts[i]) * v
+            return self.decode(x)
+        sched = make_inference_scheduler(self.scheduler, sampler, self.assigner)
+        sched.set_timesteps(int(num_inference_steps or self.num_train_timesteps), device=x.device)
+        for t in sched.timesteps:
+            out = model_fn(x, t.expand(x.shape[0]).to(x.device))
+            x = sched.step(out, t, x, generator=generator).prev_sample
+        return self.decode(x)
+
+
+def make_inference_scheduler(train_scheduler: Any, sampler: str, assigner: Assigner | None = None) -> Any:
+    """A fresh DDIM or DDPM scheduler with the training scheduler's noise schedule.
+
+    Its ``clip_sample_range`` is widened by the assigner's :meth:`~Assigner.data_range` so a data-space
+    transform such as ``scale`` is not clipped away before ``decode``.
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    overrides = {}
+    if assigner is not None and "clip_sample_range" in train_scheduler.config:
+        overrides["clip_sample_range"] = assigner.data_range(float(train_scheduler.config.clip_sample_range))
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(train_scheduler.config, **overrides)
+    if sampler == "ddpm":
+        return DDPMScheduler.from_config(train_scheduler.config, **overrides)
+    raise ValueError(f"Unknown sampler {sampler!r}; use 'ddim' or 'ddpm' (or 'euler' for rectified flow).")

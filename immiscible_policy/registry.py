@@ -1,0 +1,234 @@
+"""Assigner registry: entry-point discovery, ``create``, ``available``, ``register``.
+
+Modelled on Gymnasium's and pytest/pluggy's registries (see DESIGN.md):
+
+* Strategies are found through the entry-point group ``immiscible_policy.assigners``; names are read
+  from package metadata, so listing them imports nothing. A plugin is imported only when created.
+* ``create("knn", k=8)``; ``create("some.module:Class", ...)`` works without registration.
+* An unknown name fails with one line: a "did you mean" suggestion and the available names.
+* A plugin whose import fails is listed with its error and fails only when selected (error chained).
+* Two distributions claiming one name: creating it raises an error naming both (never a silent overwrite).
+* ``IMMISCIBLE_DISABLE_PLUGINS=1`` keeps only this package's built-ins.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from immiscible_policy.assigners.base import SCOPES, Assigner
+
+GROUP = "immiscible_policy.assigners"
+BUILTIN_DIST = "immiscible-policy"
+DISABLE_ENV = "IMMISCIBLE_DISABLE_PLUGINS"
+
+
+class AssignerError(ValueError):
+    """Base of the registry's one-line errors."""
+
+
+class UnknownAssignerError(AssignerError):
+    pass
+
+
+class DuplicateAssignerError(AssignerError):
+    pass
+
+
+class AssignerImportError(AssignerError):
+    pass
+
+
+@dataclass
+class AssignerEntry:
+    """Where a name comes from. ``target`` is "module:attr"; ``cls`` is set for in-process registrations."""
+
+    name: str
+    target: str
+    origin: str
+    version: str
+    cls: type | None = None
+    conflict: str | None = None
+
+    @property
+    def error(self) -> str | None:
+        """Why this entry cannot be created (import failure or name conflict), without importing twice."""
+        if self.conflict:
+            return self.conflict
+        try:
+            load(self)
+        except AssignerError as exc:
+            return str(exc)
+        return None
+
+
+_LOCAL: dict[str, AssignerEntry] = {}
+_EP_CACHE: dict[str, AssignerEntry] | None = None
+_LOADED: dict[str, type] = {}
+
+
+def _canonical(dist_name: str) -> str:
+    return dist_name.lower().replace("_", "-")
+
+
+def _scan_entry_points() -> dict[str, AssignerEntry]:
+    found: dict[str, AssignerEntry] = {}
+    only_builtin = os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes")
+    for ep in metadata.entry_points(group=GROUP):
+        dist = ep.dist.name if ep.dist is not None else "<unknown>"
+        version = ep.dist.version if ep.dist is not None else "?"
+        if only_builtin and _canonical(dist) != BUILTIN_DIST:
+            continue
+        entry = AssignerEntry(ep.name, ep.value, dist, version)
+        prev = found.get(ep.name)
+        if prev is None:
+            found[ep.name] = entry
+        elif _canonical(prev.origin) != _canonical(dist):
+            prev.conflict = (
+                f"Assigner name '{ep.name}' is claimed by two distributions: {prev.origin} {prev.version} "
+                f"({prev.target}) and {dist} {version} ({ep.value}); uninstall one of them, or select one "
+                f"explicitly with its 'module:Class' path."
+            )
+    return found
+
+
+def _entries() -> dict[str, AssignerEntry]:
+    global _EP_CACHE
+    if _EP_CACHE is None:
+        _EP_CACHE = _scan_entry_points()
+    merged = dict(_EP_CACHE)
+    merged.update(_LOCAL)
+    return merged
+
+
+def refresh() -> None:
+    """Forget cached entry points (after installing a plugin in a running process, or changing the env var)."""
+    global _EP_CACHE
+    _EP_CACHE = None
+    _LOADED.clear()
+
+
+def available() -> dict[str, AssignerEntry]:
+    """All known names -> their entry (origin distribution, version); imports nothing."""
+    return dict(sorted(_entries().items()))
+
+
+def register(name: str | None = None) -> Callable[[type], type]:
+    """Class decorator registering an in-process strategy (tests, notebooks).
+
+    Raises if the name is already taken by an entry point or another registration.
+    """
+
+    def deco(cls: type) -> type:
+        key = name or getattr(cls, "name", "") or cls.__name__
+        existing = _entries().get(key)
+        if existing is not None and existing.cls is not cls:
+            raise DuplicateAssignerError(
+                f"Assigner name '{key}' is already provided by {existing.origin} ({existing.target}); "
+                f"choose another name for {cls.__module__}.{cls.__qualname__}."
+            )
+        _validate_class(cls, key)
+        if not getattr(cls, "name", ""):
+            cls.name = key
+        _LOCAL[key] = AssignerEntry(key, f"{cls.__module__}:{cls.__qualname__}", "<in-process>", "", cls=cls)
+        return cls
+
+    return deco
+
+
+def unregister(name: str) -> None:
+    """Remove an in-process registration (for tests)."""
+    _LOCAL.pop(name, None)
+
+
+def _validate_class(cls: Any, label: str) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Assigner)):
+        raise AssignerError(
+            f"'{label}' resolves to {cls!r}, which is not a subclass of immiscible_policy.assigners.Assigner."
+        )
+    if cls.scope not in SCOPES:
+        raise AssignerError(f"Assigner '{label}' declares scope={cls.scope!r}; use one of {SCOPES}.")
+
+
+def _import_target(target: str, label: str) -> type:
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise AssignerImportError(
+            f"Assigner '{label}' ({target}) failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    _validate_class(obj, label)
+    return obj
+
+
+def load(entry: AssignerEntry) -> type:
+    """Import (once) and return the class behind an entry."""
+    if entry.cls is not None:
+        return entry.cls
+    if entry.conflict:
+        raise DuplicateAssignerError(entry.conflict)
+    key = f"{entry.origin}|{entry.target}"
+    if key not in _LOADED:
+        try:
+            _LOADED[key] = _import_target(entry.target, entry.name)
+        except AssignerImportError as exc:
+            raise AssignerImportError(f"{exc} [from {entry.origin} {entry.version}]") from exc.__cause__
+    return _LOADED[key]
+
+
+def get_class(name: str) -> type:
+    """The class for a registered name or a 'module:Class' path."""
+    if not isinstance(name, str) or not name:
+        raise UnknownAssignerError(f"Assigner name must be a non-empty string, got {name!r}.")
+    entries = _entries()
+    if name in entries:
+        return load(entries[name])
+    if ":" in name:
+        return _import_target(name, name)
+    names = sorted(entries)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise UnknownAssignerError(
+        f"Unknown assigner '{name}'.{hint} Available: {', '.join(names) or '(none)'}. "
+        "A strategy not registered can be given as 'module.path:ClassName'."
+    )
+
+
+def create(name: str, **params: Any) -> Assigner:
+    """Instantiate a strategy by registered name or 'module:Class' path with its options."""
+    cls = get_class(name)
+    accepted = cls.option_names()
+    unknown = [k for k in params if k not in accepted]
+    if unknown:
+        raise AssignerError(
+            f"Assigner '{name}' got unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(accepted) or '(none)'}."
+        )
+    instance = cls(**params)
+    if ":" in name and not getattr(instance, "name", ""):
+        type(instance).name = name
+    return instance
+
+
+def create_from_config(cfg: Any) -> Assigner:
+    """Build from ``{"name": ..., "params": {...}}`` (a dict or an OmegaConf node), as saved in checkpoints."""
+    if hasattr(cfg, "items") and not isinstance(cfg, dict):
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(cfg, dict) or "name" not in cfg:
+        raise AssignerError(f"Assigner config needs a 'name' key (and optional 'params'), got {cfg!r}.")
+    extra = set(cfg) - {"name", "params"}
+    if extra:
+        raise AssignerError(
+            f"Assigner config has unknown key(s) {sorted(extra)}; put strategy options under 'params'."
+        )
+    return create(cfg["name"], **dict(cfg.get("params") or {}))
