@@ -226,3 +226,23 @@ def make_inference_scheduler(train_scheduler: Any, sampler: str, assigner: Assig
     if sampler == "ddpm":
         return DDPMScheduler.from_config(train_scheduler.config, **overrides)
     raise ValueError(f"Unknown sampler {sampler!r}; use 'ddim' or 'ddpm' (or 'euler' for rectified flow).")
+
+
+@torch.no_grad()
+def noise_stats(x0: Tensor, noise: Tensor) -> dict[str, Tensor]:
+    """What pairing did to the noise the model trains on (0-d tensors, no host sync).
+
+    * ``noise_norm_ratio``: mean ||noise|| / sqrt(D) (1 for N(0, I) in high D; < 1 means shortened noise);
+    * ``noise_proj_x0``: mean <noise, x0/||x0||> (0 for independent noise; > 0 means biased towards x0);
+    * ``pair_l2``: mean per-sample ||x0 - noise||.
+    At inference the sampler starts from exactly N(0, I), so a strategy that moves these away from
+    (1, 0) trains the model on a noise distribution it never meets at test time.
+    """
+    xf, nf = x0.flatten(1).float(), noise.flatten(1).float()
+    d = xf.shape[1]
+    unit = xf / xf.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return {
+        "noise_norm_ratio": (nf.norm(dim=1) / d**0.5).mean(),
+        "noise_proj_x0": (nf * unit).sum(1).mean(),
+        "pair_l2": (xf - nf).norm(dim=1).mean(),
+    }

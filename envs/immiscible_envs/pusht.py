@@ -1,0 +1,219 @@
+"""PushT for evaluation: gym-pusht's physics with diffusion_policy's observations, starts and scoring.
+
+Why a wrapper and not gym-pusht directly:
+
+* observations must equal the training data's: ``"keypoints"`` (9 block keypoints flattened + agent xy,
+  (20,)) or ``"state"`` (agent xy, block xy, sin, cos of the block angle, (6,)), float32;
+* the test starts must be diffusion_policy's ("legacy_test"): for seed s,
+  ``rs = np.random.RandomState(s)``; agent = (rs.randint(50, 450), rs.randint(50, 450));
+  block = (rs.randint(100, 400), rs.randint(100, 400)); angle = rs.randn() * 2 * pi - pi; set the block
+  position, then the angle. gym-pusht's own seeding draws different starts;
+* ``reset(options={"reset_to_state": [ax, ay, bx, by, angle]})`` must reproduce a recorded demo state. gym-pusht
+  sets the position and then the angle, and pymunk rotates about the centre of gravity (local (0, 45)),
+  which moves the body origin by up to 90 px. The demos' states are body-origin poses, so we shift the
+  position we pass by (-45 sin(theta), 45 (cos(theta) - 1)) to land the origin exactly on (bx, by);
+* score = min(coverage / 0.95, 1) per step, success = coverage >= 0.95 (episode terminates), and ``info``
+  carries ``coverage``, ``score`` and ``success``. Time limit (300 steps) comes from the registration.
+
+Geometry: ``keypoints = R(theta) @ KEYPOINTS_LOCAL + block_xy`` with R(theta) = [[cos, -sin], [sin, cos]] and
+block_xy the pymunk body origin (the recorded ``state[:, 2:4]``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+__all__ = [
+    "BLOCK_COG",
+    "KEYPOINTS_LOCAL",
+    "PUSHT_ENV_ID",
+    "PushTEnv",
+    "block_keypoints",
+    "register_envs",
+    "legacy_test_start",
+]
+
+PUSHT_ENV_ID = "immiscible/PushT-v0"
+OBS_DIMS = {"keypoints": 20, "state": 6}
+SUCCESS_COVERAGE = 0.95
+MAX_EPISODE_STEPS = 300
+#: The T's centre of gravity in its body frame (gym-pusht: mean of the two rectangles' centroids).
+BLOCK_COG = (0.0, 45.0)
+
+#: (9, 2) keypoints in the block's body frame (pixels). Derived by least squares from the PushT demos
+#: (pusht_cchi_v7_replay.zarr): L_k = mean over frames of R(theta)^T (keypoint_k - block_xy), using every
+#: frame from each episode's 5th step on (the first steps lag the recorded pose). Residual over those
+#: frames: max 0.122 px, mean 0.0026 px. tests/envs re-derives these numbers from the data.
+KEYPOINTS_LOCAL = np.array(
+    [
+        [9.269736, 90.041060],
+        [-60.983455, -1.186696],
+        [60.912773, -1.393239],
+        [-0.270506, 25.543704],
+        [-14.065003, 122.815922],
+        [39.002730, 32.857513],
+        [-39.966422, 32.729705],
+        [-16.824375, 62.863246],
+        [23.541479, -1.700191],
+    ]
+)
+
+
+def block_keypoints(block_xy: np.ndarray, angle: np.ndarray | float) -> np.ndarray:
+    """Block keypoints from its pose: block_xy (..., 2), angle (...) -> (..., 9, 2) float64."""
+    block_xy = np.asarray(block_xy, dtype=np.float64)
+    angle = np.asarray(angle, dtype=np.float64)
+    c, s = np.cos(angle)[..., None], np.sin(angle)[..., None]
+    lx, ly = KEYPOINTS_LOCAL[:, 0], KEYPOINTS_LOCAL[:, 1]
+    x = c * lx - s * ly + block_xy[..., None, 0]
+    y = s * lx + c * ly + block_xy[..., None, 1]
+    return np.stack([x, y], axis=-1)
+
+
+def legacy_test_start(seed: int) -> np.ndarray:
+    """diffusion_policy's legacy test start for ``seed``: (5,) [agent x, y, block x, y, angle].
+
+    The block pose is what is *passed to* position-then-angle setting (as diffusion_policy's legacy env
+    did), so after reset the body origin sits at (bx, by) + (45 sin(angle), 45 (1 - cos(angle))).
+    """
+    rs = np.random.RandomState(seed)
+    return np.array(
+        [
+            rs.randint(50, 450),
+            rs.randint(50, 450),
+            rs.randint(100, 400),
+            rs.randint(100, 400),
+            rs.randn() * 2 * np.pi - np.pi,
+        ],
+        dtype=np.float64,
+    )
+
+
+def register_envs() -> None:
+    """Register ``immiscible/PushT-v0`` with gymnasium (idempotent)."""
+    if PUSHT_ENV_ID not in gym.registry:
+        gym.register(
+            id=PUSHT_ENV_ID,
+            entry_point="immiscible_envs.pusht:PushTEnv",
+            max_episode_steps=MAX_EPISODE_STEPS,
+            kwargs={"obs_type": "keypoints"},
+        )
+
+
+class PushTEnv(gym.Env):
+    """Headless PushT with diffusion_policy's low-dim observations, test starts and scoring.
+
+    Observation: float32 (20,) for ``"keypoints"`` or (6,) for ``"state"``. Action: target agent position
+    (2,) in pixels [0, 512]. Reward: per-step score min(coverage / 0.95, 1).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(
+        self, obs_type: str = "keypoints", render_mode: str | None = "rgb_array", render_size: int = 256
+    ):
+        if obs_type not in OBS_DIMS:
+            raise ValueError(f"unknown obs_type {obs_type!r}; valid: {sorted(OBS_DIMS)}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(
+                f"unknown render_mode {render_mode!r}; valid: 'rgb_array' or None (headless only)"
+            )
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        from gym_pusht.envs.pusht import PushTEnv as _GymPushT
+
+        self.obs_type = obs_type
+        self.render_mode = render_mode
+        self._sim = _GymPushT(
+            obs_type="state",
+            render_mode="rgb_array",
+            visualization_width=render_size,
+            visualization_height=render_size,
+        )
+        if obs_type == "keypoints":
+            low, high = np.zeros(20), np.full(20, 512.0)
+        else:
+            low = np.array([0, 0, 0, 0, -1, -1], dtype=np.float64)
+            high = np.array([512, 512, 512, 512, 1, 1], dtype=np.float64)
+        self.observation_space = spaces.Box(
+            low=low.astype(np.float32), high=high.astype(np.float32), dtype=np.float32
+        )
+        self.action_space = spaces.Box(low=0.0, high=512.0, shape=(2,), dtype=np.float32)
+        self.start_seed: int | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> np.ndarray:
+        """(5,) float64 [agent x, y, block origin x, y, block angle] (angle not wrapped)."""
+        sim = self._sim
+        return np.array([*sim.agent.position, *sim.block.position, sim.block.angle], dtype=np.float64)
+
+    def _obs(self) -> np.ndarray:
+        s = self.state
+        if self.obs_type == "keypoints":
+            kp = block_keypoints(s[2:4], s[4]).reshape(-1)
+            return np.concatenate([kp, s[:2]]).astype(np.float32)
+        return np.array([s[0], s[1], s[2], s[3], np.sin(s[4]), np.cos(s[4])], dtype=np.float32)
+
+    def _coverage(self) -> float:
+        return float(self._sim._get_coverage())
+
+    def _info(self, coverage: float) -> dict[str, Any]:
+        score = float(min(coverage / SUCCESS_COVERAGE, 1.0))
+        success = bool(coverage >= SUCCESS_COVERAGE)
+        return {
+            "coverage": coverage,
+            "score": score,
+            "success": success,
+            "is_success": success,
+            "seed": -1 if self.start_seed is None else self.start_seed,
+        }
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """``seed`` -> diffusion_policy's test start for that seed; ``options["reset_to_state"]`` -> a demo
+        state (body-origin pose), placed exactly. Without either, a seed is drawn from ``self.np_random``."""
+        super().reset(seed=seed)
+        target = None if options is None else options.get("reset_to_state")
+        if target is not None:
+            target = np.asarray(target, dtype=np.float64)
+            if target.shape != (5,):
+                raise ValueError(
+                    f"reset_to_state must be (5,) [agent x, y, block x, y, angle], got {target.shape}"
+                )
+            theta = target[4]
+            passed = target.copy()
+            # gym-pusht rotates about the centre of gravity c after placing the origin; pre-shift so that
+            # the origin ends at target: p' = p - c + R(theta) c, with c = (0, 45) in PushT.
+            cx, cy = BLOCK_COG
+            passed[2] += -cx + (np.cos(theta) * cx - np.sin(theta) * cy)
+            passed[3] += -cy + (np.sin(theta) * cx + np.cos(theta) * cy)
+            self.start_seed = None
+        else:
+            if seed is None:
+                seed = int(self.np_random.integers(0, 2**31 - 1))
+            self.start_seed = int(seed)
+            passed = legacy_test_start(seed)
+        self._sim.reset(options={"reset_to_state": passed})
+        return self._obs(), self._info(self._coverage())
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64).reshape(2)
+        _, _, _, _, sim_info = self._sim.step(action)
+        coverage = float(sim_info["coverage"])
+        info = self._info(coverage)
+        return self._obs(), info["score"], info["success"], False, info
+
+    def render(self) -> np.ndarray | None:
+        """(render_size, render_size, 3) uint8 frame (goal in green, last action as a red cross)."""
+        if self.render_mode is None:
+            return None
+        return self._sim.render()
+
+    def close(self) -> None:
+        self._sim.close()

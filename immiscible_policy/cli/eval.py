@@ -1,0 +1,95 @@
+"""``immiscible-eval checkpoint=PATH``: re-run a policy checkpoint's rollouts; write metrics JSON + video.
+
+Options (key=value): checkpoint (run dir, checkpoints dir, ``last`` or a step dir; required),
+n_episodes (default: the task's, 50), start_seed, output_dir (default: <checkpoint>/eval),
+device (auto), use_ema (true), sampler (ddpm|ddim), num_inference_steps, seed (sampling noise, 0),
+n_video_episodes (2).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+OPTIONS = (
+    "checkpoint",
+    "n_episodes",
+    "start_seed",
+    "output_dir",
+    "device",
+    "use_ema",
+    "sampler",
+    "num_inference_steps",
+    "seed",
+    "n_video_episodes",
+)
+
+
+def parse(argv: list[str]) -> dict:
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise ValueError(f"arguments are key=value pairs (e.g. checkpoint=runs/x); got {bad[0]!r}.")
+    opts = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(OPTIONS)}.")
+    if "checkpoint" not in opts:
+        raise ValueError("missing checkpoint=PATH (a run dir, its checkpoints/ dir, 'last' or a step dir).")
+    return opts
+
+
+def evaluate_checkpoint(opts: dict) -> dict:
+    from immiscible_policy.policy.train import load_policy, rollout
+
+    model, policy, cfg, ck = load_policy(
+        opts["checkpoint"], device=str(opts.get("device", "auto")), use_ema=bool(opts.get("use_ema", True))
+    )
+    if "sampler" in opts:
+        policy.sampler = str(opts["sampler"])
+    if "num_inference_steps" in opts:
+        policy.num_inference_steps = int(opts["num_inference_steps"])
+    if "start_seed" in opts:
+        cfg.task.eval.start_seed = int(opts["start_seed"])
+    out_dir = Path(opts.get("output_dir") or ck.path / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kw = {"video_path": out_dir / "rollout.gif", "n_video_episodes": int(opts.get("n_video_episodes", 2))}
+    if "n_episodes" in opts:
+        kw["n_episodes"] = int(opts["n_episodes"])
+    metrics = rollout(policy, model, cfg.task, seed=int(opts.get("seed", 0)), **kw)
+    metrics.update(
+        checkpoint=str(ck.path),
+        step=ck.step,
+        assigner=ck.config.get("assigner"),
+        weights="ema" if opts.get("use_ema", True) else "model",
+        sampler=policy.sampler,
+        num_inference_steps=policy.num_inference_steps,
+    )
+    metrics = {k: (str(v) if isinstance(v, Path) else v) for k, v in metrics.items()}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    try:
+        metrics = evaluate_checkpoint(parse(argv))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"mean_score {metrics['mean_score']:.3f}  success_rate {metrics['success_rate']:.2f}  "
+        f"episodes {metrics['n_episodes']}  -> {Path(metrics['checkpoint']) / 'eval'}"
+        if "output_dir" not in argv
+        else f"mean_score {metrics['mean_score']:.3f}  success_rate {metrics['success_rate']:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""``immiscible-train``: Hydra entry point for both trainers (dispatches on ``task.type``).
+
+immiscible-train task=pusht assigner=knn
+immiscible-train task=pusht assigner.name=sinkhorn assigner.params.epsilon=0.05
+immiscible-train resume=true run_dir=runs/<existing run>
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from immiscible_policy.cli._hydra import config_dir
+
+TASK_TYPES = ("policy",)
+
+
+def run(cfg: DictConfig) -> None:
+    run_dir = HydraConfig.get().runtime.output_dir
+    kind = cfg.task.get("type")
+    if kind == "policy":
+        from immiscible_policy.policy.train import train_policy
+
+        train_policy(cfg, run_dir)
+    else:
+        raise SystemExit(f"error: task.type={kind!r} is not supported; use one of {', '.join(TASK_TYPES)}.")
+
+
+def main() -> None:
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(_guarded)()
+
+
+def _guarded(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:  # our one-line errors, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""PushT low-dim training windows with diffusion_policy's sampling conventions.
+
+Why these conventions: a policy conditioned on ``n_obs_steps`` observations predicts a ``horizon``-long
+action chunk starting at the first observation step and executes ``n_action_steps`` of it. diffusion_policy
+samples every window position inside an episode, letting a window hang over the episode start by
+``pad_before = n_obs_steps - 1`` steps and over its end by ``pad_after = n_action_steps - 1`` steps, and fills
+the overhang by repeating the first/last frame (edge padding). Matching this exactly keeps results comparable
+with the paper's PushT numbers.
+
+Shapes (PushT): horizon H=16, obs_dim 20 ("keypoints") or 6 ("state"), action_dim 2 (pixels).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from immiscible_policy.data import ReplayBuffer
+from immiscible_policy.policy.normalizer import MinMaxNormalizer
+
+__all__ = [
+    "OBS_TYPES",
+    "PushTLowdimDataset",
+    "SequenceSampler",
+    "downsample_mask",
+    "get_val_mask",
+    "pusht_obs",
+]
+
+#: obs_type -> obs_dim. keypoints: 9 block keypoints (x, y) flattened + agent xy (diffusion_policy's
+#: pusht lowdim order); state: agent xy, block xy, sin(angle), cos(angle).
+OBS_TYPES = {"keypoints": 20, "state": 6}
+
+
+def pusht_obs(state: np.ndarray, keypoint: np.ndarray | None, obs_type: str) -> np.ndarray:
+    """Build observations from recorded arrays.
+
+    Args:
+        state: (T, 5) agent x, y, block x, y, block angle (rad).
+        keypoint: (T, 9, 2) block keypoints (needed for ``"keypoints"``).
+        obs_type: ``"keypoints"`` -> (T, 20) or ``"state"`` -> (T, 6), float32.
+    """
+    _check_obs_type(obs_type)
+    state = np.asarray(state)
+    if obs_type == "keypoints":
+        kp = np.asarray(keypoint).reshape(len(state), -1)
+        obs = np.concatenate([kp, state[:, :2]], axis=-1)
+    else:
+        angle = state[:, 4:5].astype(np.float64)
+        obs = np.concatenate([state[:, :4], np.sin(angle), np.cos(angle)], axis=-1)
+    return obs.astype(np.float32)
+
+
+def _check_obs_type(obs_type: str) -> None:
+    if obs_type not in OBS_TYPES:
+        raise ValueError(f"unknown obs_type {obs_type!r}; valid: {sorted(OBS_TYPES)}")
+
+
+def get_val_mask(n_episodes: int, val_ratio: float, seed: int = 0) -> np.ndarray:
+    """(n_episodes,) bool, True for validation episodes; diffusion_policy's rule (>=1 val, >=1 train)."""
+    val_mask = np.zeros(n_episodes, dtype=bool)
+    if val_ratio <= 0:
+        return val_mask
+    n_val = min(max(1, round(n_episodes * val_ratio)), n_episodes - 1)
+    rng = np.random.default_rng(seed=seed)
+    val_mask[rng.choice(n_episodes, size=n_val, replace=False)] = True
+    return val_mask
+
+
+def downsample_mask(mask: np.ndarray, max_n: int | None, seed: int = 0) -> np.ndarray:
+    """Keep a seeded random subset of at most ``max_n`` of the True entries (diffusion_policy's rule)."""
+    if max_n is None or mask.sum() <= max_n:
+        return mask.copy()
+    idxs = np.nonzero(mask)[0]
+    rng = np.random.default_rng(seed=seed)
+    keep = idxs[rng.choice(len(idxs), size=int(max_n), replace=False)]
+    out = np.zeros_like(mask)
+    out[keep] = True
+    return out
+
+
+class SequenceSampler:
+    """All fixed-length windows of the selected episodes, as a matrix of buffer step indices.
+
+    ``indices[w, k]`` is the buffer row for position k of window w: a window starting at episode-relative
+    step s covers s .. s+horizon-1, with s from -pad_before to len-horizon+pad_after, and out-of-episode
+    positions clamped to the first/last step (edge repetition). Gathering ``array[indices]`` gives
+    (n_windows, horizon, ...) in one numpy call.
+    """
+
+    def __init__(
+        self,
+        episode_ends: np.ndarray,
+        horizon: int,
+        pad_before: int = 0,
+        pad_after: int = 0,
+        episode_mask: np.ndarray | None = None,
+    ):
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        episode_ends = np.asarray(episode_ends, dtype=np.int64)
+        if episode_mask is None:
+            episode_mask = np.ones(len(episode_ends), dtype=bool)
+        episode_mask = np.asarray(episode_mask, dtype=bool)
+        if episode_mask.shape != episode_ends.shape:
+            raise ValueError(
+                f"episode_mask shape {episode_mask.shape} != episode_ends shape {episode_ends.shape}"
+            )
+        pad_before = min(max(pad_before, 0), horizon - 1)
+        pad_after = min(max(pad_after, 0), horizon - 1)
+        self.horizon, self.pad_before, self.pad_after = horizon, pad_before, pad_after
+        starts = np.concatenate([[0], episode_ends[:-1]])
+        offsets = np.arange(horizon)
+        rows, episodes = [], []
+        for e in np.nonzero(episode_mask)[0]:
+            begin, length = int(starts[e]), int(episode_ends[e] - starts[e])
+            first = np.arange(-pad_before, length - horizon + pad_after + 1)
+            if len(first) == 0:
+                continue
+            rel = np.clip(first[:, None] + offsets[None, :], 0, length - 1)
+            rows.append(rel + begin)
+            episodes.append(np.full(len(first), e))
+        self.indices = (
+            np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, horizon), dtype=np.int64)
+        )
+        #: (n_windows,) episode of each window
+        self.window_episode = np.concatenate(episodes) if episodes else np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def sample_sequence(self, arrays: dict[str, np.ndarray], idx: int) -> dict[str, np.ndarray]:
+        """Window ``idx`` of each array: key -> (horizon, ...)."""
+        rows = self.indices[idx]
+        return {k: v[rows] for k, v in arrays.items()}
+
+
+def default_pusht_zarr() -> str:
+    """The shared store, or ``$IMMISCIBLE_PUSHT_ZARR`` when set."""
+    return os.environ.get(
+        "IMMISCIBLE_PUSHT_ZARR",
+        os.path.join(
+            os.path.dirname(os.path.abspath(__file__)),
+            "..",
+            "..",
+            "..",
+            "shared",
+            "data",
+            "pusht",
+            "pusht_cchi_v7_replay.zarr",
+        ),
+    )
+
+
+class PushTLowdimDataset(torch.utils.data.Dataset):
+    """Windows of (obs, action) from the PushT demos, split train/val by episode.
+
+    ``dataset[i]`` -> {"obs": float32 tensor (horizon, obs_dim), "action": float32 tensor (horizon, 2)},
+    unnormalised (env units: pixels). Observations and actions share the window: obs[k] is the state before
+    action[k]; a policy conditions on obs[:n_obs_steps] and is trained on the whole action window.
+    """
+
+    def __init__(
+        self,
+        zarr_path: str | os.PathLike | None = None,
+        obs_type: str = "keypoints",
+        horizon: int = 16,
+        n_obs_steps: int = 2,
+        n_action_steps: int = 8,
+        val_ratio: float = 0.02,
+        seed: int = 42,
+        max_train_episodes: int | None = None,
+        _buffer: ReplayBuffer | None = None,
+        _episode_mask: np.ndarray | None = None,
+    ):
+        _check_obs_type(obs_type)
+        self.zarr_path = str(zarr_path) if zarr_path is not None else default_pusht_zarr()
+        self.obs_type = obs_type
+        self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
+        self.val_ratio, self.seed, self.max_train_episodes = val_ratio, seed, max_train_episodes
+        if _buffer is None:
+            keys = ["state", "action"] + (["keypoint"] if obs_type == "keypoints" else [])
+            _buffer = ReplayBuffer.open(self.zarr_path, keys=keys)
+        self.buffer = _buffer
+        # (n_steps, obs_dim) / (n_steps, 2): per-step arrays, windows gather from these
+        self.obs = pusht_obs(
+            _buffer["state"], _buffer["keypoint"] if obs_type == "keypoints" else None, obs_type
+        )
+        self.action = np.asarray(_buffer["action"], dtype=np.float32)
+
+        n = _buffer.n_episodes
+        self.val_mask = get_val_mask(n, val_ratio, seed)
+        self.train_mask = downsample_mask(~self.val_mask, max_train_episodes, seed)
+        self.episode_mask = self.train_mask if _episode_mask is None else _episode_mask
+        self.sampler = SequenceSampler(
+            _buffer.episode_ends,
+            horizon=horizon,
+            pad_before=n_obs_steps - 1,
+            pad_after=n_action_steps - 1,
+            episode_mask=self.episode_mask,
+        )
+
+    @property
+    def obs_dim(self) -> int:
+        return OBS_TYPES[self.obs_type]
+
+    @property
+    def action_dim(self) -> int:
+        return self.action.shape[-1]
+
+    @property
+    def episodes(self) -> np.ndarray:
+        """Indices of the episodes this dataset samples from."""
+        return np.nonzero(self.episode_mask)[0]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        rows = self.sampler.indices[idx]
+        return {"obs": torch.from_numpy(self.obs[rows]), "action": torch.from_numpy(self.action[rows])}
+
+    def all_windows(self) -> dict[str, torch.Tensor]:
+        """Every window at once: {"obs": (N, horizon, obs_dim), "action": (N, horizon, 2)} float32.
+
+        The PushT set is tiny (~25k windows, ~35 MB), so a trainer can index random batches from these
+        tensors directly, which is far faster than a DataLoader on 2 cores.
+        """
+        rows = self.sampler.indices
+        return {"obs": torch.from_numpy(self.obs[rows]), "action": torch.from_numpy(self.action[rows])}
+
+    def get_validation_dataset(self) -> PushTLowdimDataset:
+        """Same data and settings, windows from the validation episodes only."""
+        return PushTLowdimDataset(
+            self.zarr_path,
+            obs_type=self.obs_type,
+            horizon=self.horizon,
+            n_obs_steps=self.n_obs_steps,
+            n_action_steps=self.n_action_steps,
+            val_ratio=self.val_ratio,
+            seed=self.seed,
+            max_train_episodes=self.max_train_episodes,
+            _buffer=self.buffer,
+            _episode_mask=self.val_mask,
+        )
+
+    def _steps(self, mask: np.ndarray) -> np.ndarray:
+        ends = self.buffer.episode_ends
+        starts = np.concatenate([[0], ends[:-1]])
+        return np.concatenate([np.arange(starts[e], ends[e]) for e in np.nonzero(mask)[0]])
+
+    def get_normalizer(self) -> MinMaxNormalizer:
+        """Min-max normaliser for "obs" and "action", fitted on the train episodes' steps only."""
+        rows = self._steps(self.train_mask)
+        return MinMaxNormalizer().fit({"obs": self.obs[rows], "action": self.action[rows]})
+
+    def __repr__(self) -> str:
+        return (
+            f"PushTLowdimDataset(obs_type={self.obs_type!r}, episodes={len(self.episodes)}, "
+            f"windows={len(self)}, horizon={self.horizon})"
+        )

@@ -1,0 +1,302 @@
+"""The diffusion-policy training loop, top to bottom (nanoGPT style).
+
+One step: normalised batch -> noising core (assigner pairs noise) -> U-Net -> MSE -> AdamW -> EMA.
+Every ``eval_every_epochs`` the EMA model is rolled out on the fixed test seeds; every
+``checkpoint_every_epochs`` a checkpoint is written atomically. Noise for step s is drawn from a
+generator seeded by (seed, rank, s) and the data order of epoch e from (seed, e), so ``resume=true``
+continues exactly where an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from immiscible_policy.checkpoint import (
+    find_latest,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from immiscible_policy.ema import (
+    ema_module,
+    ema_resume_state,
+    ema_state_dict_for_model,
+    make_ema,
+    restore_ema,
+)
+from immiscible_policy.noising import NoisingCore, noise_generator, noise_stats
+from immiscible_policy.policy.dataset import PushTLowdimDataset
+from immiscible_policy.policy.model import DiffusionPolicy
+from immiscible_policy.policy.normalizer import MinMaxNormalizer
+from immiscible_policy.policy.unet1d import ConditionalUnet1D
+from immiscible_policy.registry import create_from_config
+from immiscible_policy.run_log import RunLogger, plot_curves
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name!r} but CUDA is not available here; use trainer.device=cpu.")
+    return torch.device(name)
+
+
+def build_scheduler(tr: Any) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=int(tr.num_train_timesteps),
+        beta_schedule=str(tr.beta_schedule),
+        clip_sample=True,
+        prediction_type=str(tr.prediction_type),
+    )
+
+
+def build_model(model_cfg: Any, action_dim: int, obs_dim: int, n_obs_steps: int) -> ConditionalUnet1D:
+    return ConditionalUnet1D(
+        input_dim=action_dim,
+        global_cond_dim=obs_dim * n_obs_steps,
+        diffusion_step_embed_dim=int(model_cfg.diffusion_step_embed_dim),
+        down_dims=tuple(model_cfg.down_dims),
+        kernel_size=int(model_cfg.kernel_size),
+        n_groups=int(model_cfg.n_groups),
+        cond_predict_scale=bool(model_cfg.cond_predict_scale),
+    )
+
+
+def build_policy(cfg: Any, normalizer: MinMaxNormalizer, obs_dim: int, action_dim: int):
+    """(model, DiffusionPolicy) from a resolved config; shared by training and ``immiscible-eval``."""
+    task, tr = cfg.task, cfg.trainer
+    core = NoisingCore(build_scheduler(tr), create_from_config(cfg.assigner))
+    model = build_model(cfg.model, action_dim, obs_dim, int(task.n_obs_steps))
+    policy = DiffusionPolicy(
+        core,
+        normalizer,
+        horizon=int(task.horizon),
+        n_obs_steps=int(task.n_obs_steps),
+        n_action_steps=int(task.n_action_steps),
+        action_dim=action_dim,
+        num_inference_steps=int(tr.num_inference_steps),
+        sampler=str(tr.sampler),
+    )
+    return model, policy
+
+
+def rollout(policy: DiffusionPolicy, model: torch.nn.Module, task: Any, seed: int, **kw: Any) -> dict:
+    """Roll the (EMA) model out on the task's fixed test seeds; sampling noise seeded for repeatability."""
+    from immiscible_policy.policy.rollout import evaluate
+
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    ev = task.eval
+    return evaluate(
+        lambda obs: policy.predict_action(model, obs, generator=gen),
+        obs_type=str(task.obs_type),
+        n_episodes=int(kw.pop("n_episodes", ev.n_episodes)),
+        start_seed=int(ev.start_seed),
+        n_obs_steps=int(task.n_obs_steps),
+        n_action_steps=int(task.n_action_steps),
+        max_steps=int(ev.max_steps),
+        n_envs=ev.n_envs,
+        vector=str(ev.vector),
+        **kw,
+    )
+
+
+def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train (or resume) a PushT diffusion policy into ``run_dir``; returns the final metrics record."""
+    run_dir = Path(run_dir)
+    task, tr = cfg.task, cfg.trainer
+    device = resolve_device(str(tr.device))
+    torch.manual_seed(int(tr.seed))
+
+    # ---- data: the whole train split as normalised tensors on the device (PushT is ~35 MB)
+    dataset = PushTLowdimDataset(
+        task.dataset_path,
+        obs_type=str(task.obs_type),
+        horizon=int(task.horizon),
+        n_obs_steps=int(task.n_obs_steps),
+        n_action_steps=int(task.n_action_steps),
+        val_ratio=float(task.val_ratio),
+        seed=int(task.split_seed),
+        max_train_episodes=task.max_train_episodes,
+    )
+    normalizer = dataset.get_normalizer()
+    windows = dataset.all_windows()
+    obs_all = normalizer.normalize("obs", windows["obs"]).to(device)
+    act_all = normalizer.normalize("action", windows["action"]).to(device)
+    n_windows, batch = act_all.shape[0], int(tr.batch_size)
+    if n_windows < batch:
+        raise ValueError(f"trainer.batch_size={batch} exceeds the {n_windows} training windows; lower it.")
+
+    # ---- model, optimiser, schedule, EMA
+    model, policy = build_policy(cfg, normalizer, dataset.obs_dim, dataset.action_dim)
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(tr.lr), betas=tuple(tr.betas), weight_decay=float(tr.weight_decay)
+    )
+    steps_per_epoch = n_windows // batch  # drop_last: every step sees a full batch (assigners like that)
+    if tr.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, int(tr.max_steps_per_epoch))
+    epochs = int(tr.epochs)
+    lr_sched = get_scheduler(
+        str(tr.lr_scheduler),
+        optimizer,
+        num_warmup_steps=int(tr.warmup_steps),
+        num_training_steps=epochs * steps_per_epoch,
+    )
+    ema = make_ema(model, power=float(tr.ema_power))
+
+    config_record = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        "policy": {"obs_dim": dataset.obs_dim, "action_dim": dataset.action_dim},
+        "assigner": policy.core.assigner.config,
+        "assigner_scope": policy.core.assigner.scope,
+        "world_size": 1,
+        "per_rank_batch": batch,
+        "steps_per_epoch": steps_per_epoch,
+    }
+
+    # ---- resume
+    start_epoch, step = 0, 0
+    resume = bool(cfg.get("resume", False))
+    if resume and find_latest(run_dir) is not None:
+        ck = load_checkpoint(run_dir)
+        model.load_state_dict(ck.model_state)
+        optimizer.load_state_dict(ck.training_state["optimizer"])
+        lr_sched.load_state_dict(ck.training_state["lr_scheduler"])
+        restore_ema(ema, model, resume_state=ck.training_state["ema"], ema_model_state=ck.ema_state)
+        set_rng_state(ck.training_state["rng"])
+        start_epoch, step = int(ck.training_state["epoch"]), int(ck.training_state["step"])
+        if ck.config.get("world_size", 1) != 1 or ck.config.get("per_rank_batch") != batch:
+            print(f"warning: resuming with world size 1 and batch {batch}, checkpoint had {ck.config}")
+    logger = RunLogger(run_dir, resume=resume)
+    if resume:
+        logger.truncate_after(step)
+    (run_dir / "config.json").write_text(json.dumps(config_record, indent=2))
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"[immiscible] task={task.name} assigner={policy.core.assigner!r} params={n_params / 1e6:.2f}M "
+        f"device={device} windows={n_windows} batch={batch} (effective {batch}) steps/epoch={steps_per_epoch} "
+        f"epochs={start_epoch}->{epochs} run_dir={run_dir}",
+        flush=True,
+    )
+
+    last: dict = {}
+    start_time = time.time()
+    stop_epoch = epochs
+    if tr.get("max_epochs_this_run"):
+        stop_epoch = min(epochs, start_epoch + int(tr.max_epochs_this_run))
+    for epoch in range(start_epoch, stop_epoch):
+        model.train()
+        order = torch.randperm(
+            n_windows, generator=torch.Generator().manual_seed(int(tr.seed) * 100_003 + epoch)
+        )
+        sums = {"loss": 0.0, "noise_norm_ratio": 0.0, "noise_proj_x0": 0.0, "pair_l2": 0.0, "assign_ms": 0.0}
+        buckets = torch.zeros(int(tr.n_loss_buckets), device=device)
+        bucket_n = torch.zeros_like(buckets)
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not tr.progress, leave=False
+        )
+        for i in bar:
+            idx = order[i * batch : (i + 1) * batch].to(device)
+            gen = noise_generator(int(tr.seed), 0, step, device)
+            loss, per_sample, tp = policy.loss(model, obs_all[idx], act_all[idx], gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tr.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.grad_clip))
+            optimizer.step()
+            lr_sched.step()
+            ema.step(model.parameters())
+            step += 1
+
+            b = policy.core.bucket_losses(per_sample, tp.timesteps, int(tr.n_loss_buckets))
+            seen = ~torch.isnan(b)
+            buckets += torch.where(seen, b, 0.0)
+            bucket_n += seen.float()
+            stats = noise_stats(tp.x0, tp.noise)
+            sums["loss"] += loss.item()
+            for k, v in stats.items():
+                sums[k] += float(v)
+            sums["assign_ms"] += tp.info["assign_ms"]
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr_sched.get_last_lr()[0]}
+        record["train_loss"] = sums.pop("loss") / steps_per_epoch
+        record.update({k: v / steps_per_epoch for k, v in sums.items()})
+        record.update(
+            {f"loss_t{j}": float(v) for j, v in enumerate((buckets / bucket_n.clamp_min(1)).tolist())}
+        )
+        record["wall_min"] = (time.time() - start_time) / 60
+
+        is_last = epoch + 1 == epochs
+        every = int(tr.eval_every_epochs)
+        if (every and (epoch + 1) % every == 0) or (is_last and tr.eval_at_end):
+            ema_model = ema_module(ema, model)
+            metrics = rollout(policy, ema_model, task, seed=int(tr.seed), progress=bool(tr.progress))
+            record.update(mean_score=metrics["mean_score"], success_rate=metrics["success_rate"])
+            record["eval_seconds"] = metrics["seconds"]
+        logger.log(record)
+        print(
+            f"epoch {epoch + 1}: loss {record['train_loss']:.4f}"
+            + (
+                f" score {record['mean_score']:.3f} success {record['success_rate']:.2f}"
+                if "mean_score" in record
+                else ""
+            ),
+            flush=True,
+        )
+        last = record
+
+        ck_every = int(tr.checkpoint_every_epochs)
+        if (ck_every and (epoch + 1) % ck_every == 0) or is_last or epoch + 1 == stop_epoch:
+            save_checkpoint(
+                run_dir,
+                step,
+                model_state=model.state_dict(),
+                ema_state=ema_state_dict_for_model(ema, model),
+                config={**config_record, "epoch": epoch + 1, "step": step},
+                normalizer=normalizer.to_dict(),
+                training_state={
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": lr_sched.state_dict(),
+                    "ema": ema_resume_state(ema),
+                    "rng": rng_state(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                },
+                keep_last=tr.keep_last,
+            )
+    if logger.jsonl_path.exists():
+        plot_curves(
+            logger.jsonl_path, run_dir / "curves.png", x="epoch", title=f"{task.name} / {cfg.assigner.name}"
+        )
+    return last
+
+
+def load_policy(checkpoint: str | Path, device: str = "auto", use_ema: bool = True):
+    """(model, policy, config) from a checkpoint; the EMA weights by default (what training evaluates)."""
+    ck = load_checkpoint(checkpoint)
+    cfg = OmegaConf.create(ck.config["cfg"])
+    if ck.normalizer is None:
+        raise ValueError(
+            f"Checkpoint {ck.path} has no normalizer.json; it was not written by the policy trainer."
+        )
+    normalizer = MinMaxNormalizer.from_dict(ck.normalizer)
+    meta = ck.config["policy"]
+    model, policy = build_policy(cfg, normalizer, int(meta["obs_dim"]), int(meta["action_dim"]))
+    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
+    model.load_state_dict(state)
+    model.to(resolve_device(device)).eval()
+    return model, policy, cfg, ck
