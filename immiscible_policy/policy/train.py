@@ -193,6 +193,7 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     last: dict = {}
     start_time = time.time()
+    train_min = float(logger.records[-1].get("train_min", 0.0)) if (resume and logger.records) else 0.0
     stop_epoch = epochs
     if tr.get("max_epochs_this_run"):
         stop_epoch = min(epochs, start_epoch + int(tr.max_epochs_this_run))
@@ -238,6 +239,8 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
         record.update(
             {f"loss_t{j}": float(v) for j, v in enumerate((buckets / bucket_n.clamp_min(1)).tolist())}
         )
+        train_min += (time.time() - epoch_start) / 60
+        record["train_min"] = train_min  # training time only (no evaluation), summed over resumes
         record["wall_min"] = (time.time() - start_time) / 60
 
         is_last = epoch + 1 == epochs
