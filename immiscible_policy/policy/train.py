@@ -205,6 +205,7 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
         sums = {"loss": 0.0, "noise_norm_ratio": 0.0, "noise_proj_x0": 0.0, "pair_l2": 0.0, "assign_ms": 0.0}
         buckets = torch.zeros(int(tr.n_loss_buckets), device=device)
         bucket_n = torch.zeros_like(buckets)
+        epoch_start = time.time()
         bar = tqdm(
             range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not tr.progress, leave=False
         )
