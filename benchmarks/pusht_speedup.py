@@ -86,7 +86,7 @@ def run_cell(label: str, seed: int, args) -> dict | None:
         f"task.eval.n_episodes={args.n_episodes}",
         "trainer.progress=false",
         f"run_dir={run_dir}",
-        *(["resume=true"] if resume else []),
+        "resume=true",  # continues from the last checkpoint, or starts fresh when there is none
         *args.override,
     ]
     print(

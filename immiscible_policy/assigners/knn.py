@@ -31,7 +31,7 @@ class KNNAssigner(Assigner):
     description = "KNN noise selection: per sample keep the nearest of k Gaussian candidates."
     preserves_noise_multiset = False
 
-    def __init__(self, k: int = 4, space: str = "full", max_chunk_elements: int = 2**25) -> None:
+    def __init__(self, k: int = 4, space: str = "full", max_chunk_elements: int = 2**20) -> None:
         if int(k) != k or int(k) < 1:
             raise ValueError(f"knn: k must be an integer >= 1, got {k!r}.")
         if int(max_chunk_elements) < 1:

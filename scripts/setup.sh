@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with CPU torch (installed first, so nothing pulls a CUDA build), the project
+# with its test extras, and the example plugin. Re-running after a change to pyproject reinstalls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+stamp="$VENV/.immiscible-setup"
+want=$(cat pyproject.toml plugins/immiscible-sinkhorn/pyproject.toml | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q torch==2.13.0
+  "$VENV/bin/python" -m pip install -q -e ".[test]" -e plugins/immiscible-sinkhorn
+  echo "$want" > "$stamp"
+fi
