@@ -30,12 +30,13 @@ def nearest_pool_indices(fx: Tensor, fpool: Tensor, n: int) -> tuple[Tensor, Ten
 
     n = min(n, fpool.shape[0])
     if fx.device.type == "cuda":
-        if hasattr(faiss, "StandardGpuResources"):
-            res = faiss.StandardGpuResources()
-            index = faiss.GpuIndexFlatL2(res, fpool.shape[1])
-            index.add(fpool.float().contiguous().cpu().numpy())
-            d, i = index.search(fx.float().contiguous().cpu().numpy(), n)
-            return torch.from_numpy(d).to(fx.device), torch.from_numpy(i).to(fx.device)
+        if hasattr(faiss, "StandardGpuResources"):  # faiss-gpu: search on the device, torch in and out
+            import faiss.contrib.torch_utils  # noqa: F401  (lets faiss indexes take torch CUDA tensors)
+
+            index = faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), fpool.shape[1])
+            index.add(fpool.float().contiguous())
+            d, i = index.search(fx.float().contiguous(), n)
+            return d, i.long()
         d = pairwise_sq_dist(fx.float(), fpool.float())
         return torch.topk(d, n, dim=1, largest=False)
     index = faiss.IndexFlatL2(fpool.shape[1])
