@@ -106,3 +106,22 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert "Traceback" not in p.stderr
     p = cli("train", "task.dataset_path=/nonexistent.zarr", f"run_dir={tmp_path / 'r2'}", *TINY, check=False)
     assert p.returncode == 2 and "/nonexistent.zarr" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_analyze_commands_on_tiny_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    cli("train", "assigner=linear", "trainer.epochs=1", "trainer.eval_at_end=false", f"run_dir={run}", *TINY)
+    out = tmp_path / "an"
+    cli("analyze", "bijectivity", f"checkpoint={run}", "n=4", "conditions=2", "steps=5", f"out={out}")
+    res = json.loads((out / "bijectivity.json").read_text())
+    assert (
+        res["relative_noise_reconstruction_error"] >= 0
+        and 1 <= res["distinct_nearest_train_chunks_per_condition"] <= 4
+    )
+    cli("analyze", "losses", str(run), str(run), f"out={out}")
+    assert (out / "bucket_losses.png").stat().st_size > 1000
+    cli("analyze", "mixing", "batch=16", "repeats=1", "assigners=vanilla,linear", f"out={out}")
+    mix = json.loads((out / "mixing_pusht.json").read_text())
+    assert set(mix["curves"]) == {"vanilla", "linear"} and mix["curves"]["vanilla"][0]["mixing"] < 0.05
+    p = cli("analyze", "mixing", "data=mnist", check=False)
+    assert p.returncode == 2 and "data='mnist' is not supported" in p.stderr

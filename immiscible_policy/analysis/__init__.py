@@ -1,0 +1,1 @@
+"""Miscibility analysis: how much noised samples mix, per-timestep loss curves, DDIM bijectivity."""
