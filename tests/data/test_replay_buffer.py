@@ -1,7 +1,6 @@
 """ReplayBuffer: the real PushT store, write->read round-trip, and every bad-input error by its text."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -9,18 +8,9 @@ import pytest
 import zarr
 
 from immiscible_policy.data import ReplayBuffer, ReplayBufferError
+from immiscible_policy.policy.dataset import default_pusht_zarr  # noqa: E402
 
-PUSHT_ZARR = Path(
-    os.environ.get(
-        "IMMISCIBLE_PUSHT_ZARR",
-        Path(__file__).resolve().parents[2]
-        / ".."
-        / "shared"
-        / "data"
-        / "pusht"
-        / "pusht_cchi_v7_replay.zarr",
-    )
-)
+PUSHT_ZARR = Path(default_pusht_zarr())
 needs_pusht = pytest.mark.skipif(
     not PUSHT_ZARR.exists(), reason=f"PushT store not found at {PUSHT_ZARR} (set IMMISCIBLE_PUSHT_ZARR)"
 )

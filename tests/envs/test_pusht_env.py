@@ -1,6 +1,5 @@
 """immiscible/PushT-v0 against the real demos: keypoint geometry, demo replay, test starts, scoring."""
 
-import os
 import time
 from pathlib import Path
 
@@ -10,17 +9,9 @@ import numpy as np
 import pytest
 from immiscible_envs.pusht import BLOCK_COG, KEYPOINTS_LOCAL, PUSHT_ENV_ID, PushTEnv, block_keypoints
 
-PUSHT_ZARR = Path(
-    os.environ.get(
-        "IMMISCIBLE_PUSHT_ZARR",
-        Path(__file__).resolve().parents[2]
-        / ".."
-        / "shared"
-        / "data"
-        / "pusht"
-        / "pusht_cchi_v7_replay.zarr",
-    )
-)
+from immiscible_policy.policy.dataset import default_pusht_zarr  # noqa: E402
+
+PUSHT_ZARR = Path(default_pusht_zarr())
 needs_pusht = pytest.mark.skipif(
     not PUSHT_ZARR.exists(), reason=f"PushT store not found at {PUSHT_ZARR} (set IMMISCIBLE_PUSHT_ZARR)"
 )

@@ -1,6 +1,5 @@
 """PushT windows: diffusion_policy's sampler padding, the seeded episode split, obs layouts."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +9,13 @@ import torch
 from immiscible_policy.policy.dataset import (
     PushTLowdimDataset,
     SequenceSampler,
+    default_pusht_zarr,
     downsample_mask,
     get_val_mask,
     pusht_obs,
 )
 
-PUSHT_ZARR = Path(
-    os.environ.get(
-        "IMMISCIBLE_PUSHT_ZARR",
-        Path(__file__).resolve().parents[2]
-        / ".."
-        / "shared"
-        / "data"
-        / "pusht"
-        / "pusht_cchi_v7_replay.zarr",
-    )
-)
+PUSHT_ZARR = Path(default_pusht_zarr())
 needs_pusht = pytest.mark.skipif(
     not PUSHT_ZARR.exists(), reason=f"PushT store not found at {PUSHT_ZARR} (set IMMISCIBLE_PUSHT_ZARR)"
 )

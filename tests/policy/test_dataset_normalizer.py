@@ -1,26 +1,16 @@
 """MinMaxNormalizer: [-1, 1] on train data, exact round-trips, JSON state, constant dims, errors."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from immiscible_policy.policy.dataset import default_pusht_zarr  # noqa: E402
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
 
-PUSHT_ZARR = Path(
-    os.environ.get(
-        "IMMISCIBLE_PUSHT_ZARR",
-        Path(__file__).resolve().parents[2]
-        / ".."
-        / "shared"
-        / "data"
-        / "pusht"
-        / "pusht_cchi_v7_replay.zarr",
-    )
-)
+PUSHT_ZARR = Path(default_pusht_zarr())
 
 
 def test_range_and_round_trip_numpy_and_torch():
