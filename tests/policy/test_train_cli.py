@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -66,6 +67,14 @@ def test_train_writes_checkpoint_and_eval_runs(tmp_path, assigner):
     assert log[-1]["step"] == 3 and "mean_score" in log[-1] and "loss_t9" in log[-1]
     assert (run / "metrics.csv").read_text().startswith("epoch,step")
     assert (run / "curves.png").stat().st_size > 1000
+
+    from immiscible_policy.policy import Policy
+
+    policy = Policy.from_checkpoint(run, device="cpu")
+    obs = np.zeros((policy.n_obs_steps, 20), dtype=np.float32) + 256.0
+    act = policy.predict_action(obs)
+    assert act.shape == (8, 2) and np.isfinite(act).all() and np.abs(act).max() < 1000  # env units
+    assert policy.predict_action(np.stack([obs, obs])).shape == (2, 8, 2)
 
     out = tmp_path / "eval"
     cli("eval", f"checkpoint={run}", "n_episodes=2", f"output_dir={out}", "n_video_episodes=1")

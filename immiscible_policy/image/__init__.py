@@ -1,0 +1,1 @@
+"""Image diffusion: datasets, UNet2DModel builders, the training loop and sampling."""

@@ -1,0 +1,86 @@
+"""FID/KID of a model's samples against the training set (``immiscible_policy.metrics.fid``).
+
+The reference is a fixed random subset of the dataset (permutation seeded by 0, independent of the
+training seed, so every run and every assigner is measured against the same images); its ``ref_key``
+extends the dataset's (which already names dataset, split, size and resize mode) by the subset size,
+so the FID module can cache the reference statistics once per preprocessing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from immiscible_policy.image.data import ImageDataset
+from immiscible_policy.image.sampling import generate
+from immiscible_policy.noising import NoisingCore
+
+REFERENCE_SEED = 0
+
+
+def reference_images(ds: ImageDataset, n_real: int | None) -> tuple[Tensor, str]:
+    """((n, C, H, W) float in [-1, 1], ref_key) for the first ``n_real`` of a seed-0 permutation."""
+    n = len(ds) if not n_real else min(int(n_real), len(ds))
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(REFERENCE_SEED))[:n]
+    return ds.all_images()[idx] if n < len(ds) else ds.all_images(), f"{ds.ref_key}-ref{n}s{REFERENCE_SEED}"
+
+
+def fid_kid(
+    model: nn.Module,
+    core: NoisingCore,
+    ds: ImageDataset,
+    fid_cfg: Any,
+    *,
+    steps: int,
+    sampler: str,
+    batch_size: int,
+    num_classes: int,
+    bf16: bool,
+    device: str,
+) -> tuple[dict[str, float], Tensor]:
+    """(metrics, samples): FID/KID of ``fid_cfg.n_samples`` seeded samples of ``model`` vs the reference.
+
+    metrics: ``fid``, ``kid``, ``kid_std``, ``fid_n_fake``, ``fid_n_real``, ``fid_seconds``,
+    ``sample_seconds``. The samples (N, C, H, W) are returned so the caller can grid them.
+    """
+    from immiscible_policy.metrics.fid import evaluate_images  # built alongside; imported only when used
+
+    t0 = time.time()
+    fake = generate(
+        model,
+        core,
+        int(fid_cfg.n_samples),
+        channels=ds.channels,
+        image_size=ds.image_size,
+        steps=steps,
+        sampler=sampler,
+        seed=int(fid_cfg.seed),
+        batch_size=batch_size,
+        num_classes=num_classes,
+        bf16=bf16,
+    )
+    t1 = time.time()
+    real, ref_key = reference_images(ds, fid_cfg.n_real)
+    res = evaluate_images(
+        fake,
+        real,
+        ref_key=ref_key,
+        cache_dir=fid_cfg.get("cache_dir"),
+        weights=fid_cfg.get("weights"),
+        device=str(fid_cfg.get("device") or device),
+        kid_subsets=int(fid_cfg.kid_subsets),
+        kid_subset_size=fid_cfg.get("kid_subset_size"),
+    )
+    metrics = {
+        "fid": float(res["fid"]),
+        "kid": float(res["kid"]),
+        "kid_std": float(res["kid_std"]),
+        "fid_n_fake": int(res["n_fake"]),
+        "fid_n_real": int(res["n_real"]),
+        "sample_seconds": t1 - t0,
+        "fid_seconds": time.time() - t1,
+    }
+    return metrics, fake

@@ -1,0 +1,212 @@
+"""The image diffusion training loop, top to bottom (nanoGPT style).
+
+One step: batch of images in [-1, 1] (B, C, H, W) -> noising core (the assigner pairs noise) ->
+UNet2DModel -> MSE (float32) -> AdamW (+ warm-up, grad clip) -> EMA. Step-based: the data order of
+epoch e is a function of (seed, e), the noise of step s of (seed, rank, s), and the global RNG (dropout)
+is checkpointed, so ``resume=true`` continues exactly where an uninterrupted run would be (the shared
+rules live in :mod:`immiscible_policy.training`). Every ``sample_every_steps`` the EMA model draws a
+PNG grid, every ``eval_every_steps`` it is scored by FID/KID on a fixed number of seeded samples.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from immiscible_policy.ema import ema_module
+from immiscible_policy.image.data import load_dataset, to_unit
+from immiscible_policy.image.evaluate import fid_kid
+from immiscible_policy.image.model import build_unet, count_params, predict
+from immiscible_policy.image.sampling import build_core, generate, resolve_sampler, save_grid
+from immiscible_policy.noising import noise_generator
+from immiscible_policy.run_log import plot_curves
+from immiscible_policy.training import (
+    StepStats,
+    epoch_order,
+    make_optimization,
+    open_run_log,
+    optimizer_step,
+    preserve_rng,
+    resolve_device,
+    restore_training,
+    save_training,
+)
+
+
+def use_bf16(mode: str, device: torch.device) -> bool:
+    """bf16 autocast on CUDA only: ``auto`` picks it there; asking for it on the CPU is an error."""
+    if mode not in ("auto", "bf16", "no"):
+        raise ValueError(f"trainer.mixed_precision={mode!r} is not supported; use auto, bf16 or no.")
+    if mode == "bf16" and device.type != "cuda":
+        raise ValueError("trainer.mixed_precision=bf16 needs CUDA; use auto or no on the CPU.")
+    return mode != "no" and device.type == "cuda"
+
+
+def every(step: int, n: Any) -> bool:
+    return bool(n) and step % int(n) == 0
+
+
+def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train (or resume) an image diffusion model into ``run_dir``; returns the last logged record."""
+    run_dir = Path(run_dir)
+    task, tr = cfg.task, cfg.trainer
+    device = resolve_device(str(tr.device))
+    bf16 = use_bf16(str(tr.mixed_precision), device)
+    torch.manual_seed(int(tr.seed))
+
+    # ---- data: the whole set as uint8 on the device; batches are indexed and scaled to [-1, 1]
+    ds = load_dataset(task)
+    conditional = bool(task.get("class_conditional", False))
+    if conditional and ds.labels is None:
+        raise ValueError(f"task.class_conditional=true but {ds.ref_key} has no labels; set it to false.")
+    num_classes = ds.num_classes if conditional else 0
+    images = ds.images.to(device)
+    labels = ds.labels.to(device) if conditional else None
+    n, batch = len(ds), int(tr.batch_size)
+    if n < batch:
+        raise ValueError(f"trainer.batch_size={batch} exceeds the {n} training images; lower it.")
+    steps_per_epoch = n // batch  # drop_last: every step sees a full batch (assigners like that)
+
+    # ---- model, noising core, optimiser (lr scheduler built before any state is loaded), EMA
+    core = build_core(tr, cfg.assigner)
+    sampler = resolve_sampler(core.prediction_type, tr.get("sampler"))
+    model = build_unet(cfg.model, image_size=ds.image_size, channels=ds.channels, num_classes=num_classes)
+    model.to(device)
+    max_steps = int(tr.max_steps)
+    opt = make_optimization(model, tr, max_steps)
+    config_record = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        "image": {
+            "channels": ds.channels,
+            "image_size": ds.image_size,
+            "num_classes": num_classes,
+            "ref_key": ds.ref_key,
+            "n_images": n,
+        },
+        "assigner": core.assigner.config,
+        "assigner_scope": core.assigner.scope,
+        "world_size": 1,
+        "per_rank_batch": batch,
+        "steps_per_epoch": steps_per_epoch,
+    }
+
+    resume = bool(cfg.get("resume", False))
+    _, step = restore_training(run_dir, model, opt, batch=batch) if resume else (0, 0)
+    logger = open_run_log(run_dir, resume=resume, step=step, config_record=config_record)
+    stop = (
+        max_steps if not tr.get("max_steps_this_run") else min(max_steps, step + int(tr.max_steps_this_run))
+    )
+    print(
+        f"[immiscible] task={task.name} ({ds.ref_key}, {n} images {ds.channels}x{ds.image_size}^2"
+        f"{f', {num_classes} classes' if num_classes else ''}) assigner={core.assigner!r} "
+        f"objective={core.prediction_type} sampler={sampler} params={count_params(model) / 1e6:.2f}M "
+        f"device={device}{' bf16' if bf16 else ''} batch={batch} steps={step}->{stop}/{max_steps} "
+        f"run_dir={run_dir}",
+        flush=True,
+    )
+
+    def snapshot(step: int, with_fid: bool) -> dict[str, Any]:
+        """EMA model: FID/KID (+ grid of its first samples) or just a grid; global RNG untouched."""
+        out: dict[str, Any] = {}
+        with preserve_rng():
+            ema_model = ema_module(opt.ema, model)
+            kw = dict(steps=int(tr.num_inference_steps), sampler=sampler, num_classes=num_classes, bf16=bf16)
+            if with_fid:
+                out, samples = fid_kid(
+                    ema_model,
+                    core,
+                    ds,
+                    tr.fid,
+                    batch_size=int(tr.sample_batch_size),
+                    device=str(device),
+                    **kw,
+                )
+            if not with_fid or len(samples) < int(tr.n_grid):  # the grid always shows n_grid images
+                samples = generate(
+                    ema_model,
+                    core,
+                    int(tr.n_grid),
+                    channels=ds.channels,
+                    image_size=ds.image_size,
+                    seed=int(tr.fid.seed),
+                    batch_size=int(tr.sample_batch_size),
+                    **kw,
+                )
+        save_grid(samples[: int(tr.n_grid)], run_dir / "samples" / f"step_{step:08d}.png")
+        return out
+
+    # ---- the loop
+    stats = StepStats(int(tr.n_loss_buckets), device)
+    train_min = float(logger.records[-1].get("train_min", 0.0)) if (resume and logger.records) else 0.0
+    start_time, order, order_epoch, last = time.time(), None, -1, {}
+    bar = tqdm(total=stop, initial=step, desc="steps", disable=not tr.progress, leave=False)
+    model.train()
+    while step < stop:
+        tick = time.time()
+        epoch, i = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(n, int(tr.seed), epoch).to(device), epoch
+        idx = order[i * batch : (i + 1) * batch]
+        x0 = to_unit(images[idx])
+        tp = core.training_pair(x0, generator=noise_generator(int(tr.seed), 0, step, device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = predict(model, tp.x_t, tp.model_timesteps, None if labels is None else labels[idx])
+        per_sample = F.mse_loss(pred.float(), tp.target, reduction="none").flatten(1).mean(1)
+        loss = per_sample.mean()
+        optimizer_step(model, opt, loss, tr.grad_clip)
+        step += 1
+        value = stats.add(loss, per_sample, tp, core)
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        train_min += (time.time() - tick) / 60
+
+        is_end = step == max_steps
+        do_eval = bool(tr.fid.enabled) and (every(step, tr.eval_every_steps) or (is_end and tr.eval_at_end))
+        do_grid = every(step, tr.sample_every_steps) or is_end
+        do_ckpt = every(step, tr.checkpoint_every_steps) or step == stop
+        if not (every(step, tr.log_every_steps) or do_eval or do_grid or do_ckpt):
+            continue
+        record: dict[str, Any] = {
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "lr": opt.lr_scheduler.get_last_lr()[0],
+        }
+        record.update(stats.summary())
+        record["train_min"] = train_min  # training time only (no sampling/FID), summed over resumes
+        if do_eval or do_grid:
+            model.eval()
+            record.update(snapshot(step, do_eval))
+            model.train()
+        record["wall_min"] = (time.time() - start_time) / 60
+        last = logger.log(record)
+        if do_eval:
+            print(
+                f"step {step}: loss {record['train_loss']:.4f} FID {record['fid']:.2f} KID {record['kid']:.4f}",
+                flush=True,
+            )
+        if do_ckpt:
+            save_training(
+                run_dir,
+                step,
+                model=model,
+                opt=opt,
+                config=config_record,
+                epoch=step // steps_per_epoch,
+                keep_last=tr.keep_last,
+            )
+    bar.close()
+    if logger.jsonl_path.exists():
+        plot_curves(
+            logger.jsonl_path,
+            run_dir / "curves.png",
+            x="step",
+            panels=(("train_loss",), ("fid",), ("kid",)),
+            title=f"{task.name} / {cfg.assigner.name}",
+        )
+    return last
