@@ -59,3 +59,40 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def plot_mean_ci(
+    summary: list[dict],
+    path: Path,
+    *,
+    x: str,
+    y: str,
+    ci: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    ylim=None,
+) -> None:
+    """One line per summary entry (mean ``y`` over seeds against ``x``) with its 95% CI band."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for s in summary:
+        if not s.get("n_seeds"):
+            continue
+        xs = [p[x] for p in s["curve"]]
+        m = np.array([p[y] for p in s["curve"]])
+        band = np.nan_to_num(np.array([p[ci] for p in s["curve"]]))
+        ax.plot(xs, m, marker="o", ms=3, label=f"{s['label']} (n={s['n_seeds']})")
+        ax.fill_between(xs, m - band, m + band, alpha=0.15)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, markdown_table, write_json  # noqa: E402
+from _common import RESULTS, machine, markdown_table, plot_mean_ci, write_json  # noqa: E402
 from pusht_speedup import cell_name, ci95, overrides_for  # noqa: E402
 
 DEFAULT_ASSIGNERS = ["vanilla", "knn:k=4", "knn:k=64", "linear", "scale"]
@@ -195,33 +195,18 @@ def report(labels: list[str], seeds: list[int], args) -> dict:
     payload["protocol"]["override"] = list(args.override)
     write_json(args.out / "report.json", payload)
     (args.out / "report.md").write_text(md)
-    plot(summary, args.out / "fid.png")
+    plot_mean_ci(
+        summary,
+        args.out / "fid.png",
+        x="step",
+        y="fid",
+        ci="fid_ci95",
+        xlabel="training step",
+        ylabel="FID (EMA model)",
+        title="Fashion-MNIST 32x32, unet2d_small",
+    )
     print(md)
     return payload
-
-
-def plot(summary: list[dict], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for s in summary:
-        if not s["n_seeds"]:
-            continue
-        x = [p["step"] for p in s["curve"]]
-        m = np.array([p["fid"] for p in s["curve"]])
-        ci = np.nan_to_num(np.array([p["fid_ci95"] for p in s["curve"]]))
-        ax.plot(x, m, marker="o", ms=3, label=f"{s['label']} (n={s['n_seeds']})")
-        ax.fill_between(x, m - ci, m + ci, alpha=0.15)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("FID (EMA model)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("Fashion-MNIST 32x32, unet2d_small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
 
 
 def main(argv=None) -> int:

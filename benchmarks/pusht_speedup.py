@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, markdown_table, write_json  # noqa: E402
+from _common import RESULTS, machine, markdown_table, plot_mean_ci, write_json  # noqa: E402
 
 OUT = RESULTS / "pusht_speedup"
 THRESHOLDS = (0.7, 0.8, 0.9)
@@ -271,34 +271,19 @@ def report(labels: list[str], seeds: list[int], args) -> dict:
     }
     write_json(args.out / "report.json", payload)
     (args.out / "report.md").write_text(md)
-    plot(summary, args.out / "curves.png")
+    plot_mean_ci(
+        summary,
+        args.out / "curves.png",
+        x="epoch",
+        y="mean_score",
+        ci="ci95",
+        xlabel="epoch",
+        ylabel="mean score (50 test seeds)",
+        title="PushT, CPU default, EMA policy",
+        ylim=(0, 1.02),
+    )
     print(md)
     return payload
-
-
-def plot(summary: list[dict], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for s in summary:
-        if not s.get("n_seeds"):
-            continue
-        e = [p["epoch"] for p in s["curve"]]
-        m = np.array([p["mean_score"] for p in s["curve"]])
-        ci = np.nan_to_num(np.array([p["ci95"] for p in s["curve"]]))
-        ax.plot(e, m, marker="o", ms=3, label=f"{s['label']} (n={s['n_seeds']})")
-        ax.fill_between(e, m - ci, m + ci, alpha=0.15)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean score (50 test seeds)")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("PushT, CPU default, EMA policy")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
 
 
 def main(argv=None) -> int:

@@ -14,19 +14,14 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+
+from immiscible_policy.cli._kv import parse_kv, require_checkpoint
 
 DATA = ("pusht",)
 
 
 def _opts(argv: list[str], allowed: tuple[str, ...]) -> tuple[dict, list[str]]:
-    kv = [a for a in argv if "=" in a]
-    pos = [a for a in argv if "=" not in a]
-    opts = OmegaConf.to_container(OmegaConf.from_dotlist(kv)) if kv else {}
-    unknown = sorted(set(opts) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(allowed)}.")
-    return opts, pos
+    return parse_kv(argv, allowed, positional=True)
 
 
 def _assigner_list(spec) -> list[str]:
@@ -95,8 +90,7 @@ def cmd_bijectivity(argv: list[str]) -> dict:
     from immiscible_policy.policy.train import load_policy
 
     opts, _ = _opts(argv, ("checkpoint", "n", "conditions", "steps", "out", "device"))
-    if "checkpoint" not in opts:
-        raise ValueError("missing checkpoint=PATH")
+    require_checkpoint(opts)
     model, policy, cfg, ck = load_policy(opts["checkpoint"], device=str(opts.get("device", "cpu")))
     n, m, steps = int(opts.get("n", 16)), int(opts.get("conditions", 8)), int(opts.get("steps", 50))
     ds = PushTLowdimDataset(cfg.task.dataset_path, obs_type=str(cfg.task.obs_type))

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
+
+from immiscible_policy.cli._kv import parse_kv, require_checkpoint
 
 OPTIONS = (
     "checkpoint",
@@ -30,15 +31,8 @@ OPTIONS = (
 
 
 def parse(argv: list[str]) -> dict:
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise ValueError(f"arguments are key=value pairs (e.g. checkpoint=runs/x n=64); got {bad[0]!r}.")
-    opts = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(OPTIONS)}.")
-    if "checkpoint" not in opts:
-        raise ValueError("missing checkpoint=PATH (a run dir, its checkpoints/ dir, 'last' or a step dir).")
+    opts, _ = parse_kv(argv, OPTIONS)
+    require_checkpoint(opts)
     if int(opts.get("n", 64)) < 1:
         raise ValueError(f"n must be >= 1, got {opts['n']}.")
     return opts

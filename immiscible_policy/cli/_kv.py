@@ -1,0 +1,25 @@
+"""``key=value`` argument parsing shared by the non-Hydra CLIs (eval, sample, analyze)."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+
+def parse_kv(
+    argv: list[str], options: tuple[str, ...], *, positional: bool = False
+) -> tuple[dict, list[str]]:
+    """Split ``argv`` into known ``key=value`` options and (if allowed) positional words; one-line errors."""
+    words = [a for a in argv if "=" not in a]
+    if words and not positional:
+        raise ValueError(f"arguments are key=value pairs (e.g. checkpoint=runs/x); got {words[0]!r}.")
+    kv = [a for a in argv if "=" in a]
+    opts = OmegaConf.to_container(OmegaConf.from_dotlist(kv)) if kv else {}
+    unknown = sorted(set(opts) - set(options))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(options)}.")
+    return opts, words
+
+
+def require_checkpoint(opts: dict) -> None:
+    if "checkpoint" not in opts:
+        raise ValueError("missing checkpoint=PATH (a run dir, its checkpoints/ dir, 'last' or a step dir).")
