@@ -59,6 +59,7 @@ def evaluate_checkpoint(opts: dict) -> dict:
         weights="ema" if opts.get("use_ema", True) else "model",
         sampler=policy.sampler,
         num_inference_steps=policy.num_inference_steps,
+        output_dir=str(out_dir),
     )
     metrics = {k: (str(v) if isinstance(v, Path) else v) for k, v in metrics.items()}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -77,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"mean_score {metrics['mean_score']:.3f}  success_rate {metrics['success_rate']:.2f}  "
-        f"episodes {metrics['n_episodes']}  -> {Path(metrics['checkpoint']) / 'eval'}"
-        if "output_dir" not in argv
-        else f"mean_score {metrics['mean_score']:.3f}  success_rate {metrics['success_rate']:.2f}"
+        f"episodes {metrics['n_episodes']}  -> {metrics['output_dir']}"
     )
     return 0
 
