@@ -1,6 +1,6 @@
 """``immiscible-analyze``: measure why (and whether) immiscibility eases denoising.
 
-    immiscible-analyze mixing [data=pusht] [assigners=vanilla,knn,linear,scale] [batch=256] [out=DIR]
+    immiscible-analyze mixing [data=pusht|fashion_mnist] [assigners=vanilla,knn,linear,scale] [batch=256] [out=DIR]
     immiscible-analyze losses RUN_DIR [RUN_DIR ...] [out=DIR]
     immiscible-analyze bijectivity checkpoint=PATH [n=16 conditions=8 steps=50 out=DIR]
 
@@ -17,7 +17,9 @@ import torch
 
 from immiscible_policy.cli._kv import parse_kv, require_checkpoint
 
-DATA = ("pusht",)
+DATA = ("pusht", "fashion_mnist")
+# The schedules each trainer uses by default: PushT policies DDPM 100 squaredcos, images DDPM 1000 linear.
+SCHEDULES = {"pusht": (100, "squaredcos_cap_v2"), "fashion_mnist": (1000, "linear")}
 
 
 def _opts(argv: list[str], allowed: tuple[str, ...]) -> tuple[dict, list[str]]:
@@ -38,6 +40,15 @@ def pusht_action_batch(batch: int, seed: int = 0) -> torch.Tensor:
     return act[idx]
 
 
+def fashion_mnist_batch(batch: int, seed: int = 0) -> torch.Tensor:
+    """(batch, 1, 32, 32) Fashion-MNIST training images in [-1, 1] (padded 28 -> 32, as the image task)."""
+    from immiscible_policy.image.data import load_fashion_mnist
+
+    images = load_fashion_mnist().all_images()
+    idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:batch]
+    return images[idx]
+
+
 def cmd_mixing(argv: list[str]) -> dict:
     from diffusers import DDPMScheduler
 
@@ -48,9 +59,11 @@ def cmd_mixing(argv: list[str]) -> dict:
     data = str(opts.get("data", "pusht"))
     if data not in DATA:
         raise ValueError(f"data={data!r} is not supported; use one of {', '.join(DATA)}.")
-    T = int(opts.get("num_train_timesteps", 100))
-    sched = DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2")
-    x0 = pusht_action_batch(int(opts.get("batch", 256)))
+    T, schedule = SCHEDULES[data]
+    T = int(opts.get("num_train_timesteps", T))
+    sched = DDPMScheduler(num_train_timesteps=T, beta_schedule=schedule)
+    loader = pusht_action_batch if data == "pusht" else fashion_mnist_batch
+    x0 = loader(int(opts.get("batch", 256)))
     ts = sorted({int(round(f * (T - 1))) for f in [i / 19 for i in range(20)]})
     names = _assigner_list(opts.get("assigners", "vanilla,knn,linear,scale"))
     result = {
