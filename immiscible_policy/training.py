@@ -129,6 +129,25 @@ def save_training(
     )
 
 
+def run_record(cfg: Any, assigner: Any, *, batch: int, steps_per_epoch: int, **meta: Any) -> dict[str, Any]:
+    """What ``config.json`` records for a run: resolved config, assigner config and scope, topology.
+
+    ``meta`` holds the trainer's own shape facts (e.g. ``policy={"obs_dim": ...}``) that a checkpoint
+    needs to rebuild the model.
+    """
+    from omegaconf import OmegaConf
+
+    return {
+        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        **meta,
+        "assigner": assigner.config,
+        "assigner_scope": assigner.scope,
+        "world_size": 1,
+        "per_rank_batch": int(batch),
+        "steps_per_epoch": int(steps_per_epoch),
+    }
+
+
 def open_run_log(run_dir: Path, *, resume: bool, step: int, config_record: Mapping[str, Any]) -> RunLogger:
     """The run's JSONL/CSV logger (records after ``step`` dropped on resume) and ``run_dir/config.json``."""
     logger = RunLogger(run_dir, resume=resume)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 from omegaconf import OmegaConf
 
 
@@ -23,3 +26,19 @@ def parse_kv(
 def require_checkpoint(opts: dict) -> None:
     if "checkpoint" not in opts:
         raise ValueError("missing checkpoint=PATH (a run dir, its checkpoints/ dir, 'last' or a step dir).")
+
+
+def run_kv_cli(doc: str, argv: list[str] | None, work: Callable[[list[str]], str]) -> int:
+    """Shared ``main``: ``-h`` prints ``doc``; ``work(argv)`` returns the line to print; our one-line
+    errors (ValueError / FileNotFoundError) go to stderr with exit code 2, never as a traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(doc)
+        return 0
+    try:
+        line = work(argv)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(line)
+    return 0

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from immiscible_policy.cli._kv import parse_kv, require_checkpoint
+from immiscible_policy.cli._kv import parse_kv, require_checkpoint, run_kv_cli
 
 OPTIONS = (
     "checkpoint",
@@ -66,21 +66,16 @@ def evaluate_checkpoint(opts: dict) -> dict:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    try:
-        metrics = evaluate_checkpoint(parse(argv))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"mean_score {metrics['mean_score']:.3f}  success_rate {metrics['success_rate']:.2f}  "
-        f"episodes {metrics['n_episodes']}  -> {metrics['output_dir']}"
+def _work(argv: list[str]) -> str:
+    m = evaluate_checkpoint(parse(argv))
+    return (
+        f"mean_score {m['mean_score']:.3f}  success_rate {m['success_rate']:.2f}  "
+        f"episodes {m['n_episodes']}  -> {m['output_dir']}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_kv_cli(__doc__, argv, _work)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from immiscible_policy.cli._kv import parse_kv, require_checkpoint
+from immiscible_policy.cli._kv import parse_kv, require_checkpoint, run_kv_cli
 
 OPTIONS = (
     "checkpoint",
@@ -84,21 +84,15 @@ def sample_checkpoint(opts: dict) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    try:
-        res = sample_checkpoint(parse(argv))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"{res['n']} samples ({res['sampler']}, {res['steps']} steps) -> {res['output']}"
-        + (f" + {res['npz']}" if "npz" in res else "")
+def _work(argv: list[str]) -> str:
+    res = sample_checkpoint(parse(argv))
+    return f"{res['n']} samples ({res['sampler']}, {res['steps']} steps) -> {res['output']}" + (
+        f" + {res['npz']}" if "npz" in res else ""
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_kv_cli(__doc__, argv, _work)
 
 
 if __name__ == "__main__":

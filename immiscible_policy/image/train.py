@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from immiscible_policy.ema import ema_module
@@ -35,6 +35,7 @@ from immiscible_policy.training import (
     preserve_rng,
     resolve_device,
     restore_training,
+    run_record,
     save_training,
 )
 
@@ -80,21 +81,19 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
     model.to(device)
     max_steps = int(tr.max_steps)
     opt = make_optimization(model, tr, max_steps)
-    config_record = {
-        "cfg": OmegaConf.to_container(cfg, resolve=True),
-        "image": {
+    config_record = run_record(
+        cfg,
+        core.assigner,
+        batch=batch,
+        steps_per_epoch=steps_per_epoch,
+        image={
             "channels": ds.channels,
             "image_size": ds.image_size,
             "num_classes": num_classes,
             "ref_key": ds.ref_key,
             "n_images": n,
         },
-        "assigner": core.assigner.config,
-        "assigner_scope": core.assigner.scope,
-        "world_size": 1,
-        "per_rank_batch": batch,
-        "steps_per_epoch": steps_per_epoch,
-    }
+    )
 
     resume = bool(cfg.get("resume", False))
     _, step = restore_training(run_dir, model, opt, batch=batch) if resume else (0, 0)

@@ -35,6 +35,7 @@ from immiscible_policy.training import (
     optimizer_step,
     resolve_device,
     restore_training,
+    run_record,
     save_training,
 )
 
@@ -136,15 +137,13 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
     epochs = int(tr.epochs)
     opt = make_optimization(model, tr, epochs * steps_per_epoch)
 
-    config_record = {
-        "cfg": OmegaConf.to_container(cfg, resolve=True),
-        "policy": {"obs_dim": dataset.obs_dim, "action_dim": dataset.action_dim},
-        "assigner": policy.core.assigner.config,
-        "assigner_scope": policy.core.assigner.scope,
-        "world_size": 1,
-        "per_rank_batch": batch,
-        "steps_per_epoch": steps_per_epoch,
-    }
+    config_record = run_record(
+        cfg,
+        policy.core.assigner,
+        batch=batch,
+        steps_per_epoch=steps_per_epoch,
+        policy={"obs_dim": dataset.obs_dim, "action_dim": dataset.action_dim},
+    )
 
     # ---- resume
     resume = bool(cfg.get("resume", False))
