@@ -96,3 +96,27 @@ def plot_mean_ci(
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+
+
+def claim_cell(run_dir: Path) -> bool:
+    """Claim a sweep cell for this process (``run_dir/.owner`` holds our pid); False if a live process has it.
+
+    Why: sweeps are resumable, so two workers started on overlapping cell lists (say one per core) would
+    otherwise resume the same run directory at once and corrupt it. A stale claim (dead pid) is taken over.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    owner = run_dir / ".owner"
+    try:
+        pid = int(owner.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pid = None
+    if pid is not None and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+            return False  # alive: another worker is on this cell
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return False
+    owner.write_text(str(os.getpid()))
+    return True

@@ -17,6 +17,7 @@ Usage:
     python benchmarks/image_speedup.py --smoke                       # ~1-2 minutes, plumbing only
     python benchmarks/image_speedup.py --assigners vanilla knn:k=4 --seeds 0 1 --steps 4000
     python benchmarks/image_speedup.py --report-only
+Several workers may run at once (e.g. one per core, with overlapping lists): each cell is claimed by one.
 Writes benchmarks/results/image_speedup[_smoke]/{report.json, report.md, fid.png}.
 """
 
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, markdown_table, plot_mean_ci, write_json  # noqa: E402
+from _common import RESULTS, claim_cell, machine, markdown_table, plot_mean_ci, write_json  # noqa: E402
 from pusht_speedup import cell_name, ci95, overrides_for  # noqa: E402
 
 DEFAULT_ASSIGNERS = ["vanilla", "knn:k=4", "knn:k=64", "linear", "scale"]
@@ -68,11 +69,19 @@ def settings(args) -> list[str]:
     return out
 
 
+def sweep_command() -> str:
+    """The command that (re)makes these cells: this one without ``--report-only``."""
+    return " ".join(a for a in sys.argv if a != "--report-only")
+
+
 def run_cell(label: str, seed: int, args) -> dict | None:
     done = args.out / "cells" / f"{cell_name(label, seed)}.json"
     if done.exists():
         return json.loads(done.read_text())
     run_dir = args.out / "runs" / cell_name(label, seed)
+    if not claim_cell(run_dir):
+        print(f"[sweep] {label} seed {seed} is being run by another worker; skipping it here", flush=True)
+        return None
     cmd = [
         sys.executable,
         "-c",
@@ -185,14 +194,14 @@ def report(labels: list[str], seeds: list[int], args) -> dict:
         "\n\nspeedup = vanilla's steps / this assigner's first evaluated step at or below vanilla's final mean "
         f"FID (evaluations every {args.eval_every} steps; > 1 is faster). FID at {args.fid_samples} samples is "
         "biased upwards; compare rows, not papers.\n"
-        f"\nCommand: `python {' '.join(sys.argv)}`\n"
+        f"\nCommand: `python {sweep_command()}`\n"
     )
     payload = {
         "machine": machine(),
         "seeds": seeds,
         "protocol": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "summary": summary,
-        "command": " ".join(sys.argv),
+        "command": sweep_command(),
     }
     payload["protocol"]["override"] = list(args.override)
     write_json(args.out / "report.json", payload)

@@ -16,7 +16,7 @@ Nothing here knows which trainer calls it or which assigner it holds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,22 @@ class TrainingPair:
     x0: Tensor
     noise: Tensor
     info: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def cat(parts: Sequence[TrainingPair]) -> TrainingPair:
+        """Concatenate equal-sized parts along the batch; info: ``*_ms`` summed, other numbers averaged."""
+        fields = ("x_t", "timesteps", "model_timesteps", "target", "x0", "noise")
+        out = {f: torch.cat([getattr(p, f) for p in parts]) for f in fields}
+        info: dict[str, Any] = {}
+        for key in parts[0].info:
+            values = [p.info[key] for p in parts if key in p.info]
+            if len(values) != len(parts):
+                continue
+            if all(isinstance(v, Tensor) for v in values):
+                info[key] = torch.stack([v.float() for v in values]).mean()
+            elif all(isinstance(v, int | float) for v in values):
+                info[key] = sum(values) if key.endswith("_ms") else sum(values) / len(values)
+        return TrainingPair(**out, info=info)
 
 
 def noise_generator(seed: int, rank: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -149,6 +165,22 @@ class NoisingCore:
         info["assign_ms"] = assign_ms
         return TrainingPair(x_t, timesteps, model_t, target, px0, pnoise, info)
 
+    def sharded_training_pair(self, x0: Tensor, generators: Sequence[torch.Generator]) -> TrainingPair:
+        """The training pair of a batch made of ``len(generators)`` equal rank slices, concatenated.
+
+        Slice r of ``x0`` gets its noise, its assigner draws and its timesteps from ``generators[r]``
+        and is paired on its own: exactly what rank r of a multi-process run computes for its
+        per-rank batch (``distributed: local``). With one generator this is :meth:`training_pair`.
+        """
+        if len(generators) == 1:
+            return self.training_pair(x0, generators[0])
+        if x0.shape[0] % len(generators):
+            raise ValueError(
+                f"batch of {x0.shape[0]} does not split into {len(generators)} equal rank slices."
+            )
+        slices = x0.chunk(len(generators))
+        return TrainingPair.cat([self.training_pair(x, g) for x, g in zip(slices, generators)])
+
     def timestep_fraction(self, timesteps: Tensor) -> Tensor:
         """Timesteps mapped to [0, 1) (noise level order), for per-bucket loss analysis."""
         if self.is_flow:
@@ -161,8 +193,8 @@ class NoisingCore:
         sums = torch.zeros(n_buckets, device=per_sample_loss.device).index_add_(
             0, idx, per_sample_loss.detach().float()
         )
-        counts = torch.bincount(idx, minlength=n_buckets).to(sums)
-        return sums / counts
+        counts = torch.zeros_like(sums).index_add_(0, idx, torch.ones_like(idx, dtype=sums.dtype))
+        return sums / counts  # (index_add, not bincount: bincount syncs with the host on CUDA)
 
     def decode(self, x0: Tensor) -> Tensor:
         """Undo the assigner's data-space transform on a generated sample."""

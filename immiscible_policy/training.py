@@ -13,7 +13,7 @@ Why one module: exact resume depends on a handful of conventions that must not d
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,11 +79,20 @@ def optimizer_step(model: nn.Module, opt: Optimization, loss: Tensor, grad_clip:
     opt.ema.step(model.parameters())
 
 
-def restore_training(run_dir: Path, model: nn.Module, opt: Optimization, *, batch: int) -> tuple[int, int]:
+def restore_training(
+    run_dir: Path,
+    model: nn.Module,
+    opt: Optimization,
+    *,
+    batch: int,
+    topology: Mapping[str, int] | None = None,
+) -> tuple[int, int]:
     """Load the newest checkpoint of ``run_dir`` into model/optimiser/schedule/EMA/global RNG.
 
     Returns ``(epoch, step)`` it was saved at, or ``(0, 0)`` when the run has no checkpoint yet (so
-    ``resume=true`` on a fresh run dir simply starts). Warns when the topology differs.
+    ``resume=true`` on a fresh run dir simply starts). Warns when the topology (world size, emulated
+    ranks, per-rank batch; see :meth:`immiscible_policy.parallel.Topology.record`) differs: the run then
+    continues with other global batches than an uninterrupted run would have used.
     """
     if find_latest(run_dir) is None:
         return 0, 0
@@ -93,8 +102,10 @@ def restore_training(run_dir: Path, model: nn.Module, opt: Optimization, *, batc
     opt.lr_scheduler.load_state_dict(ck.training_state["lr_scheduler"])
     restore_ema(opt.ema, model, resume_state=ck.training_state["ema"], ema_model_state=ck.ema_state)
     set_rng_state(ck.training_state["rng"])
-    if ck.config.get("world_size", 1) != 1 or ck.config.get("per_rank_batch") != batch:
-        print(f"warning: resuming with world size 1 and batch {batch}, checkpoint had {ck.config}")
+    now = dict(topology or {"world_size": 1, "per_rank_batch": batch})
+    saved = {k: ck.config.get(k, 1 if k in ("world_size", "emulated_ranks") else None) for k in now}
+    if saved != now:
+        print(f"warning: resuming with topology {now}, the checkpoint was written with {saved}", flush=True)
     return int(ck.training_state["epoch"]), int(ck.training_state["step"])
 
 
@@ -129,21 +140,34 @@ def save_training(
     )
 
 
-def run_record(cfg: Any, assigner: Any, *, batch: int, steps_per_epoch: int, **meta: Any) -> dict[str, Any]:
-    """What ``config.json`` records for a run: resolved config, assigner config and scope, topology.
+def run_record(
+    cfg: Any,
+    assigner: Any,
+    *,
+    batch: int,
+    steps_per_epoch: int,
+    topology: Mapping[str, int] | None = None,
+    **meta: Any,
+) -> dict[str, Any]:
+    """What ``config.json`` records for a run: resolved config, assigner config, scope and its
+    ``distributed`` mode (None for sample scope), topology (world size, emulated ranks, per-rank and
+    global batch; one process with ``batch`` when ``topology`` is None).
 
     ``meta`` holds the trainer's own shape facts (e.g. ``policy={"obs_dim": ...}``) that a checkpoint
     needs to rebuild the model.
     """
     from omegaconf import OmegaConf
 
+    from immiscible_policy.parallel import assigner_distributed
+
+    topo = dict(topology or {"world_size": 1, "per_rank_batch": int(batch), "global_batch": int(batch)})
     return {
         "cfg": OmegaConf.to_container(cfg, resolve=True),
         **meta,
         "assigner": assigner.config,
         "assigner_scope": assigner.scope,
-        "world_size": 1,
-        "per_rank_batch": int(batch),
+        "assigner_distributed": assigner_distributed(assigner),
+        **topo,
         "steps_per_epoch": int(steps_per_epoch),
     }
 
@@ -175,42 +199,56 @@ def preserve_rng() -> Iterator[None]:
 class StepStats:
     """Running means over logged steps: loss, noise statistics, assigner time, per-timestep-bucket loss.
 
-    ``add`` costs one host sync per step (the loss) like the trainers always did; bucket sums stay on the
-    device. ``summary()`` returns ``train_loss``, ``noise_norm_ratio``, ``noise_proj_x0``, ``pair_l2``,
-    ``assign_ms`` and ``loss_t0..loss_t{n-1}`` and resets.
+    ``add`` keeps everything on the device (no host sync per step: the GPU never waits for Python);
+    ``summary()`` moves the sums to the host once per logged record, summed over processes first when
+    given ``reduce`` (:meth:`immiscible_policy.parallel.Topology.sum`), and returns ``train_loss``,
+    ``noise_norm_ratio``, ``noise_proj_x0``, ``pair_l2``, ``assign_ms`` and ``loss_t0..loss_t{n-1}`` and
+    resets. Sums are float64 (float32 on MPS), the same numbers the former per-step ``.item()`` gave.
     """
 
-    KEYS = ("loss", "noise_norm_ratio", "noise_proj_x0", "pair_l2", "assign_ms")
+    KEYS = ("loss", "noise_norm_ratio", "noise_proj_x0", "pair_l2")
 
     def __init__(self, n_buckets: int, device: torch.device) -> None:
         self.n_buckets, self.device = int(n_buckets), device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
         self.reset()
 
     def reset(self) -> None:
         self.n = 0
-        self.sums = dict.fromkeys(self.KEYS, 0.0)
+        self.assign_ms = 0.0
+        self.sums = torch.zeros(len(self.KEYS), dtype=self.dtype, device=self.device)
         self.buckets = torch.zeros(self.n_buckets, device=self.device)
         self.bucket_n = torch.zeros_like(self.buckets)
 
-    def add(self, loss: Tensor, per_sample: Tensor, tp: TrainingPair, core: NoisingCore) -> float:
-        """Accumulate one step; returns the step's loss as a float."""
+    def add(self, loss: Tensor, per_sample: Tensor, tp: TrainingPair, core: NoisingCore) -> Tensor:
+        """Accumulate one step; returns the step's loss (a detached device tensor, no host sync)."""
         b = core.bucket_losses(per_sample, tp.timesteps, self.n_buckets)
         seen = ~torch.isnan(b)
         self.buckets += torch.where(seen, b, 0.0)
         self.bucket_n += seen.float()
-        value = loss.item()
-        self.sums["loss"] += value
-        for k, v in noise_stats(tp.x0, tp.noise).items():
-            self.sums[k] += float(v)
-        self.sums["assign_ms"] += tp.info["assign_ms"]
+        stats = noise_stats(tp.x0, tp.noise)
+        value = loss.detach()
+        row = torch.stack([value.float(), *(stats[k].float() for k in self.KEYS[1:])]).to(self.dtype)
+        self.sums += row
+        self.assign_ms += tp.info["assign_ms"]
         self.n += 1
         return value
 
-    def summary(self) -> dict[str, float]:
-        n = max(self.n, 1)
-        out = {"train_loss": self.sums["loss"] / n}
-        out.update({k: self.sums[k] / n for k in self.KEYS if k != "loss"})
-        means = (self.buckets / self.bucket_n.clamp_min(1)).tolist()
+    def summary(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """Means since the last summary (over processes too when ``reduce`` sums across them)."""
+        extra = torch.tensor([self.assign_ms, self.n], dtype=self.dtype, device=self.device)
+        packed = torch.cat([self.sums, extra, self.buckets.to(self.dtype), self.bucket_n.to(self.dtype)])
+        if reduce is not None:
+            packed = reduce(packed)
+        k = len(self.KEYS)
+        sums, (assign_ms, n) = packed[:k].tolist(), packed[k : k + 2].tolist()
+        buckets = packed[k + 2 : k + 2 + self.n_buckets].float()
+        bucket_n = packed[k + 2 + self.n_buckets :].float()
+        n = max(n, 1)
+        out = {"train_loss": sums[0] / n}
+        out.update({key: sums[j] / n for j, key in enumerate(self.KEYS) if key != "loss"})
+        out["assign_ms"] = assign_ms / n
+        means = (buckets / bucket_n.clamp_min(1)).tolist()
         out.update({f"loss_t{j}": float(v) for j, v in enumerate(means)})
         self.reset()
         return out

@@ -53,6 +53,8 @@ def plot_bucket_losses(runs: list[str | Path], png: str | Path, labels: list[str
         ax.set_yscale("log")
         ax.tick_params(labelsize=7)
     fig.axes[0].legend(fontsize=7)
+    fig.supxlabel("training step", fontsize=8)
+    fig.supylabel("training loss in the bucket (log)", fontsize=8)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)

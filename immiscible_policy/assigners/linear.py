@@ -25,10 +25,10 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from immiscible_policy.assigners.base import Assigner, Pairing, check_same_batch, mean_l2
+from immiscible_policy.assigners.distributed import all_gather_cat, check_distributed, world_size
 from immiscible_policy.assigners.space import features, pairwise_sq_dist, parse_space
 
 QUANTIZE = (None, "fp16")
-DISTRIBUTED = ("local", "global")
 
 
 def solve_assignment(cost: Tensor) -> Tensor:
@@ -36,10 +36,6 @@ def solve_assignment(cost: Tensor) -> Tensor:
     c = cost.detach().float().cpu().numpy().astype(np.float64)
     _, cols = linear_sum_assignment(c)
     return torch.from_numpy(cols).to(cost.device)
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class LinearAssigner(Assigner):
@@ -56,8 +52,7 @@ class LinearAssigner(Assigner):
         parse_space(space)
         if quantize not in QUANTIZE:
             raise ValueError(f"linear: quantize must be one of {QUANTIZE}, got {quantize!r}.")
-        if distributed not in DISTRIBUTED:
-            raise ValueError(f"linear: distributed must be 'local' or 'global', got {distributed!r}.")
+        check_distributed(distributed, "linear")
         super().__init__(space=space, quantize=quantize, distributed=distributed)
         self.space, self.quantize, self.distributed = space, quantize, distributed
 
@@ -70,7 +65,7 @@ class LinearAssigner(Assigner):
 
     def pair(self, x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None) -> Pairing:
         check_same_batch(x0, noise, "linear")
-        if self.distributed == "global" and _world_size() > 1:
+        if self.distributed == "global" and world_size() > 1:
             return self._pair_global(x0, noise)
         start = time.perf_counter()
         perm = solve_assignment(self._cost(x0, noise))
@@ -86,11 +81,7 @@ class LinearAssigner(Assigner):
         """
         world, rank = dist.get_world_size(), dist.get_rank()
         b = x0.shape[0]
-        all_x = [torch.empty_like(x0) for _ in range(world)]
-        all_n = [torch.empty_like(noise) for _ in range(world)]
-        dist.all_gather(all_x, x0.contiguous())
-        dist.all_gather(all_n, noise.contiguous())
-        gx, gn = torch.cat(all_x), torch.cat(all_n)
+        gx, gn = all_gather_cat(x0), all_gather_cat(noise)
         start = time.perf_counter()
         if rank == 0:
             perm = solve_assignment(self._cost(gx, gn))

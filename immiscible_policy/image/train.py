@@ -6,6 +6,8 @@ epoch e is a function of (seed, e), the noise of step s of (seed, rank, s), and 
 is checkpointed, so ``resume=true`` continues exactly where an uninterrupted run would be (the shared
 rules live in :mod:`immiscible_policy.training`). Every ``sample_every_steps`` the EMA model draws a
 PNG grid, every ``eval_every_steps`` it is scored by FID/KID on a fixed number of seeded samples.
+Under ``accelerate launch`` / ``torchrun`` each rank trains on its slice of every global batch (rules in
+:mod:`immiscible_policy.parallel`); logging, sampling, FID and checkpoints happen on the main process.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from immiscible_policy.image.data import load_dataset, to_unit
 from immiscible_policy.image.evaluate import fid_kid
 from immiscible_policy.image.model import build_unet, count_params, predict
 from immiscible_policy.image.sampling import build_core, generate, resolve_sampler, save_grid
-from immiscible_policy.noising import noise_generator
+from immiscible_policy.parallel import make_topology
 from immiscible_policy.run_log import plot_curves
 from immiscible_policy.training import (
     StepStats,
@@ -57,7 +59,9 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train (or resume) an image diffusion model into ``run_dir``; returns the last logged record."""
     run_dir = Path(run_dir)
     task, tr = cfg.task, cfg.trainer
-    device = resolve_device(str(tr.device))
+    topo = make_topology(tr, resolve_device(str(tr.device)))
+    run_dir = Path(topo.broadcast(str(run_dir)))  # one run directory for all ranks: the main one's
+    device = topo.device
     bf16 = use_bf16(str(tr.mixed_precision), device)
     torch.manual_seed(int(tr.seed))
 
@@ -69,23 +73,29 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
     num_classes = ds.num_classes if conditional else 0
     images = ds.images.to(device)
     labels = ds.labels.to(device) if conditional else None
-    n, batch = len(ds), int(tr.batch_size)
+    n, batch = len(ds), topo.global_batch
     if n < batch:
-        raise ValueError(f"trainer.batch_size={batch} exceeds the {n} training images; lower it.")
-    steps_per_epoch = n // batch  # drop_last: every step sees a full batch (assigners like that)
+        raise ValueError(
+            f"trainer.batch_size={topo.per_rank_batch} x {topo.ranks} ranks = {batch} exceeds the {n} "
+            "training images; lower it."
+        )
+    steps_per_epoch = n // batch  # drop_last: every step sees a full global batch
 
     # ---- model, noising core, optimiser (lr scheduler built before any state is loaded), EMA
     core = build_core(tr, cfg.assigner)
+    topo.check(core.assigner)
     sampler = resolve_sampler(core.prediction_type, tr.get("sampler"))
     model = build_unet(cfg.model, image_size=ds.image_size, channels=ds.channels, num_classes=num_classes)
     model.to(device)
+    train_model = topo.wrap(model)  # DDP under several processes; ``model`` stays the bare module
     max_steps = int(tr.max_steps)
     opt = make_optimization(model, tr, max_steps)
     config_record = run_record(
         cfg,
         core.assigner,
-        batch=batch,
+        batch=topo.per_rank_batch,
         steps_per_epoch=steps_per_epoch,
+        topology=topo.record(),
         image={
             "channels": ds.channels,
             "image_size": ds.image_size,
@@ -96,19 +106,25 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
     )
 
     resume = bool(cfg.get("resume", False))
-    _, step = restore_training(run_dir, model, opt, batch=batch) if resume else (0, 0)
-    logger = open_run_log(run_dir, resume=resume, step=step, config_record=config_record)
+    _, step = (
+        restore_training(run_dir, model, opt, batch=topo.per_rank_batch, topology=topo.record())
+        if resume
+        else (0, 0)
+    )
+    main = topo.is_main
+    logger = open_run_log(run_dir, resume=resume, step=step, config_record=config_record) if main else None
     stop = (
         max_steps if not tr.get("max_steps_this_run") else min(max_steps, step + int(tr.max_steps_this_run))
     )
-    print(
-        f"[immiscible] task={task.name} ({ds.ref_key}, {n} images {ds.channels}x{ds.image_size}^2"
-        f"{f', {num_classes} classes' if num_classes else ''}) assigner={core.assigner!r} "
-        f"objective={core.prediction_type} sampler={sampler} params={count_params(model) / 1e6:.2f}M "
-        f"device={device}{' bf16' if bf16 else ''} batch={batch} steps={step}->{stop}/{max_steps} "
-        f"run_dir={run_dir}",
-        flush=True,
-    )
+    if main:
+        print(
+            f"[immiscible] task={task.name} ({ds.ref_key}, {n} images {ds.channels}x{ds.image_size}^2"
+            f"{f', {num_classes} classes' if num_classes else ''}) assigner={core.assigner!r} "
+            f"objective={core.prediction_type} sampler={sampler} params={count_params(model) / 1e6:.2f}M "
+            f"device={device}{' bf16' if bf16 else ''} {topo.describe()} steps={step}->{stop}/{max_steps} "
+            f"run_dir={run_dir}",
+            flush=True,
+        )
 
     def snapshot(step: int, with_fid: bool) -> dict[str, Any]:
         """EMA model: FID/KID (+ grid of its first samples) or just a grid; global RNG untouched."""
@@ -142,27 +158,32 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     # ---- the loop
     stats = StepStats(int(tr.n_loss_buckets), device)
-    train_min = float(logger.records[-1].get("train_min", 0.0)) if (resume and logger.records) else 0.0
+    train_min = (
+        float(logger.records[-1].get("train_min", 0.0)) if (main and resume and logger.records) else 0.0
+    )
     start_time, order, order_epoch, last = time.time(), None, -1, {}
-    bar = tqdm(total=stop, initial=step, desc="steps", disable=not tr.progress, leave=False)
+    show = bool(tr.progress) and main
+    bar = tqdm(total=stop, initial=step, desc="steps", disable=not show, leave=False)
     model.train()
     while step < stop:
         tick = time.time()
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(n, int(tr.seed), epoch).to(device), epoch
-        idx = order[i * batch : (i + 1) * batch]
+        idx = topo.rows(order, i)  # this process's slice of global batch i
         x0 = to_unit(images[idx])
-        tp = core.training_pair(x0, generator=noise_generator(int(tr.seed), 0, step, device))
+        # one noise stream per rank: (seed, rank, step)
+        tp = core.sharded_training_pair(x0, topo.generators(int(tr.seed), step))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = predict(model, tp.x_t, tp.model_timesteps, None if labels is None else labels[idx])
+            pred = predict(train_model, tp.x_t, tp.model_timesteps, None if labels is None else labels[idx])
         per_sample = F.mse_loss(pred.float(), tp.target, reduction="none").flatten(1).mean(1)
         loss = per_sample.mean()
         optimizer_step(model, opt, loss, tr.grad_clip)
         step += 1
         value = stats.add(loss, per_sample, tp, core)
         bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        if show and step % 10 == 0:  # the only host sync of a step, and only with a progress bar
+            bar.set_postfix(loss=f"{value.item():.4f}", refresh=False)
         train_min += (time.time() - tick) / 60
 
         is_end = step == max_steps
@@ -176,8 +197,13 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
             "epoch": step / steps_per_epoch,
             "lr": opt.lr_scheduler.get_last_lr()[0],
         }
-        record.update(stats.summary())
+        record.update(stats.summary(topo.sum if topo.world_size > 1 else None))
         record["train_min"] = train_min  # training time only (no sampling/FID), summed over resumes
+        if not main:  # sampling, FID, logs and checkpoints are the main process's; wait for it
+            last = record
+            if do_ckpt:
+                topo.barrier()
+            continue
         if do_eval or do_grid:
             model.eval()
             record.update(snapshot(step, do_eval))
@@ -199,8 +225,9 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
                 epoch=step // steps_per_epoch,
                 keep_last=tr.keep_last,
             )
+            topo.barrier()
     bar.close()
-    if logger.jsonl_path.exists():
+    if main and logger.jsonl_path.exists():
         plot_curves(
             logger.jsonl_path,
             run_dir / "curves.png",

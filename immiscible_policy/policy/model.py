@@ -8,6 +8,8 @@ window are executed (the first one aligned with the latest observation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,10 +49,21 @@ class DiffusionPolicy:
         return obs_norm[:, : self.n_obs_steps].flatten(1)
 
     def loss(
-        self, model: nn.Module, obs_norm: Tensor, action_norm: Tensor, generator: torch.Generator | None
+        self,
+        model: nn.Module,
+        obs_norm: Tensor,
+        action_norm: Tensor,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
     ) -> tuple[Tensor, Tensor, TrainingPair]:
-        """Mean loss, per-sample loss (B,) and the training pair for a normalised batch."""
-        tp = self.core.training_pair(action_norm, generator=generator)
+        """Mean loss, per-sample loss (B,) and the training pair for a normalised batch.
+
+        A list of generators splits the batch into that many rank slices (one stream each), see
+        :meth:`~immiscible_policy.noising.NoisingCore.sharded_training_pair`.
+        """
+        if isinstance(generator, Sequence):
+            tp = self.core.sharded_training_pair(action_norm, generator)
+        else:
+            tp = self.core.training_pair(action_norm, generator=generator)
         pred = model(tp.x_t, tp.model_timesteps, self.global_cond(obs_norm))
         per_sample = F.mse_loss(pred, tp.target, reduction="none").flatten(1).mean(1)
         return per_sample.mean(), per_sample, tp

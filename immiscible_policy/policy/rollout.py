@@ -40,7 +40,8 @@ class ActionChunkWrapper(gym.Wrapper):
     """Executes an action chunk per step and returns the observation history (diffusion_policy's
     MultiStepWrapper, minus its reward aggregation quirks).
 
-    Observation: (n_obs_steps, obs_dim) float32, oldest first. Action: (n_action_steps, 2). Reward: the
+    Observation: (n_obs_steps, obs_dim) float32, oldest first. Action: (n_action_steps, A) (PushT: A=2
+    pixels; robomimic: A=7 OSC_POSE deltas). Reward: the
     maximum step score within the chunk. ``info["max_score"]`` is the episode's running maximum,
     ``info["n_steps"]`` the env steps taken; with ``record_video`` set, ``info["frames"]`` lists the rgb
     frames rendered after each executed step (and the reset frame on the first chunk).
@@ -79,7 +80,7 @@ class ActionChunkWrapper(gym.Wrapper):
         return self._stacked(), {**info, "max_score": 0.0, "n_steps": 0}
 
     def step(self, action):
-        actions = np.asarray(action, dtype=np.float64).reshape(-1, 2)
+        actions = np.asarray(action, dtype=np.float64).reshape(-1, *self.env.action_space.shape)
         frames, self._pending_frames = self._pending_frames, []
         chunk_best, terminated, truncated, info = 0.0, False, False, {}
         for a in actions:

@@ -4,7 +4,9 @@ One step: normalised batch -> noising core (assigner pairs noise) -> U-Net -> MS
 Every ``eval_every_epochs`` the EMA model is rolled out on the fixed test seeds; every
 ``checkpoint_every_epochs`` a checkpoint is written atomically. Noise for step s is drawn from a
 generator seeded by (seed, rank, s) and the data order of epoch e from (seed, e), so ``resume=true``
-continues exactly where an uninterrupted run would be.
+continues exactly where an uninterrupted run would be. Under ``accelerate launch`` / ``torchrun`` each
+rank trains on its slice of every global batch (rules in :mod:`immiscible_policy.parallel`); logging,
+checkpoints and rollouts happen on the main process.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from tqdm.auto import tqdm
 
 from immiscible_policy.checkpoint import load_checkpoint
 from immiscible_policy.ema import ema_module
-from immiscible_policy.noising import NoisingCore, noise_generator
-from immiscible_policy.policy.dataset import PushTLowdimDataset
+from immiscible_policy.noising import NoisingCore
+from immiscible_policy.parallel import make_topology
 from immiscible_policy.policy.model import DiffusionPolicy
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
+from immiscible_policy.policy.tasks import task_env
 from immiscible_policy.policy.unet1d import ConditionalUnet1D
 from immiscible_policy.registry import create_from_config
 from immiscible_policy.run_log import plot_curves
@@ -82,56 +85,42 @@ def build_policy(cfg: Any, normalizer: MinMaxNormalizer, obs_dim: int, action_di
 
 
 def rollout(policy: DiffusionPolicy, model: torch.nn.Module, task: Any, seed: int, **kw: Any) -> dict:
-    """Roll the (EMA) model out on the task's fixed test seeds; sampling noise seeded for repeatability."""
-    from immiscible_policy.policy.rollout import evaluate
+    """Roll the (EMA) model out on the task's fixed test seeds; sampling noise seeded for repeatability.
 
+    The task family (``task.env``: PushT, robomimic) owns the env and the scoring (policy/tasks.py)."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(int(seed))
-    ev = task.eval
-    return evaluate(
-        lambda obs: policy.predict_action(model, obs, generator=gen),
-        obs_type=str(task.obs_type),
-        n_episodes=int(kw.pop("n_episodes", ev.n_episodes)),
-        start_seed=int(ev.start_seed),
-        n_obs_steps=int(task.n_obs_steps),
-        n_action_steps=int(task.n_action_steps),
-        max_steps=int(ev.max_steps),
-        n_envs=ev.n_envs,
-        vector=str(ev.vector),
-        **kw,
-    )
+    return task_env(task).evaluate(lambda obs: policy.predict_action(model, obs, generator=gen), task, **kw)
 
 
 def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train (or resume) a PushT diffusion policy into ``run_dir``; returns the final metrics record."""
+    """Train (or resume) a diffusion policy (PushT, robomimic, ...) into ``run_dir``; returns the final record."""
     run_dir = Path(run_dir)
     task, tr = cfg.task, cfg.trainer
-    device = resolve_device(str(tr.device))
+    topo = make_topology(tr, resolve_device(str(tr.device)))
+    run_dir = Path(topo.broadcast(str(run_dir)))  # one run directory for all ranks: the main one's
+    device = topo.device
     torch.manual_seed(int(tr.seed))
 
     # ---- data: the whole train split as normalised tensors on the device (PushT is ~35 MB)
-    dataset = PushTLowdimDataset(
-        task.dataset_path,
-        obs_type=str(task.obs_type),
-        horizon=int(task.horizon),
-        n_obs_steps=int(task.n_obs_steps),
-        n_action_steps=int(task.n_action_steps),
-        val_ratio=float(task.val_ratio),
-        seed=int(task.split_seed),
-        max_train_episodes=task.max_train_episodes,
-    )
+    dataset = task_env(task).make_dataset(task)
     normalizer = dataset.get_normalizer()
     windows = dataset.all_windows()
     obs_all = normalizer.normalize("obs", windows["obs"]).to(device)
     act_all = normalizer.normalize("action", windows["action"]).to(device)
-    n_windows, batch = act_all.shape[0], int(tr.batch_size)
+    n_windows, batch = act_all.shape[0], topo.global_batch
     if n_windows < batch:
-        raise ValueError(f"trainer.batch_size={batch} exceeds the {n_windows} training windows; lower it.")
+        raise ValueError(
+            f"trainer.batch_size={topo.per_rank_batch} x {topo.ranks} ranks = {batch} exceeds the "
+            f"{n_windows} training windows; lower it."
+        )
 
     # ---- model, optimiser, schedule, EMA (the lr scheduler exists before any optimiser state is loaded)
     model, policy = build_policy(cfg, normalizer, dataset.obs_dim, dataset.action_dim)
+    topo.check(policy.core.assigner)
     model.to(device)
-    steps_per_epoch = n_windows // batch  # drop_last: every step sees a full batch (assigners like that)
+    train_model = topo.wrap(model)  # DDP under several processes; ``model`` stays the bare module
+    steps_per_epoch = n_windows // batch  # drop_last: every step sees a full global batch
     if tr.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, int(tr.max_steps_per_epoch))
     epochs = int(tr.epochs)
@@ -140,56 +129,71 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
     config_record = run_record(
         cfg,
         policy.core.assigner,
-        batch=batch,
+        batch=topo.per_rank_batch,
         steps_per_epoch=steps_per_epoch,
+        topology=topo.record(),
         policy={"obs_dim": dataset.obs_dim, "action_dim": dataset.action_dim},
     )
 
     # ---- resume
     resume = bool(cfg.get("resume", False))
-    start_epoch, step = restore_training(run_dir, model, opt, batch=batch) if resume else (0, 0)
-    logger = open_run_log(run_dir, resume=resume, step=step, config_record=config_record)
+    start_epoch, step = (
+        restore_training(run_dir, model, opt, batch=topo.per_rank_batch, topology=topo.record())
+        if resume
+        else (0, 0)
+    )
+    main = topo.is_main
+    logger = open_run_log(run_dir, resume=resume, step=step, config_record=config_record) if main else None
 
     n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"[immiscible] task={task.name} assigner={policy.core.assigner!r} params={n_params / 1e6:.2f}M "
-        f"device={device} windows={n_windows} batch={batch} (effective {batch}) steps/epoch={steps_per_epoch} "
-        f"epochs={start_epoch}->{epochs} run_dir={run_dir}",
-        flush=True,
-    )
+    if main:
+        print(
+            f"[immiscible] task={task.name} assigner={policy.core.assigner!r} params={n_params / 1e6:.2f}M "
+            f"device={device} windows={n_windows} {topo.describe()} steps/epoch={steps_per_epoch} "
+            f"epochs={start_epoch}->{epochs} run_dir={run_dir}",
+            flush=True,
+        )
 
     last: dict = {}
     start_time = time.time()
-    train_min = float(logger.records[-1].get("train_min", 0.0)) if (resume and logger.records) else 0.0
+    train_min = (
+        float(logger.records[-1].get("train_min", 0.0)) if (main and resume and logger.records) else 0.0
+    )
     stop_epoch = epochs
     if tr.get("max_epochs_this_run"):
         stop_epoch = min(epochs, start_epoch + int(tr.max_epochs_this_run))
     stats = StepStats(int(tr.n_loss_buckets), device)
     for epoch in range(start_epoch, stop_epoch):
         model.train()
-        order = epoch_order(n_windows, int(tr.seed), epoch)
+        order = epoch_order(n_windows, int(tr.seed), epoch).to(device)
         epoch_start = time.time()
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not tr.progress, leave=False
-        )
+        show = bool(tr.progress) and main
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False)
         for i in bar:
-            idx = order[i * batch : (i + 1) * batch].to(device)
-            gen = noise_generator(int(tr.seed), 0, step, device)
-            loss, per_sample, tp = policy.loss(model, obs_all[idx], act_all[idx], gen)
+            idx = topo.rows(order, i)  # this process's slice of global batch i
+            gens = topo.generators(int(tr.seed), step)  # one stream per rank: (seed, rank, step)
+            loss, per_sample, tp = policy.loss(train_model, obs_all[idx], act_all[idx], gens)
             optimizer_step(model, opt, loss, tr.grad_clip)
             step += 1
             value = stats.add(loss, per_sample, tp, policy.core)
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{value:.4f}")
+            if show and i % 10 == 0:  # the only host sync of a step, and only with a progress bar
+                bar.set_postfix(loss=f"{value.item():.4f}")
 
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": opt.lr_scheduler.get_last_lr()[0]}
-        record.update(stats.summary())
+        record.update(stats.summary(topo.sum if topo.world_size > 1 else None))
         train_min += (time.time() - epoch_start) / 60
         record["train_min"] = train_min  # training time only (no evaluation), summed over resumes
         record["wall_min"] = (time.time() - start_time) / 60
 
         is_last = epoch + 1 == epochs
         every = int(tr.eval_every_epochs)
+        ck_every = int(tr.checkpoint_every_epochs)
+        do_ckpt = (ck_every and (epoch + 1) % ck_every == 0) or is_last or epoch + 1 == stop_epoch
+        last = record
+        if not main:  # logs, rollouts and checkpoints are the main process's; wait for it
+            if do_ckpt:
+                topo.barrier()
+            continue
         if (every and (epoch + 1) % every == 0) or (is_last and tr.eval_at_end):
             ema_model = ema_module(opt.ema, model)
             metrics = rollout(policy, ema_model, task, seed=int(tr.seed), progress=bool(tr.progress))
@@ -205,10 +209,7 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
             ),
             flush=True,
         )
-        last = record
-
-        ck_every = int(tr.checkpoint_every_epochs)
-        if (ck_every and (epoch + 1) % ck_every == 0) or is_last or epoch + 1 == stop_epoch:
+        if do_ckpt:
             save_training(
                 run_dir,
                 step,
@@ -219,7 +220,8 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
                 normalizer=normalizer.to_dict(),
                 keep_last=tr.keep_last,
             )
-    if logger.jsonl_path.exists():
+            topo.barrier()
+    if main and logger.jsonl_path.exists():
         plot_curves(
             logger.jsonl_path, run_dir / "curves.png", x="epoch", title=f"{task.name} / {cfg.assigner.name}"
         )

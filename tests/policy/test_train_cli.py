@@ -117,18 +117,62 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert p.returncode == 2 and "/nonexistent.zarr" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_analyze_commands_on_tiny_checkpoint(tmp_path):
+def test_analyze_commands_on_tiny_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     cli("train", "assigner=linear", "trainer.epochs=1", "trainer.eval_at_end=false", f"run_dir={run}", *TINY)
     out = tmp_path / "an"
-    cli("analyze", "bijectivity", f"checkpoint={run}", "n=4", "conditions=2", "steps=5", f"out={out}")
-    res = json.loads((out / "bijectivity.json").read_text())
-    assert (
-        res["relative_noise_reconstruction_error"] >= 0
-        and 1 <= res["distinct_nearest_train_chunks_per_condition"] <= 4
+    cli(
+        "analyze",
+        "bijectivity",
+        f"checkpoint={run},{run}",
+        "labels=a,b",
+        "n=4",
+        "conditions=2",
+        "steps=5",
+        "refine=2",
+        f"out={out}",
     )
-    cli("analyze", "losses", str(run), str(run), f"out={out}")
-    assert (out / "bucket_losses.png").stat().st_size > 1000
+    payload = json.loads((out / "bijectivity_pusht.json").read_text())
+    assert (
+        payload["kind"] == "policy"
+        and set(payload["runs"]) == {"a", "b"}
+        and payload["fixed_point_iters"] == 2
+    )
+    res = payload["runs"]["a"]
+    assert res["relative_noise_reconstruction_error"] > 0 and res["relative_resample_error"] >= 0
+    assert 1 <= res["distinct_nearest_train_chunks_per_condition"] <= 4
+    assert res == payload["runs"]["b"]  # fixed noises: the same checkpoint gives the same numbers
+    assert (out / "bijectivity_pusht.png").stat().st_size > 1000
+    # in-process from here on: the same entry point without another interpreter start-up
+    from immiscible_policy.cli.analyze import main as analyze
+
+    assert analyze(["bijectivity", f"checkpoint={run},{run}", f"out={out}"]) == 2
+    assert "labels=a,b" in capsys.readouterr().err
+    assert (
+        analyze(
+            [
+                "modes",
+                f"checkpoint={run}",
+                "n_states=2",
+                "n_rollouts=3",
+                "max_steps=16",
+                "num_inference_steps=4",
+                f"out={out}",
+            ]
+        )
+        == 0
+    )
+    modes = json.loads((out / "modes_pusht.json").read_text())
+    starts = modes["runs"]["linear"]["starts"]
+    assert modes["seeds"] == [100000, 100001] and [s["seed"] for s in starts] == modes["seeds"]
+    for s in starts:
+        assert len(s["sides"]) == 3 and sum(s["counts"].values()) == 3
+        assert all(step <= 16 for step in s["contact_step"])
+    assert (out / "modes_pusht.png").stat().st_size > 1000
+
+    assert analyze(["losses", str(run), str(run), "labels=x,y", "name=bl", f"out={out}"]) == 0
+    assert (out / "bl.png").stat().st_size > 1000
+    assert set(json.loads((out / "bl.json").read_text())) == {"x", "y"}
     cli("analyze", "mixing", "batch=16", "repeats=1", "assigners=vanilla,linear", f"out={out}")
     mix = json.loads((out / "mixing_pusht.json").read_text())
     assert set(mix["curves"]) == {"vanilla", "linear"} and mix["curves"]["vanilla"][0]["mixing"] < 0.05

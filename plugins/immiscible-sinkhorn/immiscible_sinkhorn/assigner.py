@@ -31,6 +31,7 @@ from numbers import Integral, Real
 
 import torch
 from immiscible_policy.assigners.base import Assigner, Pairing, check_same_batch, mean_l2
+from immiscible_policy.assigners.distributed import check_distributed, pair_globally, world_size
 from immiscible_policy.assigners.space import features, pairwise_sq_dist, parse_space
 from torch import Tensor
 
@@ -117,6 +118,9 @@ class SinkhornAssigner(Assigner):
             is closer to exact linear assignment but needs more iterations. Default 0.05.
         n_iters: Sinkhorn iterations, each O(B^2). Default 50.
         space: "full" or "pool:N" (distances in a pooled feature space, as for ``linear``).
+        distributed: under DDP, "local" (each rank permutes its own batch) or "global" (gather the
+            global batch, solve once on rank 0, each rank keeps its rows; immiscible_policy's generic
+            ``pair_globally``). This option is how a plugin declares that it supports both modes.
     """
 
     name = "sinkhorn"
@@ -126,7 +130,9 @@ class SinkhornAssigner(Assigner):
     )
     preserves_noise_multiset = True
 
-    def __init__(self, epsilon: float = 0.05, n_iters: int = 50, space: str = "full") -> None:
+    def __init__(
+        self, epsilon: float = 0.05, n_iters: int = 50, space: str = "full", distributed: str = "local"
+    ) -> None:
         if (
             isinstance(epsilon, bool)
             or not isinstance(epsilon, Real)
@@ -141,8 +147,10 @@ class SinkhornAssigner(Assigner):
             parse_space(space)
         except ValueError as exc:
             raise ValueError(f"sinkhorn: {exc}") from None
-        super().__init__(epsilon=float(epsilon), n_iters=int(n_iters), space=space)
+        check_distributed(distributed, "sinkhorn")
+        super().__init__(epsilon=float(epsilon), n_iters=int(n_iters), space=space, distributed=distributed)
         self.epsilon, self.n_iters, self.space = float(epsilon), int(n_iters), space
+        self.distributed = distributed
 
     def cost(self, x0: Tensor, noise: Tensor) -> Tensor:
         """Squared L2 cost (B, B) between samples (rows) and noises (columns), float32 or float64."""
@@ -156,6 +164,11 @@ class SinkhornAssigner(Assigner):
 
     def pair(self, x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None) -> Pairing:
         check_same_batch(x0, noise, "sinkhorn")
+        if self.distributed == "global" and world_size() > 1:
+            return pair_globally(self._pair_local, x0, noise, generator=generator)
+        return self._pair_local(x0, noise, generator=generator)
+
+    def _pair_local(self, x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None) -> Pairing:
         with torch.no_grad():
             perm, rounds = self.permutation(x0, noise)
         paired = noise[perm]

@@ -168,4 +168,7 @@ def test_found_by_name_through_the_entry_point():
     registry.refresh()
     assigner = registry.create("sinkhorn", epsilon=0.1, n_iters=10)
     assert type(assigner) is SinkhornAssigner
-    assert assigner.config == {"name": "sinkhorn", "params": {"epsilon": 0.1, "n_iters": 10, "space": "full"}}
+    assert assigner.config == {
+        "name": "sinkhorn",
+        "params": {"epsilon": 0.1, "n_iters": 10, "space": "full", "distributed": "local"},
+    }
