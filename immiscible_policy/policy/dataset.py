@@ -1,4 +1,4 @@
-"""PushT low-dim training windows with diffusion_policy's sampling conventions.
+"""Low-dim training windows (PushT here; robomimic reuses the base) with diffusion_policy's conventions.
 
 Why these conventions: a policy conditioned on ``n_obs_steps`` observations predicts a ``horizon``-long
 action chunk starting at the first observation step and executes ``n_action_steps`` of it. diffusion_policy
@@ -22,6 +22,7 @@ from immiscible_policy.policy.normalizer import MinMaxNormalizer
 
 __all__ = [
     "OBS_TYPES",
+    "LowdimWindowDataset",
     "PushTLowdimDataset",
     "SequenceSampler",
     "downsample_mask",
@@ -137,6 +138,89 @@ class SequenceSampler:
         return {k: v[rows] for k, v in arrays.items()}
 
 
+class LowdimWindowDataset(torch.utils.data.Dataset):
+    """Windows of (obs, action) over per-step arrays, split train/val by episode: the part every task shares.
+
+    Why a base: PushT and robomimic differ only in where their per-step arrays come from; the split rule,
+    the window sampler, the gathering and the normaliser fit must be the same code, or the two tasks' numbers
+    stop being comparable. A task builds its ``obs`` (T, obs_dim) and ``action`` (T, A) arrays and the
+    episode ends, then calls :meth:`_init_windows`.
+
+    ``dataset[i]`` -> {"obs": float32 tensor (horizon, obs_dim), "action": float32 tensor (horizon, A)},
+    unnormalised (env units). obs[k] is the state before action[k]; a policy conditions on
+    obs[:n_obs_steps] and is trained on the whole action window.
+    """
+
+    def _init_windows(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        episode_ends: np.ndarray,
+        *,
+        horizon: int,
+        n_obs_steps: int,
+        n_action_steps: int,
+        val_ratio: float,
+        seed: int,
+        max_train_episodes: int | None,
+        episode_mask: np.ndarray | None,
+    ) -> None:
+        self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
+        self.val_ratio, self.seed, self.max_train_episodes = val_ratio, seed, max_train_episodes
+        self.obs, self.action = obs, action
+        self.episode_ends = np.asarray(episode_ends, dtype=np.int64)
+        n = len(self.episode_ends)
+        self.val_mask = get_val_mask(n, val_ratio, seed)
+        self.train_mask = downsample_mask(~self.val_mask, max_train_episodes, seed)
+        self.episode_mask = self.train_mask if episode_mask is None else episode_mask
+        self.sampler = SequenceSampler(
+            self.episode_ends,
+            horizon=horizon,
+            pad_before=n_obs_steps - 1,
+            pad_after=n_action_steps - 1,
+            episode_mask=self.episode_mask,
+        )
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.obs.shape[-1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.action.shape[-1])
+
+    @property
+    def episodes(self) -> np.ndarray:
+        """Indices of the episodes this dataset samples from."""
+        return np.nonzero(self.episode_mask)[0]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        rows = self.sampler.indices[idx]
+        return {"obs": torch.from_numpy(self.obs[rows]), "action": torch.from_numpy(self.action[rows])}
+
+    def all_windows(self) -> dict[str, torch.Tensor]:
+        """Every window at once: {"obs": (N, horizon, obs_dim), "action": (N, horizon, A)} float32.
+
+        Low-dim sets are small (PushT ~25k windows, ~35 MB; 200 Lift demos ~10k), so a trainer can index
+        random batches from these tensors directly, which is far faster than a DataLoader on 2 cores.
+        """
+        rows = self.sampler.indices
+        return {"obs": torch.from_numpy(self.obs[rows]), "action": torch.from_numpy(self.action[rows])}
+
+    def _steps(self, mask: np.ndarray) -> np.ndarray:
+        """Buffer rows of every step of the episodes in ``mask``."""
+        starts = np.concatenate([[0], self.episode_ends[:-1]])
+        return np.concatenate([np.arange(starts[e], self.episode_ends[e]) for e in np.nonzero(mask)[0]])
+
+    def get_normalizer(self) -> MinMaxNormalizer:
+        """Min-max normaliser for "obs" and "action", fitted on the train episodes' steps only."""
+        rows = self._steps(self.train_mask)
+        return MinMaxNormalizer().fit({"obs": self.obs[rows], "action": self.action[rows]})
+
+
 def default_pusht_zarr() -> str:
     """The shared store, or ``$IMMISCIBLE_PUSHT_ZARR`` when set."""
     return os.environ.get(
@@ -154,13 +238,8 @@ def default_pusht_zarr() -> str:
     )
 
 
-class PushTLowdimDataset(torch.utils.data.Dataset):
-    """Windows of (obs, action) from the PushT demos, split train/val by episode.
-
-    ``dataset[i]`` -> {"obs": float32 tensor (horizon, obs_dim), "action": float32 tensor (horizon, 2)},
-    unnormalised (env units: pixels). Observations and actions share the window: obs[k] is the state before
-    action[k]; a policy conditions on obs[:n_obs_steps] and is trained on the whole action window.
-    """
+class PushTLowdimDataset(LowdimWindowDataset):
+    """Windows of (obs, action) from the PushT demos (actions in pixels), split train/val by episode."""
 
     def __init__(
         self,
@@ -178,58 +257,22 @@ class PushTLowdimDataset(torch.utils.data.Dataset):
         _check_obs_type(obs_type)
         self.zarr_path = str(zarr_path) if zarr_path is not None else default_pusht_zarr()
         self.obs_type = obs_type
-        self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
-        self.val_ratio, self.seed, self.max_train_episodes = val_ratio, seed, max_train_episodes
         if _buffer is None:
             keys = ["state", "action"] + (["keypoint"] if obs_type == "keypoints" else [])
             _buffer = ReplayBuffer.open(self.zarr_path, keys=keys)
         self.buffer = _buffer
-        # (n_steps, obs_dim) / (n_steps, 2): per-step arrays, windows gather from these
-        self.obs = pusht_obs(
-            _buffer["state"], _buffer["keypoint"] if obs_type == "keypoints" else None, obs_type
-        )
-        self.action = np.asarray(_buffer["action"], dtype=np.float32)
-
-        n = _buffer.n_episodes
-        self.val_mask = get_val_mask(n, val_ratio, seed)
-        self.train_mask = downsample_mask(~self.val_mask, max_train_episodes, seed)
-        self.episode_mask = self.train_mask if _episode_mask is None else _episode_mask
-        self.sampler = SequenceSampler(
+        self._init_windows(
+            pusht_obs(_buffer["state"], _buffer["keypoint"] if obs_type == "keypoints" else None, obs_type),
+            np.asarray(_buffer["action"], dtype=np.float32),
             _buffer.episode_ends,
             horizon=horizon,
-            pad_before=n_obs_steps - 1,
-            pad_after=n_action_steps - 1,
-            episode_mask=self.episode_mask,
+            n_obs_steps=n_obs_steps,
+            n_action_steps=n_action_steps,
+            val_ratio=val_ratio,
+            seed=seed,
+            max_train_episodes=max_train_episodes,
+            episode_mask=_episode_mask,
         )
-
-    @property
-    def obs_dim(self) -> int:
-        return OBS_TYPES[self.obs_type]
-
-    @property
-    def action_dim(self) -> int:
-        return self.action.shape[-1]
-
-    @property
-    def episodes(self) -> np.ndarray:
-        """Indices of the episodes this dataset samples from."""
-        return np.nonzero(self.episode_mask)[0]
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        rows = self.sampler.indices[idx]
-        return {"obs": torch.from_numpy(self.obs[rows]), "action": torch.from_numpy(self.action[rows])}
-
-    def all_windows(self) -> dict[str, torch.Tensor]:
-        """Every window at once: {"obs": (N, horizon, obs_dim), "action": (N, horizon, 2)} float32.
-
-        The PushT set is tiny (~25k windows, ~35 MB), so a trainer can index random batches from these
-        tensors directly, which is far faster than a DataLoader on 2 cores.
-        """
-        rows = self.sampler.indices
-        return {"obs": torch.from_numpy(self.obs[rows]), "action": torch.from_numpy(self.action[rows])}
 
     def get_validation_dataset(self) -> PushTLowdimDataset:
         """Same data and settings, windows from the validation episodes only."""
@@ -245,16 +288,6 @@ class PushTLowdimDataset(torch.utils.data.Dataset):
             _buffer=self.buffer,
             _episode_mask=self.val_mask,
         )
-
-    def _steps(self, mask: np.ndarray) -> np.ndarray:
-        ends = self.buffer.episode_ends
-        starts = np.concatenate([[0], ends[:-1]])
-        return np.concatenate([np.arange(starts[e], ends[e]) for e in np.nonzero(mask)[0]])
-
-    def get_normalizer(self) -> MinMaxNormalizer:
-        """Min-max normaliser for "obs" and "action", fitted on the train episodes' steps only."""
-        rows = self._steps(self.train_mask)
-        return MinMaxNormalizer().fit({"obs": self.obs[rows], "action": self.action[rows]})
 
     def __repr__(self) -> str:
         return (

@@ -1,7 +1,7 @@
 """robomimic low-dim training windows: the hdf5 reader feeding PushT's sequence sampler and normaliser.
 
-Same conventions as :class:`~immiscible_policy.policy.dataset.PushTLowdimDataset` (diffusion_policy's
-``RobomimicReplayLowdimDataset``): windows of ``horizon`` steps padded by ``n_obs_steps - 1`` before and
+Same code as PushT's windows (both subclass :class:`~immiscible_policy.policy.dataset.LowdimWindowDataset`)
+and diffusion_policy's ``RobomimicReplayLowdimDataset`` conventions: windows of ``horizon`` steps padded by ``n_obs_steps - 1`` before and
 ``n_action_steps - 1`` after each demo with edge repetition, a seeded ``val_ratio`` split by episode, a
 min-max normaliser fitted on the train episodes. Observations are the concatenation of ``obs_keys``
 (diffusion_policy's Lift set gives 10 + 3 + 4 + 2 = 19 numbers); actions are the 7 OSC_POSE deltas.
@@ -13,16 +13,14 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from immiscible_policy.data.robomimic_hdf5 import RobomimicData, load_robomimic
-from immiscible_policy.policy.dataset import SequenceSampler, downsample_mask, get_val_mask
-from immiscible_policy.policy.normalizer import MinMaxNormalizer
+from immiscible_policy.policy.dataset import LowdimWindowDataset
 
 __all__ = ["RobomimicLowdimDataset"]
 
 
-class RobomimicLowdimDataset(torch.utils.data.Dataset):
+class RobomimicLowdimDataset(LowdimWindowDataset):
     """``dataset[i]`` -> {"obs": (horizon, obs_dim), "action": (horizon, A)} float32, env units."""
 
     def __init__(
@@ -41,51 +39,27 @@ class RobomimicLowdimDataset(torch.utils.data.Dataset):
         _episode_mask: np.ndarray | None = None,
     ):
         self.path, self.obs_keys, self.filter_key = str(hdf5_path), tuple(obs_keys), filter_key
-        self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
-        self.val_ratio, self.seed, self.max_train_episodes = val_ratio, seed, max_train_episodes
         self.data = _data or load_robomimic(hdf5_path, self.obs_keys, filter_key=filter_key)
         buf = self.data.buffer
-        self.obs, self.action = buf["obs"], buf["action"]
-        self.val_mask = get_val_mask(buf.n_episodes, val_ratio, seed)
-        self.train_mask = downsample_mask(~self.val_mask, max_train_episodes, seed)
-        self.episode_mask = self.train_mask if _episode_mask is None else _episode_mask
-        self.sampler = SequenceSampler(
+        self._init_windows(
+            buf["obs"],
+            buf["action"],
             buf.episode_ends,
             horizon=horizon,
-            pad_before=n_obs_steps - 1,
-            pad_after=n_action_steps - 1,
-            episode_mask=self.episode_mask,
+            n_obs_steps=n_obs_steps,
+            n_action_steps=n_action_steps,
+            val_ratio=val_ratio,
+            seed=seed,
+            max_train_episodes=max_train_episodes,
+            episode_mask=_episode_mask,
         )
 
     @property
     def env_args(self) -> dict:
         return self.data.env_args
 
-    @property
-    def obs_dim(self) -> int:
-        return int(self.obs.shape[-1])
-
-    @property
-    def action_dim(self) -> int:
-        return int(self.action.shape[-1])
-
-    @property
-    def episodes(self) -> np.ndarray:
-        return np.nonzero(self.episode_mask)[0]
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        rows = self.sampler.indices[idx]
-        return {"obs": torch.from_numpy(self.obs[rows]), "action": torch.from_numpy(self.action[rows])}
-
-    def all_windows(self) -> dict[str, torch.Tensor]:
-        """Every window at once (low-dim robomimic sets are small: ~10k windows for 200 Lift demos)."""
-        rows = self.sampler.indices
-        return {"obs": torch.from_numpy(self.obs[rows]), "action": torch.from_numpy(self.action[rows])}
-
     def get_validation_dataset(self) -> RobomimicLowdimDataset:
+        """Same data and settings, windows from the validation episodes only."""
         return RobomimicLowdimDataset(
             self.path,
             self.obs_keys,
@@ -99,13 +73,6 @@ class RobomimicLowdimDataset(torch.utils.data.Dataset):
             _data=self.data,
             _episode_mask=self.val_mask,
         )
-
-    def get_normalizer(self) -> MinMaxNormalizer:
-        """Min-max normaliser for "obs" and "action", fitted on the train episodes' steps only."""
-        ends = self.data.buffer.episode_ends
-        starts = np.concatenate([[0], ends[:-1]])
-        rows = np.concatenate([np.arange(starts[e], ends[e]) for e in np.nonzero(self.train_mask)[0]])
-        return MinMaxNormalizer().fit({"obs": self.obs[rows], "action": self.action[rows]})
 
     def __repr__(self) -> str:
         return (
