@@ -12,6 +12,7 @@ Shapes (PushT): horizon H=16, obs_dim 20 ("keypoints") or 6 ("state"), action_di
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -163,7 +164,6 @@ class LowdimWindowDataset(torch.utils.data.Dataset):
         val_ratio: float,
         seed: int,
         max_train_episodes: int | None,
-        episode_mask: np.ndarray | None,
     ) -> None:
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
         self.val_ratio, self.seed, self.max_train_episodes = val_ratio, seed, max_train_episodes
@@ -172,14 +172,24 @@ class LowdimWindowDataset(torch.utils.data.Dataset):
         n = len(self.episode_ends)
         self.val_mask = get_val_mask(n, val_ratio, seed)
         self.train_mask = downsample_mask(~self.val_mask, max_train_episodes, seed)
-        self.episode_mask = self.train_mask if episode_mask is None else episode_mask
+        self._select(self.train_mask)
+
+    def _select(self, episode_mask: np.ndarray) -> None:
+        """Sample windows from the episodes in ``episode_mask`` only."""
+        self.episode_mask = episode_mask
         self.sampler = SequenceSampler(
             self.episode_ends,
-            horizon=horizon,
-            pad_before=n_obs_steps - 1,
-            pad_after=n_action_steps - 1,
-            episode_mask=self.episode_mask,
+            horizon=self.horizon,
+            pad_before=self.n_obs_steps - 1,
+            pad_after=self.n_action_steps - 1,
+            episode_mask=episode_mask,
         )
+
+    def get_validation_dataset(self) -> LowdimWindowDataset:
+        """Same arrays and settings (shared, not copied), windows from the validation episodes only."""
+        val = copy.copy(self)
+        val._select(self.val_mask)
+        return val
 
     @property
     def obs_dim(self) -> int:
@@ -251,42 +261,22 @@ class PushTLowdimDataset(LowdimWindowDataset):
         val_ratio: float = 0.02,
         seed: int = 42,
         max_train_episodes: int | None = None,
-        _buffer: ReplayBuffer | None = None,
-        _episode_mask: np.ndarray | None = None,
     ):
         _check_obs_type(obs_type)
         self.zarr_path = str(zarr_path) if zarr_path is not None else default_pusht_zarr()
         self.obs_type = obs_type
-        if _buffer is None:
-            keys = ["state", "action"] + (["keypoint"] if obs_type == "keypoints" else [])
-            _buffer = ReplayBuffer.open(self.zarr_path, keys=keys)
-        self.buffer = _buffer
+        keys = ["state", "action"] + (["keypoint"] if obs_type == "keypoints" else [])
+        self.buffer = buf = ReplayBuffer.open(self.zarr_path, keys=keys)
         self._init_windows(
-            pusht_obs(_buffer["state"], _buffer["keypoint"] if obs_type == "keypoints" else None, obs_type),
-            np.asarray(_buffer["action"], dtype=np.float32),
-            _buffer.episode_ends,
+            pusht_obs(buf["state"], buf["keypoint"] if obs_type == "keypoints" else None, obs_type),
+            np.asarray(buf["action"], dtype=np.float32),
+            buf.episode_ends,
             horizon=horizon,
             n_obs_steps=n_obs_steps,
             n_action_steps=n_action_steps,
             val_ratio=val_ratio,
             seed=seed,
             max_train_episodes=max_train_episodes,
-            episode_mask=_episode_mask,
-        )
-
-    def get_validation_dataset(self) -> PushTLowdimDataset:
-        """Same data and settings, windows from the validation episodes only."""
-        return PushTLowdimDataset(
-            self.zarr_path,
-            obs_type=self.obs_type,
-            horizon=self.horizon,
-            n_obs_steps=self.n_obs_steps,
-            n_action_steps=self.n_action_steps,
-            val_ratio=self.val_ratio,
-            seed=self.seed,
-            max_train_episodes=self.max_train_episodes,
-            _buffer=self.buffer,
-            _episode_mask=self.val_mask,
         )
 
     def __repr__(self) -> str:

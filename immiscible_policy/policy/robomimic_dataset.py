@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import numpy as np
-
-from immiscible_policy.data.robomimic_hdf5 import RobomimicData, load_robomimic
+from immiscible_policy.data.robomimic_hdf5 import load_robomimic
 from immiscible_policy.policy.dataset import LowdimWindowDataset
 
 __all__ = ["RobomimicLowdimDataset"]
@@ -35,11 +33,9 @@ class RobomimicLowdimDataset(LowdimWindowDataset):
         seed: int = 42,
         max_train_episodes: int | None = None,
         filter_key: str | None = None,
-        _data: RobomimicData | None = None,
-        _episode_mask: np.ndarray | None = None,
     ):
         self.path, self.obs_keys, self.filter_key = str(hdf5_path), tuple(obs_keys), filter_key
-        self.data = _data or load_robomimic(hdf5_path, self.obs_keys, filter_key=filter_key)
+        self.data = load_robomimic(hdf5_path, self.obs_keys, filter_key=filter_key)
         buf = self.data.buffer
         self._init_windows(
             buf["obs"],
@@ -51,28 +47,11 @@ class RobomimicLowdimDataset(LowdimWindowDataset):
             val_ratio=val_ratio,
             seed=seed,
             max_train_episodes=max_train_episodes,
-            episode_mask=_episode_mask,
         )
 
     @property
     def env_args(self) -> dict:
         return self.data.env_args
-
-    def get_validation_dataset(self) -> RobomimicLowdimDataset:
-        """Same data and settings, windows from the validation episodes only."""
-        return RobomimicLowdimDataset(
-            self.path,
-            self.obs_keys,
-            horizon=self.horizon,
-            n_obs_steps=self.n_obs_steps,
-            n_action_steps=self.n_action_steps,
-            val_ratio=self.val_ratio,
-            seed=self.seed,
-            max_train_episodes=self.max_train_episodes,
-            filter_key=self.filter_key,
-            _data=self.data,
-            _episode_mask=self.val_mask,
-        )
 
     def __repr__(self) -> str:
         return (
