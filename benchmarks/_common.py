@@ -67,13 +67,16 @@ def plot_mean_ci(
     *,
     x: str,
     y: str,
-    ci: str,
+    ci: str | None = None,
+    band: tuple[str, str] | None = None,
     xlabel: str,
     ylabel: str,
     title: str,
     ylim=None,
 ) -> None:
-    """One line per summary entry (mean ``y`` over seeds against ``x``) with its 95% CI band."""
+    """One line per summary entry (mean ``y`` over seeds against ``x``), shaded by ``ci`` (mean +- that key)
+    or by ``band`` (the curve points' (low, high) keys, e.g. the seed range: with 2 seeds a 95% t-interval is
+    +-9 standard deviations wide and hides every line)."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -86,9 +89,14 @@ def plot_mean_ci(
             continue
         xs = [p[x] for p in s["curve"]]
         m = np.array([p[y] for p in s["curve"]])
-        band = np.nan_to_num(np.array([p[ci] for p in s["curve"]]))
+        if band is not None:
+            lo = np.array([p[band[0]] for p in s["curve"]])
+            hi = np.array([p[band[1]] for p in s["curve"]])
+        else:
+            half = np.nan_to_num(np.array([p[ci] for p in s["curve"]]))
+            lo, hi = m - half, m + half
         ax.plot(xs, m, marker="o", ms=3, label=f"{s['label']} (n={s['n_seeds']})")
-        ax.fill_between(xs, m - band, m + band, alpha=0.15)
+        ax.fill_between(xs, lo, hi, alpha=0.12)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if ylim:
         ax.set_ylim(*ylim)

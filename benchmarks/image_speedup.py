@@ -129,6 +129,8 @@ def summarise(label: str, got: list[dict]) -> dict:
                 "step": s,
                 "fid": float(np.mean(fids)),
                 "fid_ci95": ci95(fids),
+                "fid_min": float(np.min(fids)),
+                "fid_max": float(np.max(fids)),
                 "kid": float(np.mean(kids)),
                 "train_min": float(np.mean([p["train_min"] for p in pts])),
             }
@@ -211,9 +213,9 @@ def report(labels: list[str], seeds: list[int], args) -> dict:
         args.out / "fid.png",
         x="step",
         y="fid",
-        ci="fid_ci95",
+        band=("fid_min", "fid_max"),
         xlabel="training step",
-        ylabel="FID (EMA model)",
+        ylabel="FID (EMA model); mean, shaded: seed range",
         title=f"Fashion-MNIST 32x32, {args.model}",
     )
     print(md)
