@@ -4,6 +4,8 @@ Each (assigner, seed) cell trains the CPU default with ``immiscible-train`` (sam
 seeds 100000..100049), evaluating the EMA model every ``--eval-every`` epochs. A finished cell writes
 ``cells/<label>-s<seed>.json``; a rerun skips finished cells and resumes interrupted ones from their
 last checkpoint, so a long sweep can be completed over several sittings. The report marks missing cells.
+Several workers may share one list (e.g. one per core with ``OMP_NUM_THREADS=1``): each cell is claimed by
+one of them (``run_dir/.owner``).
 
 It also measures, without training, what each assigner does to the noise the model is trained on
 (mean ||noise||/sqrt(D), mean projection on x0/||x0||, per-sample L2 reduction) on real normalised
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, markdown_table, plot_mean_ci, write_json  # noqa: E402
+from _common import RESULTS, claim_cell, machine, markdown_table, plot_mean_ci, write_json  # noqa: E402
 
 OUT = RESULTS / "pusht_speedup"
 THRESHOLDS = (0.7, 0.8, 0.9)
@@ -74,6 +76,9 @@ def run_cell(label: str, seed: int, args) -> dict | None:
         return json.loads(done.read_text())
     run_dir = args.out / "runs" / cell_name(label, seed)
     resume = (run_dir / "checkpoints" / "last").exists()
+    if not claim_cell(run_dir):
+        print(f"[sweep] {label} seed {seed} is being run by another worker; skipping it here", flush=True)
+        return None
     cmd = [
         sys.executable,
         "-c",
