@@ -227,12 +227,7 @@ class NoisingCore:
         if self.is_flow:
             if sampler not in ("euler", "ddim"):
                 raise ValueError(f"Rectified flow samples with sampler='euler', got {sampler!r}.")
-            n = int(num_inference_steps or 50)
-            ts = torch.linspace(1.0, 0.0, n + 1, device=x.device)
-            for i in range(n):
-                t = ts[i].expand(x.shape[0])
-                v = model_fn(x, self.scheduler.model_timesteps(t))
-                x = x + (ts[i + 1] - ts[i]) * v
+            x = euler_sample(model_fn, x, int(num_inference_steps or 50), self.scheduler.timestep_scale)
             return self.decode(x)
         sched = make_inference_scheduler(self.scheduler, sampler, self.assigner)
         sched.set_timesteps(int(num_inference_steps or self.num_train_timesteps), device=x.device)
@@ -240,6 +235,22 @@ class NoisingCore:
             out = model_fn(x, t.expand(x.shape[0]).to(x.device))
             x = sched.step(out, t, x, generator=generator).prev_sample
         return self.decode(x)
+
+
+@torch.no_grad()
+def euler_sample(
+    velocity_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int, timestep_scale: float
+) -> Tensor:
+    """Rectified flow: integrate dx/dt = v from t = 1 (noise) to t = 0 with ``steps`` Euler steps.
+
+    ``velocity_fn`` gets model timesteps (t x ``timestep_scale``). One loop serves the sampler above and
+    the analysis' inversion round trip, so the map the analysis inverts is the one users sample with.
+    """
+    ts = torch.linspace(1.0, 0.0, steps + 1, device=noise.device)
+    x = noise
+    for i in range(steps):
+        x = x + (ts[i + 1] - ts[i]) * velocity_fn(x, ts[i].expand(x.shape[0]) * timestep_scale)
+    return x
 
 
 def make_inference_scheduler(train_scheduler: Any, sampler: str, assigner: Assigner | None = None) -> Any:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from immiscible_policy.noising import euler_sample
+
 
 def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
     """Descending timesteps, evenly spaced like diffusers' DDIM 'leading' spacing."""
@@ -99,28 +101,15 @@ def epsilon_model(
 
 
 @torch.no_grad()
-def euler_sample(
-    velocity_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int, timestep_scale: float
-) -> Tensor:
-    """Rectified flow: integrate dx/dt = v from t = 1 (noise) to t = 0 with ``steps`` Euler steps."""
-    ts = torch.linspace(1.0, 0.0, steps + 1)
-    x = noise
-    for i in range(steps):
-        t = torch.full((x.shape[0],), float(ts[i]), device=x.device) * timestep_scale
-        x = x + float(ts[i + 1] - ts[i]) * velocity_fn(x, t)
-    return x
-
-
-@torch.no_grad()
 def euler_invert(
     velocity_fn: Callable[[Tensor, Tensor], Tensor], x0: Tensor, steps: int, timestep_scale: float
 ) -> Tensor:
-    """The Euler steps of :func:`euler_sample` undone in reverse order (v taken at the step's own t)."""
-    ts = torch.linspace(1.0, 0.0, steps + 1)
+    """The Euler steps of :func:`~immiscible_policy.noising.euler_sample` undone in reverse order (v taken
+    at the step's own t)."""
+    ts = torch.linspace(1.0, 0.0, steps + 1, device=x0.device)
     x = x0
     for i in reversed(range(steps)):
-        t = torch.full((x.shape[0],), float(ts[i]), device=x.device) * timestep_scale
-        x = x - float(ts[i + 1] - ts[i]) * velocity_fn(x, t)
+        x = x - (ts[i + 1] - ts[i]) * velocity_fn(x, ts[i].expand(x.shape[0]) * timestep_scale)
     return x
 
 
