@@ -11,6 +11,10 @@ Data flow of a step (see DESIGN.md)::
 diffusers' ``add_noise(original, noise, t)`` takes the noise as an argument: that is the seam where the
 assigner acts. With ``vanilla`` this module reproduces ``scheduler.add_noise`` / ``get_velocity`` exactly.
 Nothing here knows which trainer calls it or which assigner it holds.
+
+The objective factory lives here too (:func:`build_scheduler`, :func:`build_core`,
+:func:`resolve_sampler`): ``trainer.objective`` is one of ``epsilon | v_prediction | sample | flow`` for
+both trainers, eval and analysis, and a sampler that does not fit it is a one-line error.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ from torch import Tensor
 from immiscible_policy.assigners.base import Assigner
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+OBJECTIVES = (*PREDICTION_TYPES, "flow")
+SAMPLERS = {
+    "epsilon": ("ddim", "ddpm"),
+    "v_prediction": ("ddim", "ddpm"),
+    "sample": ("ddim", "ddpm"),
+    "flow": ("euler", "heun"),
+}
 
 
 class RectifiedFlow:
@@ -137,12 +148,30 @@ class NoisingCore:
         return torch.randint(0, self.num_train_timesteps, (batch,), device=device, generator=generator)
 
     def training_pair(
-        self, x0: Tensor, generator: torch.Generator | None = None, timesteps: Tensor | None = None
+        self,
+        x0: Tensor,
+        generator: torch.Generator | None = None,
+        timesteps: Tensor | None = None,
+        cond: Tensor | None = None,
     ) -> TrainingPair:
-        """Build one step's training pair from a clean (normalised) batch ``x0`` (B, ...)."""
+        """Build one step's training pair from a clean (normalised) batch ``x0`` (B, ...).
+
+        ``cond`` (B, ...) is what the model is conditioned on (a policy's flattened normalised
+        observation history, an image model's class labels). It reaches the assigner only when the
+        assigner declares ``uses_cond``, so strategies written against ``pair(x0, noise, *, generator)``
+        keep working; one that declares it and gets ``cond=None`` fails with one line.
+        """
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         start = time.perf_counter()
-        pairing = self.assigner.pair(x0, noise, generator=generator)
+        if getattr(self.assigner, "uses_cond", False):
+            if cond is None:
+                raise ValueError(
+                    f"assigner {self.assigner.name!r} pairs noise by condition (uses_cond) but this task "
+                    "gives no condition: use a conditional task or an assigner without uses_cond."
+                )
+            pairing = self.assigner.pair(x0, noise, generator=generator, cond=cond)
+        else:
+            pairing = self.assigner.pair(x0, noise, generator=generator)
         assign_ms = (time.perf_counter() - start) * 1e3
         if timesteps is None:
             timesteps = self.draw_timesteps(x0.shape[0], x0.device, generator)
@@ -165,21 +194,25 @@ class NoisingCore:
         info["assign_ms"] = assign_ms
         return TrainingPair(x_t, timesteps, model_t, target, px0, pnoise, info)
 
-    def sharded_training_pair(self, x0: Tensor, generators: Sequence[torch.Generator]) -> TrainingPair:
+    def sharded_training_pair(
+        self, x0: Tensor, generators: Sequence[torch.Generator], cond: Tensor | None = None
+    ) -> TrainingPair:
         """The training pair of a batch made of ``len(generators)`` equal rank slices, concatenated.
 
-        Slice r of ``x0`` gets its noise, its assigner draws and its timesteps from ``generators[r]``
-        and is paired on its own: exactly what rank r of a multi-process run computes for its
-        per-rank batch (``distributed: local``). With one generator this is :meth:`training_pair`.
+        Slice r of ``x0`` (and of ``cond``) gets its noise, its assigner draws and its timesteps from
+        ``generators[r]`` and is paired on its own: exactly what rank r of a multi-process run computes
+        for its per-rank batch (``distributed: local``). With one generator this is :meth:`training_pair`.
         """
         if len(generators) == 1:
-            return self.training_pair(x0, generators[0])
+            return self.training_pair(x0, generators[0], cond=cond)
         if x0.shape[0] % len(generators):
             raise ValueError(
                 f"batch of {x0.shape[0]} does not split into {len(generators)} equal rank slices."
             )
         slices = x0.chunk(len(generators))
-        return TrainingPair.cat([self.training_pair(x, g) for x, g in zip(slices, generators)])
+        conds = [None] * len(generators) if cond is None else cond.chunk(len(generators))
+        parts = [self.training_pair(x, g, cond=c) for x, g, c in zip(slices, generators, conds)]
+        return TrainingPair.cat(parts)
 
     def timestep_fraction(self, timesteps: Tensor) -> Tensor:
         """Timesteps mapped to [0, 1) (noise level order), for per-bucket loss analysis."""
@@ -207,7 +240,7 @@ class NoisingCore:
         shape: tuple[int, ...],
         *,
         num_inference_steps: int | None = None,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -217,20 +250,24 @@ class NoisingCore:
 
         ``model_fn(x_t, model_timesteps)`` returns the model prediction for a batch. ``sampler`` is
         "ddim" or "ddpm" for diffusers schedulers (a fresh scheduler built from the training config, so
-        the training scheduler is never mutated) and "euler" for rectified flow.
+        the training scheduler is never mutated) and "euler" or "heun" for rectified flow; one that does
+        not fit the objective is a one-line error (never a silent substitution).
         """
+        sampler = resolve_sampler(self.prediction_type, sampler)
+        steps = None if num_inference_steps is None else int(num_inference_steps)
+        if steps is not None and steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {steps}.")
         x = (
             noise
             if noise is not None
             else torch.randn(shape, generator=generator, device=device, dtype=dtype)
         )
         if self.is_flow:
-            if sampler not in ("euler", "ddim"):
-                raise ValueError(f"Rectified flow samples with sampler='euler', got {sampler!r}.")
-            x = euler_sample(model_fn, x, int(num_inference_steps or 50), self.scheduler.timestep_scale)
+            integrate = heun_sample if sampler == "heun" else euler_sample
+            x = integrate(model_fn, x, steps or 50, self.scheduler.timestep_scale)
             return self.decode(x)
         sched = make_inference_scheduler(self.scheduler, sampler, self.assigner)
-        sched.set_timesteps(int(num_inference_steps or self.num_train_timesteps), device=x.device)
+        sched.set_timesteps(steps or self.num_train_timesteps, device=x.device)
         for t in sched.timesteps:
             out = model_fn(x, t.expand(x.shape[0]).to(x.device))
             x = sched.step(out, t, x, generator=generator).prev_sample
@@ -250,6 +287,28 @@ def euler_sample(
     x = noise
     for i in range(steps):
         x = x + (ts[i + 1] - ts[i]) * velocity_fn(x, ts[i].expand(x.shape[0]) * timestep_scale)
+    return x
+
+
+@torch.no_grad()
+def heun_sample(
+    velocity_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int, timestep_scale: float
+) -> Tensor:
+    """Rectified flow with Heun's second-order steps (2 model calls per step, the last step Euler).
+
+    Same time grid as :func:`euler_sample`; ``steps`` Heun steps cost ``2 * steps - 1`` evaluations.
+    """
+    ts = torch.linspace(1.0, 0.0, steps + 1, device=noise.device)
+    x = noise
+    for i in range(steps):
+        dt = ts[i + 1] - ts[i]
+        v = velocity_fn(x, ts[i].expand(x.shape[0]) * timestep_scale)
+        x_euler = x + dt * v
+        if i == steps - 1:  # t = 0 ends the path: no second evaluation there (as EDM's Heun)
+            x = x_euler
+            continue
+        v2 = velocity_fn(x_euler, ts[i + 1].expand(x.shape[0]) * timestep_scale)
+        x = x + dt * 0.5 * (v + v2)
     return x
 
 
@@ -289,3 +348,90 @@ def noise_stats(x0: Tensor, noise: Tensor) -> dict[str, Tensor]:
         "noise_proj_x0": (nf * unit).sum(1).mean(),
         "pair_l2": (xf - nf).norm(dim=1).mean(),
     }
+
+
+def trainer_objective(tr: Any) -> str:
+    """``trainer.objective``; configs and checkpoints written before it existed (policy trainer) named
+    it ``trainer.prediction_type``, which is read when ``objective`` is absent."""
+    value = tr.get("objective") if hasattr(tr, "get") else getattr(tr, "objective", None)
+    if value is None:
+        value = tr.get("prediction_type", "epsilon") if hasattr(tr, "get") else "epsilon"
+    value = str(value)
+    if value not in OBJECTIVES:
+        raise ValueError(f"trainer.objective={value!r} is not supported; use one of {', '.join(OBJECTIVES)}.")
+    return value
+
+
+def build_scheduler(objective: str, *, num_train_timesteps: int, beta_schedule: str) -> Any:
+    """The training scheduler of an objective: diffusers' DDPM (clip_sample) or :class:`RectifiedFlow`.
+
+    Flow timesteps t in [0, 1] are fed to the model as t x ``num_train_timesteps`` so one network
+    config serves both (its timestep embedding sees the same range).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} is not supported; use one of {', '.join(OBJECTIVES)}.")
+    if objective == "flow":
+        return RectifiedFlow(timestep_scale=float(num_train_timesteps))
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=int(num_train_timesteps),
+        beta_schedule=str(beta_schedule),
+        clip_sample=True,
+        prediction_type=objective,
+    )
+
+
+def build_core(tr: Any, assigner_cfg: Any) -> NoisingCore:
+    """The noising core of a trainer config (``objective``, ``num_train_timesteps``, ``beta_schedule``)
+    with the configured assigner; used by both trainers, eval, sampling and analysis."""
+    from immiscible_policy.registry import create_from_config
+
+    scheduler = build_scheduler(
+        trainer_objective(tr),
+        num_train_timesteps=int(tr.num_train_timesteps),
+        beta_schedule=str(tr.beta_schedule),
+    )
+    return NoisingCore(scheduler, create_from_config(assigner_cfg))
+
+
+def resolve_sampler(objective: str, sampler: str | None, diffusion_default: str = "ddim") -> str:
+    """``auto``/None -> ``diffusion_default`` (ddim or ddpm) for diffusion objectives, euler for flow;
+    a sampler that does not fit the objective is a one-line error."""
+    allowed = SAMPLERS[objective]
+    if sampler in (None, "auto"):
+        return "euler" if objective == "flow" else diffusion_default
+    if sampler not in allowed:
+        raise ValueError(
+            f"sampler={sampler!r} does not fit objective {objective!r}; use {' or '.join(allowed)}."
+        )
+    return sampler
+
+
+def condition_leak(cond: Tensor, noise: Tensor, *, holdout: float = 0.25, ridge: float = 1e-2) -> float:
+    """Held-out R^2 of a ridge regression predicting the paired noise from the condition.
+
+    The train/test mismatch in one number: at inference the sampler draws x_T ~ N(0, I) whatever the
+    condition, so noise that can be predicted from the condition (R^2 > 0) is a prior the model never
+    meets. Independent noise gives ~0 (slightly below: the fit's own variance). Labels (integer
+    ``cond``) are one-hot encoded; the first ``1 - holdout`` of the rows fit, the rest score.
+    R^2 = 1 - SSE / SST summed over all noise dimensions (SST around the fitting rows' mean).
+    """
+    n = cond.shape[0]
+    if n < 8:
+        raise ValueError(f"condition_leak needs at least 8 rows, got {n}.")
+    c = cond.reshape(n, -1)
+    if not c.is_floating_point():
+        labels = torch.unique(c[:, 0], return_inverse=True)[1]
+        c = torch.nn.functional.one_hot(labels, int(labels.max()) + 1)
+    x, y = c.double(), noise.reshape(n, -1).double()
+    k = max(1, int(round(n * (1 - holdout))))
+    xm, ym = x[:k].mean(0), y[:k].mean(0)
+    xs = x[:k].std(0).clamp_min(1e-8)
+    xt, yt = (x[:k] - xm) / xs, y[:k] - ym
+    gram = xt.T @ xt + ridge * k * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    w = torch.linalg.solve(gram, xt.T @ yt)
+    pred = ((x[k:] - xm) / xs) @ w + ym
+    sse = (y[k:] - pred).pow(2).sum()
+    sst = (y[k:] - ym).pow(2).sum().clamp_min(1e-12)
+    return float(1.0 - sse / sst)

@@ -232,3 +232,12 @@ def create_from_config(cfg: Any) -> Assigner:
             f"Assigner config has unknown key(s) {sorted(extra)}; put strategy options under 'params'."
         )
     return create(cfg["name"], **dict(cfg.get("params") or {}))
+
+
+def origin_of(assigner: Assigner) -> dict[str, str | None]:
+    """``{"distribution", "version"}`` that provides ``assigner``'s registered name (None when the
+    name is not registered, e.g. a ``module:Class`` path); recorded in checkpoints next to its config."""
+    entry = _entries().get(assigner.name)
+    if entry is None:
+        return {"distribution": None, "version": None}
+    return {"distribution": entry.origin, "version": entry.version}

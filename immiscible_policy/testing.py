@@ -4,7 +4,11 @@ Plugin test suites call :func:`check_assigner` on their strategy, or subclass
 :class:`AssignerConformance` and implement ``make_assigner``. The checks are the contract every trainer
 relies on: the noise keeps the input's shape/dtype/device, the input tensors are not modified, a seeded
 generator makes the pairing deterministic, ``decode`` inverts any data-space transform, and a strategy
-that declares ``preserves_noise_multiset`` really only permutes the noise.
+that declares ``preserves_noise_multiset`` really only permutes the noise. A strategy that declares
+``uses_cond`` is exercised with both kinds of condition trainers pass (continuous (B, 6) floats, like a
+policy's observation history, and (B,) long class labels), must be deterministic for a given ``cond``,
+must refuse ``cond=None`` with a ``ValueError`` (never silently pair without it), and must reject a
+``cond`` with the wrong number of rows.
 """
 
 from __future__ import annotations
@@ -50,45 +54,76 @@ def check_assigner(
     cfg = assigner.config
     if set(cfg) != {"name", "params"} or not isinstance(cfg["params"], dict):
         _fail(assigner, f"config must be {{'name', 'params'}}, got {cfg!r}.")
+    uses_cond = bool(getattr(assigner, "uses_cond", False))
     for shape in shapes:
         g = torch.Generator(device=device).manual_seed(seed)
         x0 = torch.randn(shape, generator=g, device=device, dtype=dtype)
         noise = torch.randn(shape, generator=g, device=device, dtype=dtype)
         x0_copy, noise_copy = x0.clone(), noise.clone()
+        conds = [None]
+        if uses_cond:
+            conds = [
+                torch.randn(shape[0], 6, generator=g, device=device, dtype=dtype),
+                torch.randint(0, 3, (shape[0],), generator=g, device=device),
+            ]
+            _check_cond_errors(assigner, x0, noise, device)
+        for cond in conds:
+            _check_one(assigner, x0, noise, x0_copy, noise_copy, cond, shape, device, dtype, seed)
 
-        out = assigner.pair(x0, noise, generator=torch.Generator(device=device).manual_seed(seed + 1))
-        if not isinstance(out, Pairing):
-            _fail(assigner, f"pair() must return a Pairing, got {type(out).__name__}.")
-        if not torch.equal(x0, x0_copy) or not torch.equal(noise, noise_copy):
-            _fail(assigner, f"pair() modified its inputs in place (shape {shape}).")
-        for label, t in (("noise", out.noise), ("x0", out.x0)):
-            if t.shape != x0.shape or t.dtype != dtype or t.device != x0.device:
-                _fail(
-                    assigner,
-                    f"Pairing.{label} is {tuple(t.shape)} {t.dtype} on {t.device}; "
-                    f"expected {tuple(x0.shape)} {dtype} on {x0.device}.",
-                )
-        if not isinstance(out.info, dict):
-            _fail(assigner, "Pairing.info must be a dict.")
-        if not torch.isfinite(out.noise).all():
-            _fail(assigner, f"Pairing.noise has non-finite values (shape {shape}).")
 
-        again = assigner.pair(x0, noise, generator=torch.Generator(device=device).manual_seed(seed + 1))
-        if not (torch.equal(out.noise, again.noise) and torch.equal(out.x0, again.x0)):
-            _fail(assigner, f"pair() is not deterministic under a seeded generator (shape {shape}).")
+def _check_cond_errors(assigner: Assigner, x0: torch.Tensor, noise: torch.Tensor, device) -> None:
+    """``uses_cond`` strategies refuse a missing or misshapen condition with a ValueError."""
+    for bad, what in (
+        (None, "cond=None"),
+        (torch.zeros(x0.shape[0] + 1, 6, device=device), "cond rows != B"),
+    ):
+        try:
+            assigner.pair(x0, noise, generator=torch.Generator(device=device).manual_seed(0), cond=bad)
+        except ValueError:
+            continue
+        _fail(assigner, f"declares uses_cond=True but accepted {what} instead of raising ValueError.")
 
-        back = assigner.decode(out.x0)
-        if back.shape != x0.shape or not torch.allclose(back, x0, rtol=1e-5, atol=1e-5):
-            _fail(assigner, f"decode(pair(x0).x0) does not give back x0 (shape {shape}).")
 
-        if assigner.preserves_noise_multiset and not torch.equal(
-            _sorted_rows(out.noise), _sorted_rows(noise)
-        ):
+def _pair(assigner: Assigner, x0, noise, cond, device, seed: int) -> Pairing:
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+    if cond is None:
+        return assigner.pair(x0, noise, generator=g)
+    return assigner.pair(x0, noise, generator=g, cond=cond)
+
+
+def _check_one(assigner, x0, noise, x0_copy, noise_copy, cond, shape, device, dtype, seed) -> None:
+    """The contract on one batch (and one condition, for ``uses_cond`` strategies)."""
+    out = _pair(assigner, x0, noise, cond, device, seed)
+    if not isinstance(out, Pairing):
+        _fail(assigner, f"pair() must return a Pairing, got {type(out).__name__}.")
+    if not torch.equal(x0, x0_copy) or not torch.equal(noise, noise_copy):
+        _fail(assigner, f"pair() modified its inputs in place (shape {shape}).")
+    for label, t in (("noise", out.noise), ("x0", out.x0)):
+        if t.shape != x0.shape or t.dtype != dtype or t.device != x0.device:
             _fail(
                 assigner,
-                "declares preserves_noise_multiset=True but the returned noise is not a permutation of the "
-                f"input noise rows (shape {shape}).",
+                f"Pairing.{label} is {tuple(t.shape)} {t.dtype} on {t.device}; "
+                f"expected {tuple(x0.shape)} {dtype} on {x0.device}.",
             )
+    if not isinstance(out.info, dict):
+        _fail(assigner, "Pairing.info must be a dict.")
+    if not torch.isfinite(out.noise).all():
+        _fail(assigner, f"Pairing.noise has non-finite values (shape {shape}).")
+
+    again = _pair(assigner, x0, noise, cond, device, seed)
+    if not (torch.equal(out.noise, again.noise) and torch.equal(out.x0, again.x0)):
+        _fail(assigner, f"pair() is not deterministic under a seeded generator (shape {shape}).")
+
+    back = assigner.decode(out.x0)
+    if back.shape != x0.shape or not torch.allclose(back, x0, rtol=1e-5, atol=1e-5):
+        _fail(assigner, f"decode(pair(x0).x0) does not give back x0 (shape {shape}).")
+
+    if assigner.preserves_noise_multiset and not torch.equal(_sorted_rows(out.noise), _sorted_rows(noise)):
+        _fail(
+            assigner,
+            "declares preserves_noise_multiset=True but the returned noise is not a permutation of the "
+            f"input noise rows (shape {shape}).",
+        )
 
 
 class AssignerConformance:

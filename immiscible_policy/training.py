@@ -31,7 +31,7 @@ from immiscible_policy.checkpoint import (
     set_rng_state,
 )
 from immiscible_policy.ema import EMAModel, ema_resume_state, ema_state_dict_for_model, make_ema, restore_ema
-from immiscible_policy.noising import NoisingCore, TrainingPair, noise_stats
+from immiscible_policy.noising import NoisingCore, TrainingPair, condition_leak, noise_stats
 from immiscible_policy.run_log import RunLogger
 
 
@@ -159,12 +159,14 @@ def run_record(
     from omegaconf import OmegaConf
 
     from immiscible_policy.parallel import assigner_distributed
+    from immiscible_policy.registry import origin_of
 
     topo = dict(topology or {"world_size": 1, "per_rank_batch": int(batch), "global_batch": int(batch)})
     return {
         "cfg": OmegaConf.to_container(cfg, resolve=True),
         **meta,
         "assigner": assigner.config,
+        "assigner_origin": origin_of(assigner),
         "assigner_scope": assigner.scope,
         "assigner_distributed": assigner_distributed(assigner),
         **topo,
@@ -203,14 +205,17 @@ class StepStats:
     ``summary()`` moves the sums to the host once per logged record, summed over processes first when
     given ``reduce`` (:meth:`immiscible_policy.parallel.Topology.sum`), and returns ``train_loss``,
     ``noise_norm_ratio``, ``noise_proj_x0``, ``pair_l2``, ``assign_ms`` and ``loss_t0..loss_t{n-1}`` and
-    resets. Sums are float64 (float32 on MPS), the same numbers the former per-step ``.item()`` gave.
+    resets. Given the steps' conditions, it also reports ``condition_leak`` (held-out R^2 of the paired
+    noise regressed on the condition, :func:`~immiscible_policy.noising.condition_leak`) over the last
+    ``leak_rows`` (condition, noise) rows of this process. Sums are float64 (float32 on MPS), the same numbers the former per-step ``.item()`` gave.
     """
 
     KEYS = ("loss", "noise_norm_ratio", "noise_proj_x0", "pair_l2")
 
-    def __init__(self, n_buckets: int, device: torch.device) -> None:
+    def __init__(self, n_buckets: int, device: torch.device, leak_rows: int = 4096) -> None:
         self.n_buckets, self.device = int(n_buckets), device
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.leak_rows = int(leak_rows)
         self.reset()
 
     def reset(self) -> None:
@@ -219,9 +224,30 @@ class StepStats:
         self.sums = torch.zeros(len(self.KEYS), dtype=self.dtype, device=self.device)
         self.buckets = torch.zeros(self.n_buckets, device=self.device)
         self.bucket_n = torch.zeros_like(self.buckets)
+        self.leak_cond: list[Tensor] = []
+        self.leak_noise: list[Tensor] = []
 
-    def add(self, loss: Tensor, per_sample: Tensor, tp: TrainingPair, core: NoisingCore) -> Tensor:
-        """Accumulate one step; returns the step's loss (a detached device tensor, no host sync)."""
+    def _keep_leak_rows(self, cond: Tensor, noise: Tensor) -> None:
+        """Remember the newest ``leak_rows`` (condition, paired noise) rows (views, trimmed when full)."""
+        self.leak_cond.append(cond.detach())
+        self.leak_noise.append(noise.detach().flatten(1))
+        while sum(c.shape[0] for c in self.leak_cond[1:]) >= self.leak_rows:
+            self.leak_cond.pop(0)
+            self.leak_noise.pop(0)
+
+    def add(
+        self,
+        loss: Tensor,
+        per_sample: Tensor,
+        tp: TrainingPair,
+        core: NoisingCore,
+        cond: Tensor | None = None,
+    ) -> Tensor:
+        """Accumulate one step; returns the step's loss (a detached device tensor, no host sync).
+
+        ``cond`` (B, ...), the step's conditions, feeds the condition-leak diagnostic."""
+        if cond is not None and self.leak_rows:
+            self._keep_leak_rows(cond, tp.noise)
         b = core.bucket_losses(per_sample, tp.timesteps, self.n_buckets)
         seen = ~torch.isnan(b)
         self.buckets += torch.where(seen, b, 0.0)
@@ -250,5 +276,9 @@ class StepStats:
         out["assign_ms"] = assign_ms / n
         means = (buckets / bucket_n.clamp_min(1)).tolist()
         out.update({f"loss_t{j}": float(v) for j, v in enumerate(means)})
+        if self.leak_cond and sum(c.shape[0] for c in self.leak_cond) >= 64:
+            out["condition_leak"] = condition_leak(
+                torch.cat(self.leak_cond)[-self.leak_rows :], torch.cat(self.leak_noise)[-self.leak_rows :]
+            )
         self.reset()
         return out

@@ -13,24 +13,26 @@ from immiscible_policy.assigners.space import features
 from immiscible_policy.testing import AssignerConformance, ConformanceError, check_assigner
 
 
-def _cost(x0, noise):
-    return (x0 - noise).flatten(1).pow(2).sum(1).sum().item()
+def _cost(x0, noise, cost="sqeuclidean"):
+    d2 = (x0 - noise).flatten(1).pow(2).sum(1)
+    return (d2 if cost == "sqeuclidean" else d2.sqrt()).sum().item()
 
 
-def brute_force_best(x0, noise):
+def brute_force_best(x0, noise, cost="sqeuclidean"):
     b = x0.shape[0]
-    return min(_cost(x0, noise[list(p)]) for p in itertools.permutations(range(b)))
+    return min(_cost(x0, noise[list(p)], cost) for p in itertools.permutations(range(b)))
 
 
 @pytest.mark.parametrize("b", [2, 3, 5, 7])
 @pytest.mark.parametrize("quantize", [None, "fp16"])
-def test_linear_is_optimal_against_brute_force(b, quantize):
-    lin = create("linear", quantize=quantize)
+@pytest.mark.parametrize("cost", ["l2", "sqeuclidean"])
+def test_linear_is_optimal_against_brute_force(b, quantize, cost):
+    lin = create("linear", quantize=quantize, cost=cost)
     for seed in range(6):
         g = torch.Generator().manual_seed(seed)
         x0, noise = torch.randn(b, 4, 2, generator=g), torch.randn(b, 4, 2, generator=g)
-        got = _cost(x0, lin.pair(x0, noise).noise)
-        best = brute_force_best(x0, noise)
+        got = _cost(x0, lin.pair(x0, noise).noise, cost)
+        best = brute_force_best(x0, noise, cost)
         tol = 1e-4 if quantize is None else 0.02 * best  # bf16 cost may tie-break differently
         assert got <= best + tol, (seed, got, best)
 

@@ -105,5 +105,5 @@ def test_sample_ddim_with_oracle_recovers_data_and_decodes():
 
 
 def test_bad_prediction_type_and_sampler():
-    with pytest.raises(ValueError, match="Unknown sampler 'plms'"):
+    with pytest.raises(ValueError, match="sampler='plms' does not fit objective 'epsilon'"):
         NoisingCore(ddpm(), create("vanilla")).sample(lambda x, t: x, (1, 2), sampler="plms")

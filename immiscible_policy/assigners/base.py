@@ -44,6 +44,10 @@ class Assigner:
         description: one line shown by ``immiscible-assigners``.
         preserves_noise_multiset: True when ``pair`` only permutes the input noise, so the batch's noise
             marginal stays exactly Gaussian; the conformance kit checks it when True.
+        uses_cond: True when ``pair`` needs the condition of each row (``cond=``): the policy's
+            normalised observation history (B, n_obs_steps * obs_dim) or an image model's class labels
+            (B,) long. The noising core passes ``cond`` only to strategies that declare it, so a strategy
+            written against ``pair(x0, noise, *, generator)`` keeps working unchanged.
 
     Constructor keyword arguments are the strategy's options; they are recorded in :attr:`config` so a
     checkpoint can re-create the strategy with ``registry.create(**config)``.
@@ -53,6 +57,7 @@ class Assigner:
     scope: ClassVar[str] = "sample"
     description: ClassVar[str] = ""
     preserves_noise_multiset: ClassVar[bool] = False
+    uses_cond: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self._params = dict(params)
@@ -67,8 +72,18 @@ class Assigner:
         """``{"name": ..., "params": {...}}``: enough to re-create this strategy through the registry."""
         return {"name": self.name, "params": self.params}
 
-    def pair(self, x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None) -> Pairing:
-        """Pair each row of ``x0`` (B, ...) with noise derived from ``noise`` (B, ...)."""
+    def pair(
+        self,
+        x0: Tensor,
+        noise: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond: Tensor | None = None,
+    ) -> Pairing:
+        """Pair each row of ``x0`` (B, ...) with noise derived from ``noise`` (B, ...).
+
+        ``cond`` (B, ...) is the condition of each row; it is given only when ``uses_cond`` is True.
+        """
         raise NotImplementedError
 
     def decode(self, x0: Tensor) -> Tensor:

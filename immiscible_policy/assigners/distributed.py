@@ -62,12 +62,18 @@ def my_rows(t: Tensor, per_rank: int) -> Tensor:
 
 
 def pair_globally(
-    pair_fn: Callable[..., object], x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None
+    pair_fn: Callable[..., object],
+    x0: Tensor,
+    noise: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    cond: Tensor | None = None,
 ):
     """Generic ``global`` mode for any row-preserving batch strategy (a plugin's escape hatch).
 
-    Gathers x0 and noise, runs ``pair_fn(gx, gn, generator=generator)`` on rank 0 only (its extra draws,
-    if any, come from rank 0's stream), broadcasts the paired x0 and noise, and returns this rank's rows
+    Gathers x0 and noise (and ``cond`` when given: then ``pair_fn(gx, gn, generator=..., cond=gc)``),
+    runs ``pair_fn(gx, gn, generator=generator)`` on rank 0 only (its extra draws, if any, come from
+    rank 0's stream), broadcasts the paired x0 and noise, and returns this rank's rows
     as a :class:`~immiscible_policy.assigners.base.Pairing`. Built-ins use cheaper specialised paths
     (``linear`` broadcasts only the permutation).
     """
@@ -75,8 +81,9 @@ def pair_globally(
 
     b = x0.shape[0]
     gx, gn = all_gather_cat(x0), all_gather_cat(noise)
+    extra = {} if cond is None else {"cond": all_gather_cat(cond.to(x0.device))}
     if rank() == 0:
-        out = pair_fn(gx, gn, generator=generator)
+        out = pair_fn(gx, gn, generator=generator, **extra)
         px, pn = out.x0.contiguous(), out.noise.contiguous()
     else:
         px, pn = torch.empty_like(gx), torch.empty_like(gn)

@@ -1,12 +1,14 @@
 """``linear``: batch linear assignment (Immiscible Diffusion, NeurIPS 2024).
 
-Within a batch, permute the noise so the total sample-to-noise L2 distance is minimal (Hungarian /
+Within a batch, permute the noise so the total sample-to-noise distance is minimal (Hungarian /
 Jonker-Volgenant via ``scipy.optimize.linear_sum_assignment``). Because the noise is only permuted, the
 batch's noise marginal stays exactly N(0, I): the sampler at inference starts from the same distribution
 the model was trained on. Cost: an (B, B) distance matrix on the device, then a CPU solve that grows
 roughly cubically with B (the cost matrix is the only thing that leaves the device).
 
 Options:
+    cost: "l2" (default; the plain L2 distance, as the paper's official code assigns with
+        ``torch.linalg.vector_norm``) or "sqeuclidean" (squared L2: the W2 coupling torchcfm's OT-CFM uses).
     space: "full" or "pool:N" (distances in a pooled feature space).
     quantize: None or "fp16": compute the distance matrix in half precision (the paper's "quantized
         assignment"); bf16 on CPU, where fp16 matmul is slow.
@@ -26,9 +28,18 @@ from torch import Tensor
 
 from immiscible_policy.assigners.base import Assigner, Pairing, check_same_batch, mean_l2
 from immiscible_policy.assigners.distributed import all_gather_cat, check_distributed, world_size
-from immiscible_policy.assigners.space import features, pairwise_sq_dist, parse_space
+from immiscible_policy.assigners.space import check_cost, features, pairwise_cost, parse_space
 
 QUANTIZE = (None, "fp16")
+
+
+def assignment_cost(x0: Tensor, noise: Tensor, *, space: str, quantize: str | None, cost: str) -> Tensor:
+    """(B, B) sample-to-noise cost in ``space`` (``quantize="fp16"``: half-precision distances)."""
+    dtype = None
+    if quantize == "fp16":
+        dtype = torch.float16 if x0.device.type == "cuda" else torch.bfloat16
+    fx, fn = features(x0.float(), space), features(noise.float(), space)
+    return pairwise_cost(fx, fn, cost, dtype=dtype)
 
 
 def solve_assignment(cost: Tensor) -> Tensor:
@@ -39,29 +50,26 @@ def solve_assignment(cost: Tensor) -> Tensor:
 
 
 class LinearAssigner(Assigner):
-    """Permute the batch's noise to minimise total L2 distance to the samples."""
+    """Permute the batch's noise to minimise the total sample-to-noise distance (``cost``)."""
 
     name = "linear"
     scope = "batch"
-    description = (
-        "Batch linear assignment (scipy): permute noise to minimise total L2 (keeps noise Gaussian)."
-    )
+    description = "Batch linear assignment (scipy): permute noise to minimise total L2 or squared L2 (keeps noise Gaussian)."
     preserves_noise_multiset = True
 
-    def __init__(self, space: str = "full", quantize: str | None = None, distributed: str = "local") -> None:
+    def __init__(
+        self, cost: str = "l2", space: str = "full", quantize: str | None = None, distributed: str = "local"
+    ) -> None:
+        check_cost(cost, "linear")
         parse_space(space)
         if quantize not in QUANTIZE:
             raise ValueError(f"linear: quantize must be one of {QUANTIZE}, got {quantize!r}.")
         check_distributed(distributed, "linear")
-        super().__init__(space=space, quantize=quantize, distributed=distributed)
-        self.space, self.quantize, self.distributed = space, quantize, distributed
+        super().__init__(cost=cost, space=space, quantize=quantize, distributed=distributed)
+        self.cost, self.space, self.quantize, self.distributed = cost, space, quantize, distributed
 
     def _cost(self, x0: Tensor, noise: Tensor) -> Tensor:
-        dtype = None
-        if self.quantize == "fp16":
-            dtype = torch.float16 if x0.device.type == "cuda" else torch.bfloat16
-        fx, fn = features(x0.float(), self.space), features(noise.float(), self.space)
-        return pairwise_sq_dist(fx, fn, dtype=dtype)
+        return assignment_cost(x0, noise, space=self.space, quantize=self.quantize, cost=self.cost)
 
     def pair(self, x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None) -> Pairing:
         check_same_batch(x0, noise, "linear")

@@ -49,3 +49,23 @@ def pairwise_sq_dist(a: Tensor, b: Tensor, dtype=None) -> Tensor:
         a, b = a.to(dtype), b.to(dtype)
     d = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1)[None, :] - 2.0 * (a @ b.T)
     return d.clamp_min_(0)
+
+
+COSTS = ("l2", "sqeuclidean")
+
+
+def check_cost(cost: str, who: str) -> str:
+    """One-line error unless ``cost`` is ``l2`` (the 2024 paper's code) or ``sqeuclidean`` (W2 / torchcfm)."""
+    if cost not in COSTS:
+        raise ValueError(f"{who}: cost must be 'l2' or 'sqeuclidean', got {cost!r}.")
+    return cost
+
+
+def pairwise_cost(a: Tensor, b: Tensor, cost: str, dtype=None) -> Tensor:
+    """(Na, Nb) assignment cost between rows: plain L2 distance (``l2``) or its square (``sqeuclidean``).
+
+    The two give different optimal permutations: the square weighs far pairs more (the W2 coupling),
+    the plain distance is what the Immiscible Diffusion code assigns on.
+    """
+    d = pairwise_sq_dist(a, b, dtype=dtype)
+    return d if cost == "sqeuclidean" else d.float().sqrt()

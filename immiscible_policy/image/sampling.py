@@ -1,7 +1,8 @@
 """Image sampling shared by training (grids, FID) and ``immiscible-sample``: core, generate, grid, load.
 
-Objectives (``trainer.objective``): ``epsilon`` and ``v_prediction`` use a diffusers ``DDPMScheduler`` and
-sample with DDIM (n steps) or DDPM; ``flow`` is rectified flow and samples with Euler steps. Sampling ends
+Objectives (``trainer.objective``, the factory in :mod:`immiscible_policy.noising`): ``epsilon``,
+``v_prediction`` and ``sample`` use a diffusers ``DDPMScheduler`` and sample with DDIM (n steps) or DDPM;
+``flow`` is rectified flow and samples with Euler or Heun steps. Sampling ends
 in the assigner's ``decode`` (inside :meth:`NoisingCore.sample`), so e.g. ``scale`` is undone.
 """
 
@@ -12,50 +13,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from immiscible_policy.checkpoint import Checkpoint, load_checkpoint
 from immiscible_policy.image.data import to_uint8
 from immiscible_policy.image.model import build_unet, predict
-from immiscible_policy.noising import NoisingCore, RectifiedFlow
-from immiscible_policy.registry import create_from_config
+from immiscible_policy.noising import OBJECTIVES, SAMPLERS, NoisingCore, build_core, resolve_sampler
 from immiscible_policy.training import resolve_device
 
-OBJECTIVES = ("epsilon", "v_prediction", "flow")
-SAMPLERS = {"epsilon": ("ddim", "ddpm"), "v_prediction": ("ddim", "ddpm"), "flow": ("euler",)}
-
-
-def build_core(tr: Any, assigner_cfg: Any) -> NoisingCore:
-    """The noising core for ``tr.objective`` with the configured assigner."""
-    objective = str(tr.objective)
-    if objective not in OBJECTIVES:
-        raise ValueError(
-            f"trainer.objective={objective!r} is not supported; use one of {', '.join(OBJECTIVES)}."
-        )
-    if objective == "flow":
-        scheduler = RectifiedFlow(timestep_scale=float(tr.num_train_timesteps))
-    else:
-        scheduler = DDPMScheduler(
-            num_train_timesteps=int(tr.num_train_timesteps),
-            beta_schedule=str(tr.beta_schedule),
-            clip_sample=True,
-            prediction_type=objective,
-        )
-    return NoisingCore(scheduler, create_from_config(assigner_cfg))
-
-
-def resolve_sampler(objective: str, sampler: str | None) -> str:
-    """``auto``/None -> ddim (diffusion) or euler (flow); anything that does not fit is a one-line error."""
-    allowed = SAMPLERS[objective]
-    if sampler in (None, "auto"):
-        return allowed[0]
-    if sampler not in allowed:
-        raise ValueError(
-            f"sampler={sampler!r} does not fit objective {objective!r}; use {' or '.join(allowed)}."
-        )
-    return sampler
+__all__ = [
+    "OBJECTIVES",
+    "SAMPLERS",
+    "build_core",
+    "generate",
+    "load_image_model",
+    "resolve_sampler",
+    "save_grid",
+]
 
 
 def sample_labels(n: int, num_classes: int) -> Tensor | None:

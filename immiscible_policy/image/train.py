@@ -25,7 +25,8 @@ from immiscible_policy.ema import ema_module
 from immiscible_policy.image.data import load_dataset, to_unit
 from immiscible_policy.image.evaluate import fid_kid
 from immiscible_policy.image.model import build_unet, count_params, predict
-from immiscible_policy.image.sampling import build_core, generate, resolve_sampler, save_grid
+from immiscible_policy.image.sampling import generate, save_grid
+from immiscible_policy.noising import build_core, resolve_sampler
 from immiscible_policy.parallel import make_topology
 from immiscible_policy.run_log import plot_curves
 from immiscible_policy.training import (
@@ -83,6 +84,11 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     # ---- model, noising core, optimiser (lr scheduler built before any state is loaded), EMA
     core = build_core(tr, cfg.assigner)
+    if core.assigner.uses_cond and not conditional:
+        raise ValueError(
+            f"assigner {core.assigner.name!r} pairs noise within conditions, but task {cfg.task.name!r} is "
+            "unconditional: set task.class_conditional=true or pick an assigner without conditions."
+        )
     topo.check(core.assigner)
     sampler = resolve_sampler(core.prediction_type, tr.get("sampler"))
     model = build_unet(cfg.model, image_size=ds.image_size, channels=ds.channels, num_classes=num_classes)
@@ -173,14 +179,15 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
         idx = topo.rows(order, i)  # this process's slice of global batch i
         x0 = to_unit(images[idx])
         # one noise stream per rank: (seed, rank, step)
-        tp = core.sharded_training_pair(x0, topo.generators(int(tr.seed), step))
+        cond = None if labels is None else labels[idx]  # the class labels are the condition
+        tp = core.sharded_training_pair(x0, topo.generators(int(tr.seed), step), cond=cond)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = predict(train_model, tp.x_t, tp.model_timesteps, None if labels is None else labels[idx])
+            pred = predict(train_model, tp.x_t, tp.model_timesteps, cond)
         per_sample = F.mse_loss(pred.float(), tp.target, reduction="none").flatten(1).mean(1)
         loss = per_sample.mean()
         optimizer_step(model, opt, loss, tr.grad_clip)
         step += 1
-        value = stats.add(loss, per_sample, tp, core)
+        value = stats.add(loss, per_sample, tp, core, cond=cond)
         bar.update(1)
         if show and step % 10 == 0:  # the only host sync of a step, and only with a progress bar
             bar.set_postfix(loss=f"{value.item():.4f}", refresh=False)

@@ -60,11 +60,12 @@ class DiffusionPolicy:
         A list of generators splits the batch into that many rank slices (one stream each), see
         :meth:`~immiscible_policy.noising.NoisingCore.sharded_training_pair`.
         """
+        cond = self.global_cond(obs_norm)  # what the U-Net sees is what a condition-aware pairing sees
         if isinstance(generator, Sequence):
-            tp = self.core.sharded_training_pair(action_norm, generator)
+            tp = self.core.sharded_training_pair(action_norm, generator, cond=cond)
         else:
-            tp = self.core.training_pair(action_norm, generator=generator)
-        pred = model(tp.x_t, tp.model_timesteps, self.global_cond(obs_norm))
+            tp = self.core.training_pair(action_norm, generator=generator, cond=cond)
+        pred = model(tp.x_t, tp.model_timesteps, cond)
         per_sample = F.mse_loss(pred, tp.target, reduction="none").flatten(1).mean(1)
         return per_sample.mean(), per_sample, tp
 

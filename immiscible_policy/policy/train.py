@@ -16,19 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from immiscible_policy.checkpoint import load_checkpoint
 from immiscible_policy.ema import ema_module
-from immiscible_policy.noising import NoisingCore
+from immiscible_policy.noising import build_core, resolve_sampler
 from immiscible_policy.parallel import make_topology
 from immiscible_policy.policy.model import DiffusionPolicy
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
 from immiscible_policy.policy.tasks import task_env
 from immiscible_policy.policy.unet1d import ConditionalUnet1D
-from immiscible_policy.registry import create_from_config
 from immiscible_policy.run_log import plot_curves
 from immiscible_policy.training import (
     StepStats,
@@ -42,16 +40,13 @@ from immiscible_policy.training import (
     save_training,
 )
 
-__all__ = ["build_policy", "build_scheduler", "load_policy", "resolve_device", "rollout", "train_policy"]
+__all__ = ["build_policy", "load_policy", "policy_sampler", "resolve_device", "rollout", "train_policy"]
 
 
-def build_scheduler(tr: Any) -> DDPMScheduler:
-    return DDPMScheduler(
-        num_train_timesteps=int(tr.num_train_timesteps),
-        beta_schedule=str(tr.beta_schedule),
-        clip_sample=True,
-        prediction_type=str(tr.prediction_type),
-    )
+def policy_sampler(tr: Any, objective: str) -> str:
+    """The policy's sampler: ``trainer.sampler`` (``auto`` = DDPM for diffusion objectives, as
+    Diffusion Policy, and Euler for flow), checked against the objective."""
+    return resolve_sampler(objective, tr.get("sampler"), diffusion_default="ddpm")
 
 
 def build_model(model_cfg: Any, action_dim: int, obs_dim: int, n_obs_steps: int) -> ConditionalUnet1D:
@@ -69,7 +64,7 @@ def build_model(model_cfg: Any, action_dim: int, obs_dim: int, n_obs_steps: int)
 def build_policy(cfg: Any, normalizer: MinMaxNormalizer, obs_dim: int, action_dim: int):
     """(model, DiffusionPolicy) from a resolved config; shared by training and ``immiscible-eval``."""
     task, tr = cfg.task, cfg.trainer
-    core = NoisingCore(build_scheduler(tr), create_from_config(cfg.assigner))
+    core = build_core(tr, cfg.assigner)
     model = build_model(cfg.model, action_dim, obs_dim, int(task.n_obs_steps))
     policy = DiffusionPolicy(
         core,
@@ -79,7 +74,7 @@ def build_policy(cfg: Any, normalizer: MinMaxNormalizer, obs_dim: int, action_di
         n_action_steps=int(task.n_action_steps),
         action_dim=action_dim,
         num_inference_steps=int(tr.num_inference_steps),
-        sampler=str(tr.sampler),
+        sampler=policy_sampler(tr, core.prediction_type),
     )
     return model, policy
 
@@ -148,7 +143,9 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     if main:
         print(
-            f"[immiscible] task={task.name} assigner={policy.core.assigner!r} params={n_params / 1e6:.2f}M "
+            f"[immiscible] task={task.name} assigner={policy.core.assigner!r} "
+            f"objective={policy.core.prediction_type} sampler={policy.sampler}/{policy.num_inference_steps} "
+            f"params={n_params / 1e6:.2f}M "
             f"device={device} windows={n_windows} {topo.describe()} steps/epoch={steps_per_epoch} "
             f"epochs={start_epoch}->{epochs} run_dir={run_dir}",
             flush=True,
@@ -175,7 +172,7 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
             loss, per_sample, tp = policy.loss(train_model, obs_all[idx], act_all[idx], gens)
             optimizer_step(model, opt, loss, tr.grad_clip)
             step += 1
-            value = stats.add(loss, per_sample, tp, policy.core)
+            value = stats.add(loss, per_sample, tp, policy.core, cond=policy.global_cond(obs_all[idx]))
             if show and i % 10 == 0:  # the only host sync of a step, and only with a progress bar
                 bar.set_postfix(loss=f"{value.item():.4f}")
 
