@@ -77,6 +77,8 @@ class TrainingPair:
         x0: (B, ...) the clean data actually noised (after any assigner transform).
         noise: (B, ...) the noise actually used (after pairing).
         info: the pairing's diagnostics plus ``assign_ms`` (host wall time of the assigner call).
+        cond: (B, ...) the rows' conditions as given to :meth:`NoisingCore.training_pair` (None for an
+            unconditional model); the condition-leak diagnostic regresses ``noise`` on it.
     """
 
     x_t: Tensor
@@ -86,6 +88,7 @@ class TrainingPair:
     x0: Tensor
     noise: Tensor
     info: dict[str, Any] = field(default_factory=dict)
+    cond: Tensor | None = None
 
     @staticmethod
     def cat(parts: Sequence[TrainingPair]) -> TrainingPair:
@@ -101,7 +104,9 @@ class TrainingPair:
                 info[key] = torch.stack([v.float() for v in values]).mean()
             elif all(isinstance(v, int | float) for v in values):
                 info[key] = sum(values) if key.endswith("_ms") else sum(values) / len(values)
-        return TrainingPair(**out, info=info)
+        conds = [p.cond for p in parts]
+        cond = None if any(c is None for c in conds) else torch.cat(conds)
+        return TrainingPair(**out, info=info, cond=cond)
 
 
 def noise_generator(seed: int, rank: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -192,7 +197,7 @@ class NoisingCore:
             model_t = timesteps
         info = dict(pairing.info)
         info["assign_ms"] = assign_ms
-        return TrainingPair(x_t, timesteps, model_t, target, px0, pnoise, info)
+        return TrainingPair(x_t, timesteps, model_t, target, px0, pnoise, info, cond)
 
     def sharded_training_pair(
         self, x0: Tensor, generators: Sequence[torch.Generator], cond: Tensor | None = None
@@ -353,10 +358,8 @@ def noise_stats(x0: Tensor, noise: Tensor) -> dict[str, Tensor]:
 def trainer_objective(tr: Any) -> str:
     """``trainer.objective``; configs and checkpoints written before it existed (policy trainer) named
     it ``trainer.prediction_type``, which is read when ``objective`` is absent."""
-    value = tr.get("objective") if hasattr(tr, "get") else getattr(tr, "objective", None)
-    if value is None:
-        value = tr.get("prediction_type", "epsilon") if hasattr(tr, "get") else "epsilon"
-    value = str(value)
+    value = tr.get("objective")
+    value = str(tr.get("prediction_type", "epsilon") if value is None else value)
     if value not in OBJECTIVES:
         raise ValueError(f"trainer.objective={value!r} is not supported; use one of {', '.join(OBJECTIVES)}.")
     return value

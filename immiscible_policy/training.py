@@ -205,9 +205,10 @@ class StepStats:
     ``summary()`` moves the sums to the host once per logged record, summed over processes first when
     given ``reduce`` (:meth:`immiscible_policy.parallel.Topology.sum`), and returns ``train_loss``,
     ``noise_norm_ratio``, ``noise_proj_x0``, ``pair_l2``, ``assign_ms`` and ``loss_t0..loss_t{n-1}`` and
-    resets. Given the steps' conditions, it also reports ``condition_leak`` (held-out R^2 of the paired
+    resets. For a conditional model it also reports ``condition_leak`` (held-out R^2 of the paired
     noise regressed on the condition, :func:`~immiscible_policy.noising.condition_leak`) over the last
-    ``leak_rows`` (condition, noise) rows of this process. Sums are float64 (float32 on MPS), the same numbers the former per-step ``.item()`` gave.
+    ``leak_rows`` (condition, noise) rows of this process. Sums are float64 (float32 on MPS), the same
+    numbers the former per-step ``.item()`` gave.
     """
 
     KEYS = ("loss", "noise_norm_ratio", "noise_proj_x0", "pair_l2")
@@ -235,19 +236,12 @@ class StepStats:
             self.leak_cond.pop(0)
             self.leak_noise.pop(0)
 
-    def add(
-        self,
-        loss: Tensor,
-        per_sample: Tensor,
-        tp: TrainingPair,
-        core: NoisingCore,
-        cond: Tensor | None = None,
-    ) -> Tensor:
+    def add(self, loss: Tensor, per_sample: Tensor, tp: TrainingPair, core: NoisingCore) -> Tensor:
         """Accumulate one step; returns the step's loss (a detached device tensor, no host sync).
 
-        ``cond`` (B, ...), the step's conditions, feeds the condition-leak diagnostic."""
-        if cond is not None and self.leak_rows:
-            self._keep_leak_rows(cond, tp.noise)
+        The pair's conditions (``tp.cond``), when the model has any, feed the condition-leak diagnostic."""
+        if tp.cond is not None and self.leak_rows:
+            self._keep_leak_rows(tp.cond, tp.noise)
         b = core.bucket_losses(per_sample, tp.timesteps, self.n_buckets)
         seen = ~torch.isnan(b)
         self.buckets += torch.where(seen, b, 0.0)

@@ -30,13 +30,12 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from immiscible_policy.assigners.base import Assigner, Pairing, check_same_batch, mean_l2
-from immiscible_policy.assigners.distributed import all_gather_cat, check_distributed, world_size
-from immiscible_policy.assigners.linear import QUANTIZE, assignment_cost, solve_assignment
-from immiscible_policy.assigners.space import check_cost, parse_space
+from immiscible_policy.assigners.distributed import check_distributed, permute_globally, world_size
+from immiscible_policy.assigners.linear import assignment_cost, check_quantize, solve_assignment
+from immiscible_policy.assigners.space import check_cost, pairwise_sq_dist, parse_space
 
 CONDITION_COSTS = ("cosine", "sqeuclidean")
 
@@ -52,8 +51,7 @@ def condition_cost(cond: Tensor, kind: str) -> Tensor:
     if kind == "cosine":
         unit = c / c.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return (1.0 - unit @ unit.T).clamp_min_(0)
-    d = c.pow(2).sum(1, keepdim=True) + c.pow(2).sum(1)[None, :] - 2.0 * (c @ c.T)
-    return d.clamp_min_(0)
+    return pairwise_sq_dist(c, c)
 
 
 def adaptive_weight(m: Tensor, c: Tensor, target_r: float, *, max_iter: int = 40, tol: float = 1e-3) -> float:
@@ -109,8 +107,7 @@ class C2OTAssigner(Assigner):
     ) -> None:
         check_cost(cost, "c2ot")
         parse_space(space)
-        if quantize not in QUANTIZE:
-            raise ValueError(f"c2ot: quantize must be one of {QUANTIZE}, got {quantize!r}.")
+        check_quantize(quantize, "c2ot")
         if condition_cost not in CONDITION_COSTS:
             raise ValueError(
                 f"c2ot: condition_cost must be 'cosine' or 'sqeuclidean', got {condition_cost!r}."
@@ -173,14 +170,13 @@ class C2OTAssigner(Assigner):
         cond = cond.to(x0.device)
         start = time.perf_counter()
         if self.distributed == "global" and world_size() > 1:
-            b, rank = x0.shape[0], dist.get_rank()
-            gx, gn, gc = all_gather_cat(x0), all_gather_cat(noise), all_gather_cat(cond)
-            if rank == 0:
-                perm, w = self.permutation(gx, gn, gc)
-            else:
-                perm, w = torch.empty(gx.shape[0], dtype=torch.long, device=x0.device), 0.0
-            dist.broadcast(perm, src=0)
-            paired = gn[perm[rank * b : (rank + 1) * b]]
+            used = {"w": float("nan")}  # the weight is chosen on rank 0; other ranks report NaN
+
+            def solve(gx: Tensor, gn: Tensor, gc: Tensor) -> Tensor:
+                perm, used["w"] = self.permutation(gx, gn, gc)
+                return perm
+
+            paired, w = permute_globally(solve, x0, noise, cond), used["w"]
         else:
             perm, w = self.permutation(x0, noise, cond)
             paired = noise[perm]

@@ -61,6 +61,25 @@ def my_rows(t: Tensor, per_rank: int) -> Tensor:
     return t[r * per_rank : (r + 1) * per_rank]
 
 
+def permute_globally(perm_fn: Callable[..., Tensor], x0: Tensor, noise: Tensor, *extra: Tensor) -> Tensor:
+    """``global`` mode of a permutation strategy: this rank's paired noise rows.
+
+    Gathers x0, noise and each ``extra`` tensor (e.g. conditions) from every rank, runs
+    ``perm_fn(gx, gn, *gextra) -> perm`` (global rows) on rank 0 only, broadcasts just the permutation
+    and returns ``gathered_noise[perm[this rank's rows]]``. Every rank must call with the same per-rank
+    batch size (DDP's usual contract).
+    """
+    b = x0.shape[0]
+    gx, gn = all_gather_cat(x0), all_gather_cat(noise)
+    gextra = [all_gather_cat(t.to(x0.device)) for t in extra]
+    if rank() == 0:
+        perm = perm_fn(gx, gn, *gextra)
+    else:
+        perm = torch.empty(gx.shape[0], dtype=torch.long, device=x0.device)
+    perm = broadcast_from_main(perm)
+    return gn[my_rows(perm, b)]
+
+
 def pair_globally(
     pair_fn: Callable[..., object],
     x0: Tensor,

@@ -22,15 +22,21 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from immiscible_policy.assigners.base import Assigner, Pairing, check_same_batch, mean_l2
-from immiscible_policy.assigners.distributed import all_gather_cat, check_distributed, world_size
+from immiscible_policy.assigners.distributed import check_distributed, permute_globally, world_size
 from immiscible_policy.assigners.space import check_cost, features, pairwise_cost, parse_space
 
 QUANTIZE = (None, "fp16")
+
+
+def check_quantize(quantize: str | None, who: str) -> str | None:
+    """One-line error unless ``quantize`` is None or ``fp16``."""
+    if quantize not in QUANTIZE:
+        raise ValueError(f"{who}: quantize must be one of {QUANTIZE}, got {quantize!r}.")
+    return quantize
 
 
 def assignment_cost(x0: Tensor, noise: Tensor, *, space: str, quantize: str | None, cost: str) -> Tensor:
@@ -62,8 +68,7 @@ class LinearAssigner(Assigner):
     ) -> None:
         check_cost(cost, "linear")
         parse_space(space)
-        if quantize not in QUANTIZE:
-            raise ValueError(f"linear: quantize must be one of {QUANTIZE}, got {quantize!r}.")
+        check_quantize(quantize, "linear")
         check_distributed(distributed, "linear")
         super().__init__(cost=cost, space=space, quantize=quantize, distributed=distributed)
         self.cost, self.space, self.quantize, self.distributed = cost, space, quantize, distributed
@@ -73,30 +78,11 @@ class LinearAssigner(Assigner):
 
     def pair(self, x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None) -> Pairing:
         check_same_batch(x0, noise, "linear")
-        if self.distributed == "global" and world_size() > 1:
-            return self._pair_global(x0, noise)
         start = time.perf_counter()
-        perm = solve_assignment(self._cost(x0, noise))
+        if self.distributed == "global" and world_size() > 1:  # one solve of the gathered batch
+            paired = permute_globally(lambda gx, gn: solve_assignment(self._cost(gx, gn)), x0, noise)
+        else:
+            paired = noise[solve_assignment(self._cost(x0, noise))]
         solver_ms = (time.perf_counter() - start) * 1e3
-        paired = noise[perm]
         info = {"l2_before": mean_l2(x0, noise), "l2_after": mean_l2(x0, paired), "solver_ms": solver_ms}
         return Pairing(x0=x0, noise=paired, info=info)
-
-    def _pair_global(self, x0: Tensor, noise: Tensor) -> Pairing:
-        """Gather all ranks' samples and noise, solve once on rank 0, give each rank its noise slice.
-
-        Every rank must call with the same per-rank batch size (DDP's usual contract).
-        """
-        world, rank = dist.get_world_size(), dist.get_rank()
-        b = x0.shape[0]
-        gx, gn = all_gather_cat(x0), all_gather_cat(noise)
-        start = time.perf_counter()
-        if rank == 0:
-            perm = solve_assignment(self._cost(gx, gn))
-        else:
-            perm = torch.empty(world * b, dtype=torch.long, device=x0.device)
-        dist.broadcast(perm, src=0)
-        solver_ms = (time.perf_counter() - start) * 1e3
-        mine = gn[perm[rank * b : (rank + 1) * b]]
-        info = {"l2_before": mean_l2(x0, noise), "l2_after": mean_l2(x0, mine), "solver_ms": solver_ms}
-        return Pairing(x0=x0, noise=mine, info=info)

@@ -187,7 +187,7 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
         loss = per_sample.mean()
         optimizer_step(model, opt, loss, tr.grad_clip)
         step += 1
-        value = stats.add(loss, per_sample, tp, core, cond=cond)
+        value = stats.add(loss, per_sample, tp, core)
         bar.update(1)
         if show and step % 10 == 0:  # the only host sync of a step, and only with a progress bar
             bar.set_postfix(loss=f"{value.item():.4f}", refresh=False)

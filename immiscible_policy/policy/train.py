@@ -172,7 +172,7 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
             loss, per_sample, tp = policy.loss(train_model, obs_all[idx], act_all[idx], gens)
             optimizer_step(model, opt, loss, tr.grad_clip)
             step += 1
-            value = stats.add(loss, per_sample, tp, policy.core, cond=policy.global_cond(obs_all[idx]))
+            value = stats.add(loss, per_sample, tp, policy.core)
             if show and i % 10 == 0:  # the only host sync of a step, and only with a progress bar
                 bar.set_postfix(loss=f"{value.item():.4f}")
 
