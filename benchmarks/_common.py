@@ -35,15 +35,38 @@ def median_ms(fn: Callable[[], object], repeats: int, budget_s: float) -> tuple[
     return statistics.median(times) * 1e3, len(times)
 
 
+def cpu_record() -> dict:
+    """CPU model and the instruction-set flags that decide torch's speed (machines here differ by 5x)."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "model name" and model in ("", "x86_64", platform.machine()):
+                model = val.strip()
+            if key.strip() == "flags":
+                flags = val.split()
+                break
+    except OSError:
+        pass
+    wanted = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
+    wanted += ("amx_tile", "amx_bf16")
+    return {"cpu_model": model, "cpu_flags": [f for f in wanted if f in flags]}
+
+
 def machine() -> dict:
-    """Where a number was measured (quote it with the number)."""
+    """Where a number was measured (quote it with the number): CPU model and flags, cores, threads, torch,
+    device, date."""
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
+        **cpu_record(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     return info
 
@@ -73,6 +96,7 @@ def plot_mean_ci(
     ylabel: str,
     title: str,
     ylim=None,
+    logx: bool = False,
 ) -> None:
     """One line per summary entry (mean ``y`` over seeds against ``x``), shaded by ``ci`` (mean +- that key)
     or by ``band`` (the curve points' (low, high) keys, e.g. the seed range: with 2 seeds a 95% t-interval is
@@ -100,6 +124,8 @@ def plot_mean_ci(
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if ylim:
         ax.set_ylim(*ylim)
+    if logx:
+        ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 Options (key=value): checkpoint (run dir, checkpoints dir, ``last`` or a step dir; required),
 n_episodes (default: the task's, 50), start_seed, output_dir (default: <checkpoint>/eval),
-device (auto), use_ema (true), sampler (ddpm|ddim), num_inference_steps, seed (sampling noise, 0),
+device (auto), use_ema (true), sampler (ddpm|ddim for diffusion, euler|heun for flow; checked against the
+checkpoint's objective), num_inference_steps (>= 1), seed (sampling noise, 0),
 n_video_episodes (2).
 """
 
@@ -35,15 +36,18 @@ def parse(argv: list[str]) -> dict:
 
 
 def evaluate_checkpoint(opts: dict) -> dict:
+    from immiscible_policy.noising import resolve_sampler
     from immiscible_policy.policy.train import load_policy, rollout
 
     model, policy, cfg, ck = load_policy(
         opts["checkpoint"], device=str(opts.get("device", "auto")), use_ema=bool(opts.get("use_ema", True))
     )
     if "sampler" in opts:
-        policy.sampler = str(opts["sampler"])
+        policy.sampler = resolve_sampler(policy.core.prediction_type, str(opts["sampler"]))
     if "num_inference_steps" in opts:
         policy.num_inference_steps = int(opts["num_inference_steps"])
+        if policy.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps={policy.num_inference_steps}: use an integer >= 1.")
     if "start_seed" in opts:
         cfg.task.eval.start_seed = int(opts["start_seed"])
     out_dir = Path(opts.get("output_dir") or ck.path / "eval")
