@@ -1,6 +1,6 @@
 """The shared noising core: one training step's (x_t, t, target) for both trainers.
 
-Data flow of a step (see DESIGN.md)::
+Data flow of a step (see docs/architecture.md)::
 
     noise   = randn_like(x0, generator)                    # one draw per step, per-rank stream
     pairing = assigner.pair(x0, noise, generator=generator)

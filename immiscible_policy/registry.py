@@ -1,6 +1,6 @@
 """Assigner registry: entry-point discovery, ``create``, ``available``, ``register``.
 
-Modelled on Gymnasium's and pytest/pluggy's registries (see DESIGN.md):
+Modelled on Gymnasium's and pytest/pluggy's registries (see docs/architecture.md):
 
 * Strategies are found through the entry-point group ``immiscible_policy.assigners``; names are read
   from package metadata, so listing them imports nothing. A plugin is imported only when created.
