@@ -191,10 +191,26 @@ def run_cell(row: str, seed: int, args) -> dict | None:
         "assign_ms": float(np.mean([r["assign_ms"] for r in records if "assign_ms" in r])),
         "cell_wall_min": (time.time() - t0) / 60,
         "machine": machine(),
+        "git_commit": git_commit(),
         "overrides": cmd[3:],
     }
     write_json(done, cell)
     return cell
+
+
+def git_commit() -> str | None:
+    """The code a cell was trained with (cells of one sweep may span sittings and commits)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def ci95(values: list[float]) -> float:
