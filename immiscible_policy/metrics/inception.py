@@ -18,7 +18,9 @@ converted ``.safetensors`` state dict.
 
 ``default_1.pt`` is StyleGAN2-ADA's port of the TF graph with its preprocessing stripped: it takes
 ``(N, 3, 299, 299)`` float32 already scaled as ``(uint8 - 128) / 128`` (range ``[-1, 127/128]``) and returns
-``(N, 2048)`` pool3 features. Resizing and scaling live in :mod:`immiscible_policy.metrics.fid`.
+``(N, 2048)`` pool3 features. Resizing and scaling live in :mod:`immiscible_policy.metrics.fid`: its
+``resize="torch"`` mode feeds pytorch-fid's ``2 * u / 255 - 1`` instead (pytorch-fid's own weights are a
+port of the same TF graph).
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ class BlockE(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-    """InceptionV3 up to pool3: ``(N, 3, 299, 299)`` in ``[-1, 127/128]`` -> ``(N, 2048)`` features."""
+    """InceptionV3 up to pool3: ``(N, 3, 299, 299)`` in about ``[-1, 1]`` -> ``(N, 2048)`` features."""
 
     def __init__(self):
         super().__init__()

@@ -211,7 +211,8 @@ def test_evaluate_images_with_cached_reference(tmp_path):
     again = fid.evaluate_images(fake, ref_key="ref", cache_dir=tmp_path, extractor=ex, kid_subsets=5)
     assert direct == cached == again
     assert direct["n_fake"] == 25 and direct["n_real"] == 30 and direct["fid"] > 0
-    assert set(direct) == {"fid", "kid", "kid_std", "n_fake", "n_real"}
+    assert set(direct) == {"fid", "kid", "kid_std", "n_fake", "n_real", "resize"}
+    assert direct["resize"] is None  # this stand-in extractor does not say (the real ones do)
     assert fid.evaluate_images(real, real, extractor=ex, kid_subsets=5)["fid"] == pytest.approx(0, abs=1e-8)
     with pytest.raises(ValueError, match="ref_key"):
         fid.evaluate_images(fake, extractor=ex)
