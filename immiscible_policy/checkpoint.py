@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import warnings
@@ -31,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from immiscible_policy.run_log import normal_mode
 
 CHECKPOINTS_DIR = "checkpoints"
 LAST = "last"
@@ -62,6 +65,12 @@ class Checkpoint:
     def step(self) -> int:
         """The step number this checkpoint was saved at (from its directory name)."""
         return int(self.path.name)
+
+    def select_weights(self, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+        """(state dict, where it came from for messages): the EMA weights when asked for and present."""
+        if use_ema and self.ema_state is not None:
+            return self.ema_state, f"checkpoint {self.path} ({EMA_FILE})"
+        return self.model_state, f"checkpoint {self.path} ({MODEL_FILE})"
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -156,8 +165,12 @@ def save_checkpoint(
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"training_state cannot be loaded with weights_only=True: {first}") from err
+        # mkdtemp makes the dir 0o700 and safetensors writes 0o600 files: give them the modes any new
+        # file / dir gets under the umask, so that the group can read results as usual
         for file in tmp.iterdir():
+            os.chmod(file, normal_mode())
             _fsync(file)
+        os.chmod(tmp, normal_mode(directory=True))
         _fsync(tmp)
         final = ckpt_dir / name
         if final.exists():  # re-saving a step: move the old one aside first (rename onto a dir fails)
@@ -254,13 +267,30 @@ def _read(path: Path, loader, what: str):
         raise CheckpointError(f"cannot read {what} {path}: {first}") from err
 
 
+def _read_json(p: Path) -> Any:
+    return json.loads(p.read_text())
+
+
+def _read_config(step_dir: Path) -> dict[str, Any]:
+    config = _read(step_dir / CONFIG_FILE, _read_json, "config")
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"checkpoint {step_dir}: {CONFIG_FILE} must hold a JSON object, got {type(config).__name__}; "
+            "the file is damaged or was not written by a trainer"
+        )
+    return config
+
+
+def read_config(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """(step dir, its config.json) without loading any weights (for checks before a full load)."""
+    step_dir = resolve_checkpoint(path)
+    return step_dir, _read_config(step_dir)
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load a checkpoint on the CPU; ``path`` may be a run dir, its checkpoints dir, ``last`` or a step dir."""
     step_dir = resolve_checkpoint(path)
     ema_path, norm_path = step_dir / EMA_FILE, step_dir / NORMALIZER_FILE
-
-    def read_json(p: Path) -> Any:
-        return json.loads(p.read_text())
 
     def read_state(p: Path) -> Any:
         return torch.load(p, weights_only=True, map_location="cpu")
@@ -268,11 +298,100 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(
         model_state=_read(step_dir / MODEL_FILE, load_file, "model weights"),
         ema_state=_read(ema_path, load_file, "EMA weights") if ema_path.exists() else None,
-        config=_read(step_dir / CONFIG_FILE, read_json, "config"),
-        normalizer=_read(norm_path, read_json, "normalizer") if norm_path.exists() else None,
+        config=_read_config(step_dir),
+        normalizer=_read(norm_path, _read_json, "normalizer") if norm_path.exists() else None,
         training_state=_read(step_dir / TRAINING_STATE_FILE, read_state, "training state"),
         path=step_dir,
     )
+
+
+# ------------------------------------------------------------------------------------- checks before use
+
+#: What each trainer's config.json must hold for a checkpoint to be rebuilt: section -> required keys.
+CONFIG_SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
+    "policy": {"cfg": ("assigner", "model", "trainer", "task"), "policy": ("obs_dim", "action_dim")},
+    "image": {"cfg": ("assigner", "model", "trainer"), "image": ("image_size", "channels", "num_classes")},
+}
+
+
+def check_config(config: Mapping[str, Any], where: str | os.PathLike, writer: str) -> None:
+    """One-line :class:`CheckpointError` when ``config`` lacks what the ``writer`` trainer
+    (``policy`` / ``image``) records, instead of a ``KeyError`` deep in the rebuild."""
+    missing = []
+    for section, keys in CONFIG_SCHEMAS[writer].items():
+        value = config.get(section)
+        if not isinstance(value, Mapping):
+            missing.append(section)
+        else:
+            missing += [f"{section}.{k}" for k in keys if k not in value]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {where}: {CONFIG_FILE} lacks {', '.join(missing)}; it was not written by the "
+            f"{writer} trainer (or the file is damaged)"
+        )
+
+
+ALLOW_IMPORT_ENV = "IMMISCIBLE_ALLOW_IMPORT"
+
+
+def import_allowed(allow_import: bool | None = None) -> bool:
+    """An explicit ``allow_import`` wins; ``None`` reads ``IMMISCIBLE_ALLOW_IMPORT`` (1/true/yes)."""
+    if allow_import is not None:
+        return bool(allow_import)
+    return os.environ.get(ALLOW_IMPORT_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_assigner(
+    config: Mapping[str, Any], where: str | os.PathLike, allow_import: bool | None = None
+) -> None:
+    """Refuse a checkpoint whose assigner is not a registered strategy (built-in, entry-point plugin or
+    in-process registration) unless the user opted in.
+
+    Why: rebuilding the model creates the assigner from config.json, and a ``module:Class`` name there
+    is imported, so a downloaded checkpoint could run any installed module. On the training command line
+    ``module:Class`` stays allowed (the user typed it); from a file it needs ``allow_import``.
+    """
+    from immiscible_policy import registry
+
+    cfg = config.get("cfg")
+    section = cfg.get("assigner") if isinstance(cfg, Mapping) else None
+    name = section.get("name") if isinstance(section, Mapping) else None
+    if not isinstance(name, str) or name in registry.available() or import_allowed(allow_import):
+        return  # a missing / unknown plain name fails later in the registry without importing anything
+    if ":" in name:
+        raise CheckpointError(
+            f"checkpoint {where}: assigner {name!r} is not a registered strategy, and loading it would "
+            f"import module {name.partition(':')[0]!r}; if you trust this checkpoint, pass allow_import=true "
+            f"(or set {ALLOW_IMPORT_ENV}=1), or install the plugin that registers it"
+        )
+
+
+def weights_mismatch_message(err: BaseException, where: str) -> str:
+    """One line from ``load_state_dict``'s multi-line RuntimeError: the first problem and how many more."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines()[1:] if ln.strip()] or [str(err).strip()]
+    first = lines[0]
+    size = re.match(
+        r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from checkpoint, "
+        r"the shape in current model is torch\.Size\((\[.*?\])\)",
+        first,
+    )
+    if size:
+        first = f"size mismatch for {size[1]} (checkpoint {size[2]}, model {size[3]})"
+    elif len(first) > 200:
+        first = first[:200] + "..."
+    more = f" and {len(lines) - 1} more" if len(lines) > 1 else ""
+    return (
+        f"{where}: the weights do not fit the model its {CONFIG_FILE} describes: {first}{more}; "
+        "was it written by a different model config (or code version)?"
+    )
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """``model.load_state_dict(state)`` (strict), with a mismatch as one-line :class:`CheckpointError`."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(weights_mismatch_message(err, where)) from None
 
 
 # ----------------------------------------------------------------------------------------------- RNG state

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,15 +156,22 @@ def _validate_class(cls: Any, label: str) -> None:
         raise AssignerError(f"Assigner '{label}' declares scope={cls.scope!r}; use one of {SCOPES}.")
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
 def _import_target(target: str, label: str) -> type:
     module_name, _, attr = target.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a plugin calling sys.exit() on import must not end the host program
         raise AssignerImportError(
-            f"Assigner '{label}' ({target}) failed to import: {type(exc).__name__}: {exc}"
+            f"Assigner '{label}' ({target}) failed to import: {_one_line(exc)}"
         ) from exc
     _validate_class(obj, label)
     return obj
@@ -202,6 +210,26 @@ def get_class(name: str) -> type:
     )
 
 
+def _describe_options(cls: type) -> str:
+    """``k: int = 4, space: str = 'full'`` from the constructor signature (what ``create`` accepts)."""
+    try:
+        params = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return ", ".join(cls.option_names()) or "(none)"
+    out = []
+    for p in params:
+        if p.name == "self" or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            continue
+        text = p.name
+        if p.annotation is not p.empty:
+            ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+            text += f": {ann}" if ann else ""
+        if p.default is not p.empty:
+            text += f" = {p.default!r}"
+        out.append(text)
+    return ", ".join(out) or "(none)"
+
+
 def create(name: str, **params: Any) -> Assigner:
     """Instantiate a strategy by registered name or 'module:Class' path with its options."""
     cls = get_class(name)
@@ -212,7 +240,16 @@ def create(name: str, **params: Any) -> Assigner:
             f"Assigner '{name}' got unknown option(s) {', '.join(map(repr, unknown))}; "
             f"its options are: {', '.join(accepted) or '(none)'}."
         )
-    instance = cls(**params)
+    try:
+        instance = cls(**params)
+    except AssignerError:
+        raise
+    except (TypeError, ValueError) as exc:  # e.g. int("abc"): say which strategy and which options
+        given = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "no options"
+        raise AssignerError(
+            f"Assigner '{name}' rejected its options ({given}): {_one_line(exc).rstrip('.')}; "
+            f"its options are: {_describe_options(cls)}."
+        ) from exc
     if ":" in name and not getattr(instance, "name", ""):
         type(instance).name = name
     return instance

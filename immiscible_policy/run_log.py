@@ -42,10 +42,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``os.umask`` can only be read
+    by setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def normal_mode(directory: bool = False) -> int:
+    """The mode ``open()`` / ``mkdir()`` would give a new file (0o666) or directory (0o777) under the
+    umask; ``tempfile.mkstemp`` / ``mkdtemp`` create 0o600 / 0o700, which an atomic write must undo."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), normal_mode())  # not mkstemp's 0o600: the group may read results
             f.write(data)
         os.replace(tmp, path)
     except BaseException:

@@ -23,6 +23,34 @@ def parse_kv(
     return opts, words
 
 
+def int_option(opts: dict, key: str, default: int, minimum: int | None = None) -> int:
+    """``opts[key]`` (or ``default``) as an int, one line naming the key when it is not one or too small."""
+    value = opts.get(key, default)
+    hint = f"an integer >= {minimum}" if minimum is not None else "an integer"
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{key}={value!r}: use {hint}.")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r}: use {hint}.") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{key}={number}: use {hint}.")
+    return number
+
+
+def bool_option(opts: dict, key: str, default: bool) -> bool:
+    """``opts[key]`` (or ``default``) as a bool: true/false, yes/no, 1/0; anything else is an error."""
+    value = opts.get(key, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(f"{key}={value!r}: use true or false.")
+
+
 def require_checkpoint(opts: dict) -> None:
     if "checkpoint" not in opts:
         raise ValueError("missing checkpoint=PATH (a run dir, its checkpoints/ dir, 'last' or a step dir).")

@@ -14,6 +14,8 @@ from immiscible_policy import registry
 
 
 def rows() -> list[dict]:
+    """One row per name; a plugin that fails to import (even with ``SystemExit``) gets its error in one
+    line (distribution, entry point, exception) and the others are listed as usual."""
     out = []
     for name, entry in registry.available().items():
         row = {"name": name, "origin": entry.origin, "version": entry.version, "target": entry.target}
@@ -23,8 +25,15 @@ def rows() -> list[dict]:
                 scope=cls.scope, description=cls.description or (cls.__doc__ or "").strip().split("\n")[0]
             )
             row["error"] = None
-        except registry.AssignerError as exc:
-            row.update(scope="?", description="", error=str(exc))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not hide the others
+            if isinstance(exc, registry.AssignerError):  # names the distribution, entry point and error
+                text = str(exc)
+            else:
+                origin = f"{entry.origin} {entry.version}, entry point {name} = {entry.target}"
+                text = f"{type(exc).__name__}: {exc} [from {origin}]"
+            row.update(scope="?", description="", error=" ".join(text.split()))
         out.append(row)
     return out
 

@@ -4,7 +4,9 @@ Options (key=value): checkpoint (run dir, checkpoints dir, ``last`` or a step di
 n_episodes (default: the task's, 50), start_seed, output_dir (default: <checkpoint>/eval),
 device (auto), use_ema (true), sampler (ddpm|ddim for diffusion, euler|heun for flow; checked against the
 checkpoint's objective), num_inference_steps (>= 1), seed (sampling noise, 0),
-n_video_episodes (2).
+n_video_episodes (2), allow_import (false: a checkpoint whose assigner is a ``module:Class`` path rather
+than a registered strategy is refused, since loading it imports that module; true, or
+IMMISCIBLE_ALLOW_IMPORT=1, to trust it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from immiscible_policy.cli._kv import parse_kv, require_checkpoint, run_kv_cli
+from immiscible_policy.cli._kv import bool_option, int_option, parse_kv, require_checkpoint, run_kv_cli
 
 OPTIONS = (
     "checkpoint",
@@ -26,12 +28,26 @@ OPTIONS = (
     "num_inference_steps",
     "seed",
     "n_video_episodes",
+    "allow_import",
 )
 
 
 def parse(argv: list[str]) -> dict:
+    """Options, with every number and flag checked before anything is loaded (one-line errors)."""
     opts, _ = parse_kv(argv, OPTIONS)
     require_checkpoint(opts)
+    for key, minimum in (
+        ("n_episodes", 1),
+        ("num_inference_steps", 1),
+        ("n_video_episodes", 0),
+        ("start_seed", None),
+        ("seed", None),
+    ):
+        if key in opts:
+            opts[key] = int_option(opts, key, 0, minimum)
+    for key in ("use_ema", "allow_import"):
+        if key in opts:
+            opts[key] = bool_option(opts, key, False)
     return opts
 
 
@@ -40,7 +56,10 @@ def evaluate_checkpoint(opts: dict) -> dict:
     from immiscible_policy.policy.train import load_policy, rollout
 
     model, policy, cfg, ck = load_policy(
-        opts["checkpoint"], device=str(opts.get("device", "auto")), use_ema=bool(opts.get("use_ema", True))
+        opts["checkpoint"],
+        device=str(opts.get("device", "auto")),
+        use_ema=bool(opts.get("use_ema", True)),
+        allow_import=opts.get("allow_import"),
     )
     if "sampler" in opts:
         policy.sampler = resolve_sampler(policy.core.prediction_type, str(opts["sampler"]))

@@ -1,9 +1,11 @@
 """``immiscible-sample checkpoint=PATH n=64``: draw images from an image checkpoint; write a PNG grid (+ npz).
 
 Options (key=value): checkpoint (run dir, checkpoints dir, ``last`` or a step dir; required), n (64),
-steps (the run's trainer.num_inference_steps), sampler (ddim|ddpm for diffusion, euler for flow; default
+steps (>= 1; the run's trainer.num_inference_steps), sampler (ddim|ddpm for diffusion, euler for flow; default
 the run's), seed (0), output (<checkpoint>/samples.png), npz (also save ``images`` uint8 (N, H, W, C)
-and ``labels``), nrow (square grid), batch_size (128), device (auto), use_ema (true).
+and ``labels``), nrow (square grid), batch_size (128), device (auto), use_ema (true), allow_import (false:
+a checkpoint whose assigner is a ``module:Class`` path rather than a registered strategy is refused, since
+loading it imports that module; true, or IMMISCIBLE_ALLOW_IMPORT=1, to trust it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from immiscible_policy.cli._kv import parse_kv, require_checkpoint, run_kv_cli
+from immiscible_policy.cli._kv import bool_option, int_option, parse_kv, require_checkpoint, run_kv_cli
 
 OPTIONS = (
     "checkpoint",
@@ -27,19 +29,33 @@ OPTIONS = (
     "batch_size",
     "device",
     "use_ema",
+    "allow_import",
 )
 
 
 def parse(argv: list[str]) -> dict:
+    """Options, with every number and flag checked before anything is loaded (one-line errors)."""
     opts, _ = parse_kv(argv, OPTIONS)
     require_checkpoint(opts)
-    if int(opts.get("n", 64)) < 1:
-        raise ValueError(f"n must be >= 1, got {opts['n']}.")
+    # steps=0 would silently run the full schedule and steps=-1 write pure noise: refuse both
+    for key, minimum in (("n", 1), ("steps", 1), ("nrow", 1), ("batch_size", 1), ("seed", None)):
+        if key in opts and not (key == "nrow" and opts[key] is None):
+            opts[key] = int_option(opts, key, 0, minimum)
+    for key in ("use_ema", "allow_import"):
+        if key in opts:
+            opts[key] = bool_option(opts, key, False)
     return opts
 
 
 def sample_checkpoint(opts: dict) -> dict:
     """Generate and write the grid (and npz); returns what was written and how."""
+    from immiscible_policy.checkpoint import (
+        CheckpointError,
+        check_assigner,
+        check_config,
+        read_config,
+        weights_mismatch_message,
+    )
     from immiscible_policy.image.data import to_uint8
     from immiscible_policy.image.sampling import (
         generate,
@@ -49,13 +65,23 @@ def sample_checkpoint(opts: dict) -> dict:
         save_grid,
     )
 
-    model, core, cfg, ck = load_image_model(
-        opts["checkpoint"], device=str(opts.get("device", "auto")), use_ema=bool(opts.get("use_ema", True))
-    )
+    # config.json first (cheap): a damaged one, or an assigner that would be imported, stops here
+    step_dir, config = read_config(opts["checkpoint"])
+    check_config(config, step_dir, "image")
+    check_assigner(config, step_dir, opts.get("allow_import"))
+    use_ema = bool(opts.get("use_ema", True))
+    try:
+        model, core, cfg, ck = load_image_model(
+            opts["checkpoint"], device=str(opts.get("device", "auto")), use_ema=use_ema
+        )
+    except RuntimeError as err:  # load_state_dict's multi-line mismatch report -> one line
+        if not str(err).startswith("Error(s) in loading state_dict"):
+            raise
+        raise CheckpointError(weights_mismatch_message(err, f"checkpoint {step_dir}")) from None
     meta = ck.config["image"]
     n = int(opts.get("n", 64))
     sampler = resolve_sampler(core.prediction_type, opts.get("sampler", cfg.trainer.get("sampler")))
-    steps = int(opts.get("steps", cfg.trainer.num_inference_steps))
+    steps = int_option({"steps": opts.get("steps", cfg.trainer.num_inference_steps)}, "steps", 0, 1)
     images = generate(
         model,
         core,

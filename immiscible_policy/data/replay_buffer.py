@@ -10,12 +10,19 @@ and diffusion_policy's own loader is broken on zarr 3. This module reads that la
 writes new stores in the same layout with ``zarr_format=2`` so the original tooling can read them back.
 
 Every failure is a :class:`ReplayBufferError` with a one-line message naming the path/key and what would be
-right; zarr/numcodecs exceptions never escape.
+right; zarr/numcodecs exceptions never escape. A store with chunk files missing is refused at open (zarr
+would silently read them as the fill value), and a chunk that fails to decode leaves no zarr reads pending
+(so nothing but the error line is printed at exit).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import os
+import sys
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,127 @@ _CHUNK_BYTES = 4 * 2**20
 
 class ReplayBufferError(ValueError):
     """Bad or unreadable replay-buffer store (one-line, actionable message)."""
+
+
+# numcodecs >= 0.16.4 warns at import when the deprecated ``crc32c`` package is installed, and installs its
+# own "once" filter for it in front of any filter of ours; so the import is wrapped and exactly that warning
+# is dropped (everything else caught while importing is shown as usual).
+_CRC32C_WARNING = "crc32c usage is deprecated"
+
+
+def _import_zarr():
+    """``zarr``, imported (the first time) without numcodecs' crc32c DeprecationWarning."""
+    if "zarr" in sys.modules:
+        return sys.modules["zarr"]
+    with warnings.catch_warnings(record=True) as caught:
+        import zarr
+    for w in caught:
+        if issubclass(w.category, DeprecationWarning) and str(w.message).startswith(_CRC32C_WARNING):
+            continue
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    return zarr
+
+
+def _settle_zarr() -> None:
+    """Wait for zarr's outstanding reads after a failed one.
+
+    zarr 3 reads chunks concurrently on a background event loop; when one chunk fails, the read raises at
+    once while its sibling tasks keep running, and at interpreter exit zarr stops the loop under them:
+    hundreds of lines of "Task was destroyed but it is pending" / "cannot schedule new futures after
+    shutdown". Awaiting them here (their results and errors discarded) leaves nothing pending.
+    """
+    try:
+        from zarr.core.sync import sync
+    except ImportError:  # pragma: no cover - another zarr layout: nothing to settle
+        return
+
+    async def drain() -> None:
+        me = asyncio.current_task()
+        for _ in range(100):  # tasks may spawn tasks; bounded, never a hang
+            pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not pending:
+                return
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    with contextlib.suppress(Exception):  # settling is best effort; the caller reports the real error
+        sync(drain())
+
+
+def _chunk_grid(arr) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(chunk shape, chunks per dimension) of the stored representation (shards for sharded v3 arrays)."""
+    md = arr.metadata
+    chunk_shape = tuple(md.chunks) if md.zarr_format == 2 else tuple(md.chunk_grid.chunk_shape)
+    grid = tuple(-(-int(n) // max(1, int(c))) for n, c in zip(md.shape, chunk_shape))
+    return chunk_shape, grid
+
+
+def _rows_of(coords: tuple[int, ...], chunk_shape: tuple[int, ...], n_rows: int) -> str:
+    if not coords:
+        return "the whole array"
+    start = coords[0] * chunk_shape[0]
+    return f"rows {start}-{min(start + chunk_shape[0], n_rows) - 1}"
+
+
+def _check_chunks(root: Path, arr, label: str, where: str) -> None:
+    """Refuse an array whose chunk files are not all in the store (compares the directory listing with the
+    chunk grid; no chunk is read). zarr reads an absent chunk as the fill value, without any error."""
+    array_dir = root / arr.path
+    if not array_dir.is_dir():  # not a plain directory store: nothing to list
+        return
+    present = set()
+    for dirpath, _dirs, files in os.walk(array_dir):
+        rel = os.path.relpath(dirpath, array_dir)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        present.update(prefix + f for f in files)
+    chunk_shape, grid = _chunk_grid(arr)
+    encode = arr.metadata.encode_chunk_key
+    missing = [c for c in itertools.product(*(range(g) for g in grid)) if encode(c) not in present]
+    if not missing:
+        return
+    total = int(np.prod(grid)) if grid else 1
+    n_rows = int(arr.shape[0]) if arr.shape else 0
+    shown = ", ".join(f"{encode(c)} ({_rows_of(c, chunk_shape, n_rows)})" for c in missing[:3])
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    raise ReplayBufferError(
+        f"{where}: store is incomplete or corrupt: {label} is missing {len(missing)} of {total} chunk "
+        f"file(s): {shown}{more}; zarr would silently read them as fill value {arr.metadata.fill_value}. "
+        "Re-copy or re-download the store (or rewrite it with every chunk)"
+    )
+
+
+def _read(arr, sl: slice, label: str, where: str) -> np.ndarray:
+    """``arr[sl]`` as numpy; a chunk that cannot be read or decoded becomes one line naming its rows."""
+    try:
+        return np.asarray(arr[sl])
+    except Exception as exc:
+        _settle_zarr()
+        raise ReplayBufferError(_unreadable(arr, sl, label, where, exc)) from None
+
+
+def _unreadable(arr, sl: slice, label: str, where: str, exc: BaseException) -> str:
+    """Find the first row-block (chunk along time) in ``sl`` that fails, for the message."""
+    chunk_shape, grid = _chunk_grid(arr)
+    n_rows = int(arr.shape[0]) if arr.shape else 0
+    if arr.shape and n_rows:
+        start, stop, _ = sl.indices(n_rows)
+        step = max(1, chunk_shape[0])
+        for first in range(start - start % step, stop, step):
+            block = slice(max(first, start), min(first + step, stop))
+            try:
+                arr[block]
+            except Exception as err:
+                _settle_zarr()
+                coords = (first // step,) + (0,) * (len(grid) - 1)
+                key = (
+                    f" (chunk {arr.metadata.encode_chunk_key(coords)})"
+                    if all(g == 1 for g in grid[1:])
+                    else ""
+                )
+                return (
+                    f"{where}: failed to read store: {label} rows {first}-{min(first + step, n_rows) - 1}"
+                    f"{key} cannot be read ({_short(err)}); the store is corrupt, re-copy or regenerate it"
+                )
+    return f"{where}: failed to read store: {label} ({_short(exc)})"
 
 
 def _short(exc: BaseException) -> str:
@@ -112,7 +240,7 @@ class ReplayBuffer:
         In-memory mode checks float arrays for NaN/Inf on load; lazy mode checks each episode when it is
         read with :meth:`get_episode` (reading everything up front would defeat laziness).
         """
-        import zarr
+        zarr = _import_zarr()
 
         p = Path(path)
         where = str(p)
@@ -142,7 +270,9 @@ class ReplayBuffer:
                     f"{where}: missing meta/episode_ends (meta has {sorted(meta_keys) or 'nothing'}); "
                     "it must hold the exclusive end index of each episode"
                 )
-            episode_ends = np.asarray(root["meta/episode_ends"][:])
+            ends_array = root["meta/episode_ends"]
+            _check_chunks(p, ends_array, "meta/episode_ends", where)
+            episode_ends = _read(ends_array, slice(None), "meta/episode_ends", where)
             wanted = available if keys is None else list(keys)
             missing = [k for k in wanted if k not in available]
             if missing:
@@ -150,15 +280,17 @@ class ReplayBuffer:
             arrays: dict[str, Any] = {}
             for key in wanted:
                 arr = data_group[key]
+                _check_chunks(p, arr, f"data/{key}", where)
                 if lazy:
                     arrays[key] = arr
                 else:
-                    values = np.asarray(arr[:])
+                    values = _read(arr, slice(None), f"data/{key}", where)
                     _check_finite(key, values, where)
                     arrays[key] = values
         except ReplayBufferError:
             raise
         except Exception as exc:  # zarr / numcodecs / IO failures: one line, no traceback
+            _settle_zarr()
             raise ReplayBufferError(f"{where}: failed to read store ({_short(exc)})") from None
         return cls(arrays, episode_ends, path=where)
 
@@ -175,7 +307,7 @@ class ReplayBuffer:
 
         Validation (lengths, episode_ends, NaN/Inf) happens before anything touches the disk.
         """
-        import zarr
+        zarr = _import_zarr()
 
         where = str(path)
         arrays = {k: np.asarray(v) for k, v in data.items()}
@@ -193,18 +325,30 @@ class ReplayBuffer:
             raise ReplayBufferError(f"{where}: already exists; pass overwrite=True to replace it")
         try:
             root = zarr.open_group(str(path), mode="w", zarr_format=2)
+            # zarr 3 skips chunks equal to the fill value by default; write them all, so that a store
+            # with a chunk file missing is always recognisable as incomplete (see _check_chunks)
+            every_chunk = {"write_empty_chunks": True}
             for key, values in arrays.items():
                 row_bytes = max(1, values[0].nbytes if len(values) else 1)
                 rows = int(min(max(1, len(values)), max(1, _CHUNK_BYTES // row_bytes)))
                 arr = root.create_array(
-                    f"data/{key}", shape=values.shape, dtype=values.dtype, chunks=(rows, *values.shape[1:])
+                    f"data/{key}",
+                    shape=values.shape,
+                    dtype=values.dtype,
+                    chunks=(rows, *values.shape[1:]),
+                    config=every_chunk,
                 )
                 arr[...] = values
             meta = root.create_array(
-                "meta/episode_ends", shape=ends.shape, dtype=np.int64, chunks=(max(1, len(ends)),)
+                "meta/episode_ends",
+                shape=ends.shape,
+                dtype=np.int64,
+                chunks=(max(1, len(ends)),),
+                config=every_chunk,
             )
             meta[...] = ends
         except Exception as exc:
+            _settle_zarr()
             raise ReplayBufferError(f"{where}: failed to write store ({_short(exc)})") from None
         return cls.open(path)
 
@@ -249,11 +393,15 @@ class ReplayBuffer:
         """Episode ``i`` as key -> (episode_len, ...) numpy arrays."""
         sl = self.episode_slice(i)
         out = {}
+        where = self.path or "<replay buffer>"
         for key in self.keys() if keys is None else keys:
-            values = np.asarray(self[key][sl])
-            if not isinstance(self.data[key], np.ndarray):  # lazy: check what we read
-                _check_finite(key, values, self.path or "<replay buffer>", offset=sl.start)
-            out[key] = values
+            array = self[key]
+            if isinstance(array, np.ndarray):
+                out[key] = array[sl]
+            else:  # lazy: read (one line on a bad chunk) and check what we read
+                values = _read(array, sl, f"data/{key}", where)
+                _check_finite(key, values, where, offset=sl.start)
+                out[key] = values
         return out
 
     def __repr__(self) -> str:

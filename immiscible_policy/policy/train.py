@@ -225,9 +225,18 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
     return last
 
 
-def load_policy(checkpoint: str | Path, device: str = "auto", use_ema: bool = True):
-    """(model, policy, config) from a checkpoint; the EMA weights by default (what training evaluates)."""
+def load_policy(
+    checkpoint: str | Path, device: str = "auto", use_ema: bool = True, allow_import: bool | None = None
+):
+    """(model, policy, config) from a checkpoint; the EMA weights by default (what training evaluates).
+
+    A ``module:Class`` assigner in the checkpoint's config is imported only with ``allow_import=True``
+    (``None``: when ``IMMISCIBLE_ALLOW_IMPORT=1``); registered names always load."""
+    from immiscible_policy.checkpoint import check_assigner, check_config, load_weights
+
     ck = load_checkpoint(checkpoint)
+    check_config(ck.config, ck.path, "policy")
+    check_assigner(ck.config, ck.path, allow_import)
     cfg = OmegaConf.create(ck.config["cfg"])
     if ck.normalizer is None:
         raise ValueError(
@@ -236,7 +245,6 @@ def load_policy(checkpoint: str | Path, device: str = "auto", use_ema: bool = Tr
     normalizer = MinMaxNormalizer.from_dict(ck.normalizer)
     meta = ck.config["policy"]
     model, policy = build_policy(cfg, normalizer, int(meta["obs_dim"]), int(meta["action_dim"]))
-    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
-    model.load_state_dict(state)
+    load_weights(model, *ck.select_weights(use_ema))
     model.to(resolve_device(device)).eval()
     return model, policy, cfg, ck
