@@ -50,11 +50,9 @@ def parse(argv: list[str]) -> dict:
 def sample_checkpoint(opts: dict) -> dict:
     """Generate and write the grid (and npz); returns what was written and how."""
     from immiscible_policy.checkpoint import (
-        CheckpointError,
         check_assigner,
         check_config,
         read_config,
-        weights_mismatch_message,
     )
     from immiscible_policy.image.data import to_uint8
     from immiscible_policy.image.sampling import (
@@ -69,15 +67,12 @@ def sample_checkpoint(opts: dict) -> dict:
     step_dir, config = read_config(opts["checkpoint"])
     check_config(config, step_dir, "image")
     check_assigner(config, step_dir, opts.get("allow_import"))
-    use_ema = bool(opts.get("use_ema", True))
-    try:
-        model, core, cfg, ck = load_image_model(
-            opts["checkpoint"], device=str(opts.get("device", "auto")), use_ema=use_ema
-        )
-    except RuntimeError as err:  # load_state_dict's multi-line mismatch report -> one line
-        if not str(err).startswith("Error(s) in loading state_dict"):
-            raise
-        raise CheckpointError(weights_mismatch_message(err, f"checkpoint {step_dir}")) from None
+    model, core, cfg, ck = load_image_model(
+        opts["checkpoint"],
+        device=str(opts.get("device", "auto")),
+        use_ema=bool(opts.get("use_ema", True)),
+        allow_import=opts.get("allow_import"),
+    )
     meta = ck.config["image"]
     n = int(opts.get("n", 64))
     sampler = resolve_sampler(core.prediction_type, opts.get("sampler", cfg.trainer.get("sampler")))

@@ -16,7 +16,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from immiscible_policy.checkpoint import Checkpoint, load_checkpoint
+from immiscible_policy.checkpoint import (
+    Checkpoint,
+    check_assigner,
+    check_config,
+    load_checkpoint,
+    load_weights,
+)
 from immiscible_policy.image.data import to_uint8
 from immiscible_policy.image.model import build_unet, predict
 from immiscible_policy.noising import OBJECTIVES, SAMPLERS, NoisingCore, build_core, resolve_sampler
@@ -103,18 +109,21 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path
 
 
 def load_image_model(
-    checkpoint: str | Path, device: str = "auto", use_ema: bool = True
+    checkpoint: str | Path, device: str = "auto", use_ema: bool = True, allow_import: bool | None = None
 ) -> tuple[nn.Module, NoisingCore, Any, Checkpoint]:
-    """(model, core, cfg, checkpoint) from an image checkpoint; the EMA weights by default."""
+    """(model, core, cfg, checkpoint) from an image checkpoint; the EMA weights by default.
+
+    The config is checked before anything is built (one-line errors for a foreign or incomplete
+    config.json, an unregistered ``module:Class`` assigner unless ``allow_import``, weights that do not
+    fit the recorded model)."""
     ck = load_checkpoint(checkpoint)
-    if "image" not in ck.config:
-        raise ValueError(f"checkpoint {ck.path} was not written by the image trainer (no image metadata).")
+    check_config(ck.config, ck.path, "image")
+    check_assigner(ck.config, ck.path, allow_import)
     cfg = OmegaConf.create(ck.config["cfg"])
     meta = ck.config["image"]
     model = build_unet(
         cfg.model, image_size=meta["image_size"], channels=meta["channels"], num_classes=meta["num_classes"]
     )
-    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
-    model.load_state_dict(state)
+    load_weights(model, *ck.select_weights(use_ema))
     model.to(resolve_device(device)).eval()
     return model, build_core(cfg.trainer, cfg.assigner), cfg, ck
