@@ -90,7 +90,7 @@ def run_cell(label: str, seed: int, args) -> dict | None:
         *settings(args),
         f"trainer.seed={seed}",
         f"run_dir={run_dir}",
-        "resume=true",  # continues from the last checkpoint, or starts fresh when there is none
+        "resume=auto",  # continues from the last checkpoint, or starts fresh when there is none
         *args.override,
     ]
     state = "resuming" if (run_dir / "checkpoints" / "last").exists() else "starting"

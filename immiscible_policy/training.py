@@ -7,14 +7,20 @@ Why one module: exact resume depends on a handful of conventions that must not d
 * noise for step ``s`` comes from ``noise_generator(seed, rank, s)`` (in :mod:`immiscible_policy.noising`);
 * the data order of epoch ``e`` comes from :func:`epoch_order` ``(seed, e)``;
 * the global RNG (dropout) is saved in the checkpoint, and evaluation runs inside :func:`preserve_rng` so
-  that evaluating (e.g. KID subset draws) never changes what training draws next.
+  that evaluating (e.g. KID subset draws) never changes what training draws next;
+* a checkpoint is written *before* that step's evaluation, with the not yet logged record under
+  ``pending`` in its config: a failing evaluation loses no training, and resuming logs the record
+  (evaluating first when that evaluation was due), see :func:`pending_record`;
+* one trainer per run dir (:class:`~immiscible_policy.run_lock.RunLock`), and ``resume`` is checked
+  against the run dir before anything is loaded (:func:`claim_run`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +36,12 @@ from immiscible_policy.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from immiscible_policy.config_check import resume_mode, show
 from immiscible_policy.ema import EMAModel, ema_resume_state, ema_state_dict_for_model, make_ema, restore_ema
+from immiscible_policy.host import host_record
 from immiscible_policy.noising import NoisingCore, TrainingPair, condition_leak, noise_stats
-from immiscible_policy.run_log import RunLogger
+from immiscible_policy.run_lock import LOCK_NAME, RunLock, owner_is_live, read_lock
+from immiscible_policy.run_log import JSONL_NAME, RunLogger
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,18 +98,28 @@ def restore_training(
 ) -> tuple[int, int]:
     """Load the newest checkpoint of ``run_dir`` into model/optimiser/schedule/EMA/global RNG.
 
-    Returns ``(epoch, step)`` it was saved at, or ``(0, 0)`` when the run has no checkpoint yet (so
-    ``resume=true`` on a fresh run dir simply starts). Warns when the topology (world size, emulated
-    ranks, per-rank batch; see :meth:`immiscible_policy.parallel.Topology.record`) differs: the run then
-    continues with other global batches than an uninterrupted run would have used.
+    Returns ``(epoch, step)`` it was saved at, or ``(0, 0)`` when the run has no checkpoint (the trainers
+    ask :func:`claim_run` first whether there is one to resume). Warns when the topology (world size,
+    emulated ranks, per-rank batch; see :meth:`immiscible_policy.parallel.Topology.record`) differs: the
+    run then continues with other global batches than an uninterrupted run would have used. Weights or
+    optimiser state that do not fit the configured model (``resume_force=true`` past a model change) are
+    a one-line ``ValueError``.
     """
     if find_latest(run_dir) is None:
         return 0, 0
     ck = load_checkpoint(run_dir)
-    model.load_state_dict(ck.model_state)
-    opt.optimizer.load_state_dict(ck.training_state["optimizer"])
-    opt.lr_scheduler.load_state_dict(ck.training_state["lr_scheduler"])
-    restore_ema(opt.ema, model, resume_state=ck.training_state["ema"], ema_model_state=ck.ema_state)
+    try:
+        model.load_state_dict(ck.model_state)
+        opt.optimizer.load_state_dict(ck.training_state["optimizer"])
+        opt.lr_scheduler.load_state_dict(ck.training_state["lr_scheduler"])
+        restore_ema(opt.ema, model, resume_state=ck.training_state["ema"], ema_model_state=ck.ema_state)
+    except (RuntimeError, ValueError, KeyError) as err:
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        detail = "; ".join(lines[:2])[:300] or type(err).__name__
+        raise ValueError(
+            f"checkpoint {ck.path} does not fit the configured model ({detail}); resume with the run's "
+            "model config (see its config.json) or start a new run_dir."
+        ) from None
     set_rng_state(ck.training_state["rng"])
     now = dict(topology or {"world_size": 1, "per_rank_batch": batch})
     saved = {k: ck.config.get(k, 1 if k in ("world_size", "emulated_ranks") else None) for k in now}
@@ -147,11 +166,13 @@ def run_record(
     batch: int,
     steps_per_epoch: int,
     topology: Mapping[str, int] | None = None,
+    device: Any = None,
     **meta: Any,
 ) -> dict[str, Any]:
     """What ``config.json`` records for a run: resolved config, assigner config, scope and its
     ``distributed`` mode (None for sample scope), topology (world size, emulated ranks, per-rank and
-    global batch; one process with ``batch`` when ``topology`` is None).
+    global batch; one process with ``batch`` when ``topology`` is None), and the ``host`` it runs on
+    (:func:`immiscible_policy.host.host_record` for the training ``device``).
 
     ``meta`` holds the trainer's own shape facts (e.g. ``policy={"obs_dim": ...}``) that a checkpoint
     needs to rebuild the model.
@@ -171,6 +192,7 @@ def run_record(
         "assigner_distributed": assigner_distributed(assigner),
         **topo,
         "steps_per_epoch": int(steps_per_epoch),
+        "host": host_record(device),
     }
 
 
@@ -276,3 +298,276 @@ class StepStats:
             )
         self.reset()
         return out
+
+
+# ------------------------------------------------------------------------------------ resume guard, lock
+
+# What must not change when a run is resumed: the pairing, the network and the data (the task minus its
+# evaluation settings), and the objective. Values are compared for keys both configs hold, so keys added
+# to the configs after a run was written do not block resuming it.
+RESUME_SECTIONS = ("assigner", "model", "task")
+RESUME_IGNORED = ("task.eval.", "task.collect.")
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value}
+
+
+def _run_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    from immiscible_policy.noising import trainer_objective
+
+    flat: dict[str, Any] = {}
+    for section in RESUME_SECTIONS:
+        if isinstance(cfg.get(section), Mapping):
+            flat.update(_flat(cfg[section], section))
+    trainer = cfg.get("trainer")
+    if isinstance(trainer, Mapping):
+        with suppress(ValueError):
+            flat["trainer.objective"] = trainer_objective(trainer)
+    return {k: v for k, v in flat.items() if not k.startswith(RESUME_IGNORED)}
+
+
+def resume_differences(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, recorded value, new value)`` for the assigner/model/task/objective settings that differ."""
+    a, b = _run_identity(recorded), _run_identity(new)
+    return [(k, a[k], b[k]) for k in a if k in b and a[k] != b[k]]
+
+
+def _check_same_run(cfg: Any, run_dir: Path, checkpoint: Path) -> None:
+    from omegaconf import OmegaConf
+
+    try:
+        recorded = json.loads((checkpoint / "config.json").read_text()).get("cfg")
+    except (OSError, json.JSONDecodeError):
+        return  # load_checkpoint reports an unreadable checkpoint with its own one-line error
+    if not isinstance(recorded, Mapping):
+        return  # a checkpoint without the resolved config: nothing to compare
+    new = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("assigner", "model", "task", "trainer")}
+    diffs = resume_differences(recorded, new)
+    if not diffs:
+        return
+    key, old, now = diffs[0]
+    more = f" (+{len(diffs) - 1} more: {', '.join(d[0] for d in diffs[1:4])})" if len(diffs) > 1 else ""
+    what = f"run_dir={run_dir} was trained with {key}={show(old)}, the new config has {key}={show(now)}{more}"
+    if bool(cfg.get("resume_force", False)):
+        print(f"warning: resume_force=true: {what}; resuming anyway", flush=True)
+        return
+    raise ValueError(f"resume: {what}; pass the run's settings, or resume_force=true to resume anyway.")
+
+
+def _held_by_live_trainer(run_dir: Path) -> str | None:
+    info = read_lock(run_dir / LOCK_NAME)
+    if info is None or not owner_is_live(info):
+        return None
+    return (
+        f"run_dir={run_dir} is in use by a running trainer (pid {info.get('pid')}, {run_dir / LOCK_NAME}); "
+        "wait for it to finish or pick another run_dir."
+    )
+
+
+def plan_resume(cfg: Any, run_dir: str | Path, *, check_lock: bool = False) -> bool:
+    """Whether to restore ``run_dir``'s checkpoint, by ``resume`` (false | true | auto); raises one line.
+
+    * ``resume=true``: the run dir must exist and hold a checkpoint (a mistyped path used to start a new
+      run silently), and its recorded assigner/model/task/objective must match the config unless
+      ``resume_force=true``;
+    * ``resume=auto``: the same when there is a checkpoint, else start a new run there (its log, if any,
+      restarts from the beginning);
+    * ``resume=false``: the run dir must not hold a run yet (``FileExistsError``).
+
+    ``check_lock``: also refuse a run dir that a live trainer holds (the CLI asks before Hydra writes
+    into it; the trainer itself takes the lock with :func:`claim_run`).
+    """
+    run_dir = Path(run_dir)
+    mode = resume_mode(cfg)
+    if mode == "true" and not run_dir.exists():
+        raise ValueError(
+            f"resume=true but run_dir={run_dir} does not exist; check the path, or use resume=auto to start "
+            "a new run there when it has no checkpoint."
+        )
+    if check_lock and run_dir.is_dir():
+        busy = _held_by_live_trainer(run_dir)
+        if busy:
+            raise ValueError(busy)
+    latest = find_latest(run_dir) if run_dir.is_dir() else None
+    if mode == "false":
+        held = [p for p in (JSONL_NAME, "checkpoints") if (run_dir / p).exists()]
+        if held:
+            raise FileExistsError(
+                f"run_dir={run_dir} already holds a run ({', '.join(held)}); pass resume=true to continue it, "
+                "resume=auto to continue it or start when it has no checkpoint, or pick a new run_dir."
+            )
+        return False
+    if latest is None:
+        if mode == "true":
+            raise ValueError(
+                f"resume=true but run_dir={run_dir} has no checkpoint to resume from; check the path, or use "
+                "resume=auto to start from scratch when there is none."
+            )
+        return False
+    _check_same_run(cfg, run_dir, latest)
+    return True
+
+
+@contextmanager
+def claim_run(cfg: Any, run_dir: Path, topo: Any) -> Iterator[bool]:
+    """Lock ``run_dir`` for this run (main process) and decide resume; yields whether to restore.
+
+    The main process checks and locks; its verdict (or its one-line error) is broadcast, so every rank
+    raises the same error instead of waiting for a main process that gave up. The lock is released when
+    the block ends, however it ends.
+    """
+    lock, outcome = None, None
+    if topo.is_main:
+        try:
+            if resume_mode(cfg) == "true" and not Path(run_dir).exists():
+                plan_resume(cfg, run_dir)  # raises: nothing to resume (before the lock creates the dir)
+            lock = RunLock(run_dir).acquire()
+            outcome = ("ok", plan_resume(cfg, run_dir))
+        except (ValueError, FileExistsError) as err:
+            if lock is not None:
+                lock.release()
+            outcome = ("error", err)
+    outcome = topo.broadcast(outcome)  # the exception itself (pickled across processes)
+    if outcome[0] != "ok":
+        raise outcome[1]
+    try:
+        yield bool(outcome[1])
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def pending_record(run_dir: Path, step: int, logged: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The checkpoint's ``pending`` entry when its record never reached the log (the evaluation after the
+    checkpoint failed, or the run was killed there); None when the log has it. The entry holds
+    ``record`` (the training record) and which evaluations were due (``evaluate``, ``grid``)."""
+    if any(r.get("step") == step for r in logged):
+        return None
+    latest = find_latest(run_dir)
+    if latest is None:
+        return None
+    try:
+        pending = json.loads((latest / "config.json").read_text()).get("pending")
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(pending, Mapping) or not isinstance(pending.get("record"), Mapping):
+        return None
+    return dict(pending) if pending["record"].get("step") == step else None
+
+
+# ------------------------------------------------------------------------------------------------ estimate
+
+
+def duration(seconds: float, approx: str = "~") -> str:
+    """``~12 s``, ``~23 min``, ``~1.4 h``."""
+    if seconds < 90:
+        return f"{approx}{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{approx}{seconds / 60:.0f} min"
+    return f"{approx}{seconds / 3600:.1f} h"
+
+
+class RunEstimate:
+    """How long this invocation will take, from measurements only (printed once, updated once).
+
+    Steps: after ``warmup`` steps (allocation, first-call costs) the next ``n`` (at most 10) are timed,
+    with one device sync at each end on CUDA, and only the step loop counts (:meth:`skip` restarts the
+    clock after evaluations, checkpoints and logging). Evaluations: their count is known from the
+    cadence; their time is reported only once the first one has been measured (:meth:`evaluated`).
+    :meth:`tick` costs one ``perf_counter`` per step while measuring, an increment afterwards.
+    """
+
+    def __init__(
+        self,
+        *,
+        steps: int,
+        device: torch.device,
+        evaluations: Mapping[str, int],
+        steps_per_epoch: int | None = None,
+        epochs: int | None = None,
+    ) -> None:
+        self.steps, self.device = int(steps), device
+        self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
+        self.warmup = 2 if self.steps >= 12 else 1
+        self.target = min(10, self.steps - self.warmup)
+        self.done, self.n, self.seconds, self.last = 0, 0, 0.0, None
+        self.s_step: float | None = None
+        self.planned = {k: int(v) for k, v in evaluations.items()}
+        self.measured: dict[str, list[float]] = {k: [] for k in self.planned}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def skip(self) -> None:
+        """Time between steps that is not a step (evaluation, checkpoint): not counted."""
+        if self.s_step is None and self.last is not None:
+            self.last = time.perf_counter()
+
+    def tick(self) -> str | None:
+        """After each training step; returns the estimate line once the step time is measured."""
+        self.done += 1
+        if self.s_step is not None or self.target < 1 or self.done < self.warmup:
+            return None
+        if self.done == self.warmup:
+            self._sync()
+            self.last = time.perf_counter()
+            return None
+        if self.n + 1 >= self.target:
+            self._sync()
+        now = time.perf_counter()
+        self.seconds += now - self.last
+        self.n += 1
+        self.last = now
+        if self.n < self.target:
+            return None
+        self.s_step = self.seconds / self.n
+        return self.line()
+
+    def evaluated(self, kind: str, seconds: float) -> str | None:
+        """After each evaluation of ``kind``; returns the updated line after the first one."""
+        first = not self.measured[kind]
+        self.measured[kind].append(float(seconds))
+        return self.line() if first and self.s_step is not None else None
+
+    def line(self) -> str:
+        train = self.steps * float(self.s_step or 0.0)
+        if self.steps_per_epoch and self.epochs:
+            what = f"{self.steps_per_epoch} steps/epoch x {self.epochs} epochs"
+        else:
+            what = f"{self.steps} steps"
+        text = f"[immiscible] estimate: {what} at {self.s_step:.3g} s/step -> {duration(train)} training"
+        total, unknown = train, False
+        for kind, count in self.planned.items():
+            if not count:
+                continue
+            name = kind if count == 1 else f"{kind}s"
+            seen = self.measured[kind]
+            if seen:
+                each = sum(seen) / len(seen)
+                total += count * each
+                text += f" + {count} {name} ({duration(each)} each, measured after the first)"
+            else:
+                unknown = True
+                text += f" + {count} {name} (time measured after the first)"
+        return text + f" ~= {duration(total, '')}" + (" + evaluations" if unknown else "")
+
+    def remaining(self) -> str | None:
+        """Short time-left for a progress bar (None until the step time is measured)."""
+        if self.s_step is None:
+            return None
+        left = max(self.steps - self.done, 0) * self.s_step
+        unknown = False
+        for kind, count in self.planned.items():
+            todo = max(count - len(self.measured[kind]), 0)
+            if todo and self.measured[kind]:
+                left += todo * sum(self.measured[kind]) / len(self.measured[kind])
+            elif todo:
+                unknown = True
+        return duration(left, "") + ("+eval" if unknown else "")

@@ -19,3 +19,93 @@ def config_dir() -> str:
         f"error: Hydra configs not found (looked in {', '.join(candidates)}); install the project with "
         f"`pip install -e .` from its checkout or set {ENV} to its configs/ folder."
     )
+
+
+def _first_lines(text: str, stop: tuple[str, ...] = ("Config search path", "See https://")) -> list[str]:
+    lines = []
+    for line in str(text).splitlines():
+        if line.strip().startswith(stop):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return lines
+
+
+def _did_you_mean(overrides: list[str], key: str) -> str:
+    """`` (did you mean trainer.epochs?)`` for a key Hydra could not override, from its parent's keys."""
+    import difflib
+
+    from hydra import compose
+    from omegaconf import DictConfig, OmegaConf
+
+    rest = [o for o in overrides if not o.lstrip("~+").startswith(f"{key}=")]
+    try:
+        base = compose("train", overrides=rest)
+    except Exception:  # another bad override: the message without a suggestion is still right
+        return ""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(base, parent) if parent else base
+    if not isinstance(node, DictConfig):
+        return ""
+    near = difflib.get_close_matches(leaf, [str(k) for k in node], n=1, cutoff=0.6)
+    if near:
+        return f" (did you mean {parent + '.' if parent else ''}{near[0]}?)"
+    if not parent and isinstance(base.get("trainer"), DictConfig):  # `epochs=3` for `trainer.epochs=3`
+        near = difflib.get_close_matches(leaf, [str(k) for k in base.trainer], n=1, cutoff=0.8)
+        return f" (did you mean trainer.{near[0]}?)" if near else ""
+    return ""
+
+
+def _bad_override(overrides: list[str]) -> str | None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_overrides([o])
+        except Exception:
+            return o
+    return None
+
+
+def compose_train(overrides: list[str]):
+    """The ``train`` config for command-line ``overrides`` (as ``immiscible-train`` would compose it);
+    Hydra's multi-line composition errors become one-line ``ValueError``s naming the key and the fix.
+
+    Call inside ``initialize_config_dir(config_dir())``."""
+    import re
+
+    from hydra import compose
+    from hydra.errors import HydraException, OverrideParseException
+
+    try:
+        return compose("train", overrides=list(overrides))
+    except OverrideParseException as err:
+        bad = _bad_override(list(overrides))
+        what = f"cannot parse {bad!r}" if bad else "cannot parse the overrides"
+        detail = "; ".join(_first_lines(str(err))) or type(err).__name__
+        raise ValueError(
+            f"{what} ({detail}); write key=value, quoting values with special characters."
+        ) from None
+    except HydraException as err:
+        text = str(err)
+        lines = _first_lines(text)
+        m = re.search(r"Could not override '([^']+)'", text)
+        if m:
+            key = m.group(1)
+            raise ValueError(
+                f"{key} is not a setting{_did_you_mean(list(overrides), key)}; correct its name (Hydra's "
+                f"suggested +{key}=... would add a key that nothing reads)."
+            ) from None
+        m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+        if m:
+            group, name = m.groups()
+            options = re.search(rf"Available options in '{re.escape(group)}':\n((?:\t.*\n?)+)", text)
+            choices = (
+                ", ".join(o.strip() for o in options.group(1).splitlines() if o.strip()) if options else ""
+            )
+            raise ValueError(
+                f"{group}={name}: no such config in {config_dir()}/{group}/"
+                + (f"; use one of {choices}." if choices else ".")
+            ) from None
+        raise ValueError("; ".join(lines) or type(err).__name__) from None

@@ -6,6 +6,8 @@ epoch e is a function of (seed, e), the noise of step s of (seed, rank, s), and 
 is checkpointed, so ``resume=true`` continues exactly where an uninterrupted run would be (the shared
 rules live in :mod:`immiscible_policy.training`). Every ``sample_every_steps`` the EMA model draws a
 PNG grid, every ``eval_every_steps`` it is scored by FID/KID on a fixed number of seeded samples.
+A checkpoint due at the same step is written first (a failing FID or grid loses no training;
+``resume=true`` redoes that snapshot and logs its record).
 Under ``accelerate launch`` / ``torchrun`` each rank trains on its slice of every global batch (rules in
 :mod:`immiscible_policy.parallel`); logging, sampling, FID and checkpoints happen on the main process.
 """
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from immiscible_policy.config_check import check_config, resume_mode
 from immiscible_policy.ema import ema_module
 from immiscible_policy.image.data import load_dataset, to_unit
 from immiscible_policy.image.evaluate import fid_kid
@@ -30,11 +33,14 @@ from immiscible_policy.noising import build_core, resolve_sampler
 from immiscible_policy.parallel import make_topology
 from immiscible_policy.run_log import plot_curves
 from immiscible_policy.training import (
+    RunEstimate,
     StepStats,
+    claim_run,
     epoch_order,
     make_optimization,
     open_run_log,
     optimizer_step,
+    pending_record,
     preserve_rng,
     resolve_device,
     restore_training,
@@ -57,11 +63,38 @@ def every(step: int, n: Any) -> bool:
 
 
 def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train (or resume) an image diffusion model into ``run_dir``; returns the last logged record."""
-    run_dir = Path(run_dir)
-    task, tr = cfg.task, cfg.trainer
+    """Train (or resume) an image diffusion model into ``run_dir``; returns the last logged record.
+
+    The config is checked before any data is loaded (:func:`immiscible_policy.config_check.check_config`),
+    ``resume`` against the run dir, which the run then holds locked (:func:`~immiscible_policy.training.claim_run`).
+    """
+    check_config(cfg, "image")
+    tr = cfg.trainer
     topo = make_topology(tr, resolve_device(str(tr.device)))
     run_dir = Path(topo.broadcast(str(run_dir)))  # one run directory for all ranks: the main one's
+    with claim_run(cfg, run_dir, topo) as restore:
+        return _train_image(cfg, run_dir, topo, restore)
+
+
+def _snapshots_due(tr: Any, start: int, stop: int, max_steps: int) -> tuple[int, int]:
+    """(FID evaluations, grid-only snapshots) at steps start+1..stop, by the loop's own rules."""
+    fid = bool(tr.fid.enabled)
+    steps = {stop} if stop == max_steps else set()
+    for n in (tr.eval_every_steps, tr.sample_every_steps):
+        if n:
+            steps.update(range((start // int(n) + 1) * int(n), stop + 1, int(n)))
+    evals = grids = 0
+    for s in steps:
+        is_end = s == max_steps
+        if fid and (every(s, tr.eval_every_steps) or (is_end and tr.eval_at_end)):
+            evals += 1
+        elif every(s, tr.sample_every_steps) or is_end:
+            grids += 1
+    return evals, grids
+
+
+def _train_image(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> dict:
+    task, tr = cfg.task, cfg.trainer
     device = topo.device
     bf16 = use_bf16(str(tr.mixed_precision), device)
     torch.manual_seed(int(tr.seed))
@@ -84,11 +117,6 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     # ---- model, noising core, optimiser (lr scheduler built before any state is loaded), EMA
     core = build_core(tr, cfg.assigner)
-    if core.assigner.uses_cond and not conditional:
-        raise ValueError(
-            f"assigner {core.assigner.name!r} pairs noise within conditions, but task {cfg.task.name!r} is "
-            "unconditional: set task.class_conditional=true or pick an assigner without conditions."
-        )
     topo.check(core.assigner)
     sampler = resolve_sampler(core.prediction_type, tr.get("sampler"))
     model = build_unet(cfg.model, image_size=ds.image_size, channels=ds.channels, num_classes=num_classes)
@@ -102,6 +130,7 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
         batch=topo.per_rank_batch,
         steps_per_epoch=steps_per_epoch,
         topology=topo.record(),
+        device=device,
         image={
             "channels": ds.channels,
             "image_size": ds.image_size,
@@ -111,14 +140,17 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
         },
     )
 
-    resume = bool(cfg.get("resume", False))
+    # resume=auto on a run dir without a checkpoint starts here, restarting its log
     _, step = (
         restore_training(run_dir, model, opt, batch=topo.per_rank_batch, topology=topo.record())
-        if resume
+        if restore
         else (0, 0)
     )
     main = topo.is_main
-    logger = open_run_log(run_dir, resume=resume, step=step, config_record=config_record) if main else None
+    continuing = resume_mode(cfg) != "false"
+    logger = (
+        open_run_log(run_dir, resume=continuing, step=step, config_record=config_record) if main else None
+    )
     stop = (
         max_steps if not tr.get("max_steps_this_run") else min(max_steps, step + int(tr.max_steps_this_run))
     )
@@ -162,15 +194,59 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
         save_grid(samples[: int(tr.n_grid)], run_dir / "samples" / f"step_{step:08d}.png")
         return out
 
+    # the record of the checkpoint we resume from, when its snapshot failed or the run died before logging it
+    pending = pending_record(run_dir, step, logger.records) if (main and restore) else None
+    n_evals, n_grids = _snapshots_due(tr, step, stop, max_steps)
+    if pending is not None:
+        n_evals += bool(pending.get("evaluate"))
+        n_grids += bool(pending.get("grid")) and not pending.get("evaluate")
+    estimate = RunEstimate(
+        steps=stop - step, device=device, evaluations={"evaluation": n_evals, "sample grid": n_grids}
+    )
+    start_time = time.time()
+
+    def note(line: str | None) -> None:
+        if line and main:
+            print(line, flush=True)
+
+    def evaluate(record: dict[str, Any], with_fid: bool) -> None:
+        """The snapshot of ``record['step']`` into ``record`` (training mode restored), timed."""
+        tick = time.time()
+        model.eval()
+        record.update(snapshot(int(record["step"]), with_fid))
+        model.train()
+        note(estimate.evaluated("evaluation" if with_fid else "sample grid", time.time() - tick))
+
+    def finish(record: dict[str, Any], with_fid: bool) -> dict[str, Any]:
+        record["wall_min"] = (time.time() - start_time) / 60
+        logged = logger.log(record)
+        if with_fid:
+            print(
+                f"step {record['step']}: loss {record['train_loss']:.4f} FID {record['fid']:.2f} "
+                f"KID {record['kid']:.4f}",
+                flush=True,
+            )
+        return logged
+
+    last: dict = {}
+    if pending is not None:
+        record = dict(pending["record"])
+        with_fid = bool(pending.get("evaluate"))
+        if with_fid or pending.get("grid"):
+            print(f"[immiscible] snapshot of step {step} (its checkpoint was saved, its snapshot was not)")
+            evaluate(record, with_fid)
+        last = finish(record, with_fid)
+
     # ---- the loop
     stats = StepStats(int(tr.n_loss_buckets), device)
     train_min = (
-        float(logger.records[-1].get("train_min", 0.0)) if (main and resume and logger.records) else 0.0
+        float(logger.records[-1].get("train_min", 0.0)) if (main and restore and logger.records) else 0.0
     )
-    start_time, order, order_epoch, last = time.time(), None, -1, {}
+    order, order_epoch = None, -1
     show = bool(tr.progress) and main
     bar = tqdm(total=stop, initial=step, desc="steps", disable=not show, leave=False)
     model.train()
+    estimate.skip()
     while step < stop:
         tick = time.time()
         epoch, i = divmod(step, steps_per_epoch)
@@ -188,9 +264,11 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
         optimizer_step(model, opt, loss, tr.grad_clip)
         step += 1
         value = stats.add(loss, per_sample, tp, core)
+        note(estimate.tick())
         bar.update(1)
         if show and step % 10 == 0:  # the only host sync of a step, and only with a progress bar
-            bar.set_postfix(loss=f"{value.item():.4f}", refresh=False)
+            eta = estimate.remaining()
+            bar.set_postfix(loss=f"{value.item():.4f}", **({"eta": eta} if eta else {}), refresh=False)
         train_min += (time.time() - tick) / 60
 
         is_end = step == max_steps
@@ -211,28 +289,21 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
             if do_ckpt:
                 topo.barrier()
             continue
-        if do_eval or do_grid:
-            model.eval()
-            record.update(snapshot(step, do_eval))
-            model.train()
-        record["wall_min"] = (time.time() - start_time) / 60
-        last = logger.log(record)
-        if do_eval:
-            print(
-                f"step {step}: loss {record['train_loss']:.4f} FID {record['fid']:.2f} KID {record['kid']:.4f}",
-                flush=True,
-            )
-        if do_ckpt:
+        if do_ckpt:  # before the snapshot: a failing FID/grid loses no training
             save_training(
                 run_dir,
                 step,
                 model=model,
                 opt=opt,
-                config=config_record,
+                config={**config_record, "pending": {"record": record, "evaluate": do_eval, "grid": do_grid}},
                 epoch=step // steps_per_epoch,
                 keep_last=tr.keep_last,
             )
             topo.barrier()
+        if do_eval or do_grid:
+            evaluate(record, do_eval)
+        last = finish(record, do_eval)
+        estimate.skip()
     bar.close()
     if main and logger.jsonl_path.exists():
         plot_curves(
