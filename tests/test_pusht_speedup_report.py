@@ -116,6 +116,7 @@ def test_report_marks_missing_cells_and_writes_steps_table(sweep, tmp_path):
         (cells / f"epsilon-vanilla-s{seed}.json").parent.mkdir(exist_ok=True)
         (cells / f"epsilon-vanilla-s{seed}.json").write_text(json.dumps(c))
     args = SimpleNamespace(out=tmp_path, model="unet1d_sweep", epochs=10, eval_every=5, n_episodes=50)
+    args.lr, args.batch_size = 1e-3, 256
     args.no_stats, args.override = True, []
     payload = sweep.report(["epsilon/vanilla", "flow/c2ot"], [0, 1, 2], args)
     md = (tmp_path / "report.md").read_text()
