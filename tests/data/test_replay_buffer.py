@@ -5,10 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from immiscible_policy.data import ReplayBuffer, ReplayBufferError
+from immiscible_policy.data.replay_buffer import _import_zarr
 from immiscible_policy.policy.dataset import default_pusht_zarr  # noqa: E402
+
+zarr = _import_zarr()  # without numcodecs' crc32c DeprecationWarning, as the package imports it
 
 PUSHT_ZARR = Path(default_pusht_zarr())
 needs_pusht = pytest.mark.skipif(
