@@ -3,16 +3,19 @@
 Plugin test suites call :func:`check_assigner` on their strategy, or subclass
 :class:`AssignerConformance` and implement ``make_assigner``. The checks are the contract every trainer
 relies on: the noise keeps the input's shape/dtype/device, the input tensors are not modified, a seeded
-generator makes the pairing deterministic, ``decode`` inverts any data-space transform, and a strategy
-that declares ``preserves_noise_multiset`` really only permutes the noise. A strategy that declares
-``uses_cond`` is exercised with both kinds of condition trainers pass (continuous (B, 6) floats, like a
-policy's observation history, and (B,) long class labels), must be deterministic for a given ``cond``,
-must refuse ``cond=None`` with a ``ValueError`` (never silently pair without it), and must reject a
-``cond`` with the wrong number of rows.
+generator makes the pairing deterministic, ``decode`` inverts any data-space transform, a strategy
+that declares ``preserves_noise_multiset`` really only permutes the noise, and the recorded ``config``
+names every constructor option (defaults applied), is JSON-serialisable (checkpoints store it) and
+re-creates a strategy with an equal config. A strategy that declares ``uses_cond`` is exercised with
+both kinds of condition trainers pass (continuous (B, 6) floats, like a policy's observation history,
+and (B,) long class labels), must be deterministic for a given ``cond``, must refuse ``cond=None`` with
+a ``ValueError`` (never silently pair without it), and must reject a ``cond`` with the wrong number of
+rows.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import torch
@@ -51,9 +54,7 @@ def check_assigner(
         _fail(assigner, "class attribute 'name' is empty.")
     if assigner.scope not in SCOPES:
         _fail(assigner, f"scope {assigner.scope!r} is not one of {SCOPES}.")
-    cfg = assigner.config
-    if set(cfg) != {"name", "params"} or not isinstance(cfg["params"], dict):
-        _fail(assigner, f"config must be {{'name', 'params'}}, got {cfg!r}.")
+    _check_config(assigner)
     uses_cond = bool(getattr(assigner, "uses_cond", False))
     for shape in shapes:
         g = torch.Generator(device=device).manual_seed(seed)
@@ -69,6 +70,31 @@ def check_assigner(
             _check_cond_errors(assigner, x0, noise, device)
         for cond in conds:
             _check_one(assigner, x0, noise, x0_copy, noise_copy, cond, shape, device, dtype, seed)
+
+
+def _check_config(assigner: Assigner) -> None:
+    """The recorded config names every constructor option, is JSON, and re-creates an equal config."""
+    cfg = assigner.config
+    if set(cfg) != {"name", "params"} or not isinstance(cfg["params"], dict):
+        _fail(assigner, f"config must be {{'name', 'params'}}, got {cfg!r}.")
+    params = cfg["params"]
+    missing = [n for n in assigner.option_names() if n not in params]
+    if missing:
+        _fail(
+            assigner,
+            f"config params {sorted(params)} miss constructor option(s) {missing}; a checkpoint could not "
+            "re-create this strategy (options are captured from __init__; do not overwrite _params).",
+        )
+    try:
+        json.dumps(params)
+    except (TypeError, ValueError) as exc:
+        _fail(assigner, f"config params must be JSON-serialisable (checkpoints store them): {exc}.")
+    try:
+        again = type(assigner)(**params)
+    except Exception as exc:  # noqa: BLE001 - any failure here breaks checkpoint loading
+        _fail(assigner, f"{type(assigner).__name__}(**config['params']) failed: {type(exc).__name__}: {exc}")
+    if again.config != cfg:
+        _fail(assigner, f"re-created from its config, the config changed: {cfg!r} -> {again.config!r}.")
 
 
 def _check_cond_errors(assigner: Assigner, x0: torch.Tensor, noise: torch.Tensor, device) -> None:

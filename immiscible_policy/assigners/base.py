@@ -8,6 +8,7 @@ towards. Trainers call it through :mod:`immiscible_policy.noising`; they never l
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -49,8 +50,13 @@ class Assigner:
             (B,) long. The noising core passes ``cond`` only to strategies that declare it, so a strategy
             written against ``pair(x0, noise, *, generator)`` keeps working unchanged.
 
-    Constructor keyword arguments are the strategy's options; they are recorded in :attr:`config` so a
-    checkpoint can re-create the strategy with ``registry.create(**config)``.
+    Constructor arguments are the strategy's options. They are captured automatically from the
+    subclass's ``__init__`` (its bound arguments, defaults applied; as diffusers' ``register_to_config``)
+    and recorded in :attr:`config`, so a checkpoint can re-create the strategy with
+    ``registry.create(name, **params)`` and no option can drop out of it. A strategy may still pass
+    options to ``super().__init__(k=k, ...)`` (the older plugin style): values given there override the
+    captured ones of the same name (e.g. a normalised ``float(s)``), options it leaves out are still
+    captured, and ``super().__init__()`` with no arguments is enough.
     """
 
     name: ClassVar[str] = ""
@@ -58,6 +64,12 @@ class Assigner:
     description: ClassVar[str] = ""
     preserves_noise_multiset: ClassVar[bool] = False
     uses_cond: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if inspect.isfunction(init) and not getattr(init, "_captures_options", False):
+            cls.__init__ = _capturing_init(init)
 
     def __init__(self, **params: Any) -> None:
         self._params = dict(params)
@@ -111,6 +123,55 @@ class Assigner:
             for p in sig.parameters.values()
             if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
+
+
+_CAPTURING = "_assigner_capturing"  # instance flag: set while the outermost constructor runs
+
+
+def _capturing_init(init: Any) -> Any:
+    """Wrap a subclass ``__init__`` so that its bound arguments (defaults applied) become the options.
+
+    Only the outermost constructor of an instance records (a subclass of a strategy calling its parent's
+    constructor is re-created through its own signature). The original ``__init__`` runs first, so a
+    missing or unknown argument raises Python's own ``TypeError`` and validation errors are unchanged;
+    ``inspect.signature`` still sees the original signature (``functools.wraps``).
+    """
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: Assigner, *args: Any, **kwargs: Any) -> None:
+        if self.__dict__.get(_CAPTURING):
+            init(self, *args, **kwargs)
+            return
+        object.__setattr__(self, _CAPTURING, True)
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            self.__dict__.pop(_CAPTURING, None)
+        explicit = self.__dict__.get("_params") or {}
+        self._params = _merge_options(sig, sig.bind(self, *args, **kwargs), explicit)
+
+    __init__._captures_options = True  # type: ignore[attr-defined]
+    return __init__
+
+
+def _merge_options(sig: inspect.Signature, bound: inspect.BoundArguments, explicit: dict) -> dict[str, Any]:
+    """The bound constructor arguments (defaults applied, ``**kwargs`` flattened, ``self`` dropped), with
+    the values a strategy passed to ``super().__init__`` taking precedence for the names it accepts."""
+    bound.apply_defaults()
+    params = list(sig.parameters.values())
+    options: dict[str, Any] = {}
+    var_kw = False
+    for p in params[1:]:
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+            options.update(bound.arguments.get(p.name, {}))
+        elif p.kind is not p.VAR_POSITIONAL:
+            options[p.name] = bound.arguments[p.name]
+    for k, v in explicit.items():
+        if k in options or var_kw:
+            options[k] = v
+    return options
 
 
 def check_same_batch(x0: Tensor, noise: Tensor, who: str) -> None:

@@ -117,15 +117,7 @@ class C2OTAssigner(Assigner):
         if not isinstance(target_r, int | float) or not 0.0 < target_r < 1.0:
             raise ValueError(f"c2ot: target_r must be in (0, 1), got {target_r!r}.")
         check_distributed(distributed, "c2ot")
-        super().__init__(
-            cost=cost,
-            weight=weight,
-            target_r=target_r,
-            condition_cost=condition_cost,
-            space=space,
-            quantize=quantize,
-            distributed=distributed,
-        )
+        super().__init__()
         self.cost, self.space, self.quantize, self.distributed = cost, space, quantize, distributed
         self.weight = None if weight is None else float(weight)
         self.target_r, self.condition_cost = float(target_r), condition_cost

@@ -37,7 +37,7 @@ class KNNAssigner(Assigner):
         if int(max_chunk_elements) < 1:
             raise ValueError(f"knn: max_chunk_elements must be >= 1, got {max_chunk_elements!r}.")
         self._pool = parse_space(space)
-        super().__init__(k=int(k), space=space, max_chunk_elements=int(max_chunk_elements))
+        super().__init__()
         self.k, self.space, self.max_chunk_elements = int(k), space, int(max_chunk_elements)
 
     def pair(self, x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None) -> Pairing:

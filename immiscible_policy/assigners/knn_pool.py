@@ -135,7 +135,7 @@ class KNNPoolAssigner(Assigner):
             raise ValueError(f"knn-pool: n_neighbors must be >= 1, got {n_neighbors!r}.")
         self._pool = parse_space(space)
         check_distributed(distributed, "knn-pool")
-        super().__init__(ratio=int(ratio), n_neighbors=int(n_neighbors), space=space, distributed=distributed)
+        super().__init__()
         self.ratio, self.n_neighbors, self.space = int(ratio), int(n_neighbors), space
         self.distributed = distributed
 

@@ -70,7 +70,7 @@ class LinearAssigner(Assigner):
         parse_space(space)
         check_quantize(quantize, "linear")
         check_distributed(distributed, "linear")
-        super().__init__(cost=cost, space=space, quantize=quantize, distributed=distributed)
+        super().__init__()
         self.cost, self.space, self.quantize, self.distributed = cost, space, quantize, distributed
 
     def _cost(self, x0: Tensor, noise: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ class ScaleAssigner(Assigner):
         s = float(s)
         if not s > 0 or s != s or s == float("inf"):
             raise ValueError(f"scale: s must be a finite number > 0, got {s!r}.")
-        super().__init__(s=s)
+        super().__init__()
         self.s = s
 
     def pair(self, x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None) -> Pairing:
