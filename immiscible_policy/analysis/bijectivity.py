@@ -136,10 +136,20 @@ def policy_bijectivity(
     """Round-trip N fixed noises per observation for ``conditions`` validation windows of a policy.
 
     Diversity: distinct nearest training action chunks (normalised action space, after ``decode``) among
-    the N samples of one observation, averaged over the observations.
+    the N samples of one observation, averaged over the observations. ``dataset`` should be the run's
+    own (its train/validation split); a run trained without validation episodes (``val_ratio=0``) takes
+    its observations from the training windows and says so (``condition_split: "train"``).
     """
+    train = dataset.all_windows()
     val = dataset.get_validation_dataset().all_windows()
-    train_act = policy.normalizer.normalize("action", dataset.all_windows()["action"])
+    split = "validation"
+    if val["obs"].shape[0] == 0:
+        val, split = train, "train"
+    if val["obs"].shape[0] == 0:
+        raise ValueError(
+            "the run's dataset has no windows to condition on (no train or validation episodes)."
+        )
+    train_act = policy.normalizer.normalize("action", train["action"])
     device = next(model.parameters()).device
     pick = torch.linspace(0, val["obs"].shape[0] - 1, conditions).long()
     errs, re_errs, distinct = [], [], []
@@ -162,4 +172,5 @@ def policy_bijectivity(
         "distinct_nearest_train_chunks_per_condition": sum(distinct) / len(distinct),
         "samples_per_condition": n,
         "conditions": conditions,
+        **({"condition_split": split} if split != "validation" else {}),
     }
