@@ -53,7 +53,8 @@ def parse(argv: list[str]) -> dict:
 
 def evaluate_checkpoint(opts: dict) -> dict:
     from immiscible_policy.noising import resolve_sampler
-    from immiscible_policy.policy.train import load_policy, rollout
+    from immiscible_policy.policy.evaluate import rollout
+    from immiscible_policy.policy.load import load_policy
 
     model, policy, cfg, ck = load_policy(
         opts["checkpoint"],

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EXPERTS", "WaypointExpert", "make_expert"]
+__all__ = ["CLOSE", "OPEN", "POS_SCALE", "WaypointExpert"]
 
 OPEN, CLOSE = -1.0, 1.0
 #: OSC_POSE position output scale (m per unit action) in robomimic's controller config.
@@ -65,19 +65,10 @@ class WaypointExpert:
         return action
 
 
-def _experts() -> dict[str, type[WaypointExpert]]:
-    from immiscible_policy.collect.can_expert import CanExpert
-    from immiscible_policy.collect.lift_expert import LiftExpert
+def __getattr__(name: str):
+    """``EXPERTS`` and ``make_expert`` lived here before the registry moved to the package."""
+    if name in ("EXPERTS", "make_expert"):
+        import immiscible_policy.collect as collect
 
-    return {"Lift": LiftExpert, "PickPlaceCan": CanExpert}
-
-
-EXPERTS = ("Lift", "PickPlaceCan")
-
-
-def make_expert(env_name: str, rng: np.random.Generator, **kw: Any) -> WaypointExpert:
-    """The scripted expert for a robosuite task name; one-line error for tasks without one."""
-    experts = _experts()
-    if env_name not in experts:
-        raise ValueError(f"no scripted expert for env {env_name!r}; available: {', '.join(sorted(experts))}")
-    return experts[env_name](rng, **kw)
+        return getattr(collect, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,6 @@
-"""Diffusion policies: dataset, normaliser, ConditionalUnet1D, training loop, rollouts."""
+"""Diffusion policies: dataset, normaliser, ConditionalUnet1D, building, loading, training, rollouts."""
 
-from immiscible_policy.policy.model import DiffusionPolicy, Policy
+from immiscible_policy.policy.load import Policy
+from immiscible_policy.policy.model import DiffusionPolicy
 
 __all__ = ["DiffusionPolicy", "Policy"]

@@ -94,35 +94,10 @@ class DiffusionPolicy:
         return actions[:, start : start + self.n_action_steps].cpu().numpy()
 
 
-class Policy:
-    """A trained policy ready to act: ``Policy.from_checkpoint(path).predict_action(obs_history)``.
+def __getattr__(name: str):
+    """``Policy`` lived here before :mod:`immiscible_policy.policy.load`; kept importable from here."""
+    if name == "Policy":
+        from immiscible_policy.policy.load import Policy
 
-    Holds the (EMA) network, the normaliser and the sampler; sampling noise comes from its own seeded
-    generator so a rollout is repeatable.
-    """
-
-    def __init__(self, model: nn.Module, diffusion: DiffusionPolicy, seed: int = 0) -> None:
-        self.model, self.diffusion = model.eval(), diffusion
-        device = next(model.parameters()).device
-        self.generator = torch.Generator(device=device).manual_seed(int(seed))
-
-    @classmethod
-    def from_checkpoint(cls, path, device: str = "auto", use_ema: bool = True, seed: int = 0) -> Policy:
-        from immiscible_policy.policy.train import load_policy
-
-        model, diffusion, _, _ = load_policy(path, device=device, use_ema=use_ema)
-        return cls(model, diffusion, seed=seed)
-
-    @property
-    def n_obs_steps(self) -> int:
-        return self.diffusion.n_obs_steps
-
-    def predict_action(self, obs_history: np.ndarray | Tensor) -> np.ndarray:
-        """(n_obs_steps, obs_dim) -> (n_action_steps, A); batched (n, n_obs_steps, obs_dim) -> (n, n_action_steps, A).
-
-        Observations and actions are in env units (PushT: pixels).
-        """
-        obs = np.asarray(obs_history, dtype=np.float32)
-        single = obs.ndim == 2
-        actions = self.diffusion.predict_action(self.model, obs[None] if single else obs, self.generator)
-        return actions[0] if single else actions
+        return Policy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,18 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from immiscible_policy.checkpoint import load_checkpoint
 from immiscible_policy.config_check import check_config, resume_mode
 from immiscible_policy.ema import ema_module
-from immiscible_policy.noising import build_core, resolve_sampler
 from immiscible_policy.parallel import make_topology
-from immiscible_policy.policy.model import DiffusionPolicy
-from immiscible_policy.policy.normalizer import MinMaxNormalizer
+from immiscible_policy.policy.build import build_model, build_policy, policy_sampler
+from immiscible_policy.policy.evaluate import rollout
+from immiscible_policy.policy.load import load_policy
 from immiscible_policy.policy.tasks import task_env
-from immiscible_policy.policy.unet1d import ConditionalUnet1D
 from immiscible_policy.run_log import plot_curves
 from immiscible_policy.training import (
     RunEstimate,
@@ -46,52 +44,16 @@ from immiscible_policy.training import (
     save_training,
 )
 
-__all__ = ["build_policy", "load_policy", "policy_sampler", "resolve_device", "rollout", "train_policy"]
-
-
-def policy_sampler(tr: Any, objective: str) -> str:
-    """The policy's sampler: ``trainer.sampler`` (``auto`` = DDPM for diffusion objectives, as
-    Diffusion Policy, and Euler for flow), checked against the objective."""
-    return resolve_sampler(objective, tr.get("sampler"), diffusion_default="ddpm")
-
-
-def build_model(model_cfg: Any, action_dim: int, obs_dim: int, n_obs_steps: int) -> ConditionalUnet1D:
-    return ConditionalUnet1D(
-        input_dim=action_dim,
-        global_cond_dim=obs_dim * n_obs_steps,
-        diffusion_step_embed_dim=int(model_cfg.diffusion_step_embed_dim),
-        down_dims=tuple(model_cfg.down_dims),
-        kernel_size=int(model_cfg.kernel_size),
-        n_groups=int(model_cfg.n_groups),
-        cond_predict_scale=bool(model_cfg.cond_predict_scale),
-    )
-
-
-def build_policy(cfg: Any, normalizer: MinMaxNormalizer, obs_dim: int, action_dim: int):
-    """(model, DiffusionPolicy) from a resolved config; shared by training and ``immiscible-eval``."""
-    task, tr = cfg.task, cfg.trainer
-    core = build_core(tr, cfg.assigner)
-    model = build_model(cfg.model, action_dim, obs_dim, int(task.n_obs_steps))
-    policy = DiffusionPolicy(
-        core,
-        normalizer,
-        horizon=int(task.horizon),
-        n_obs_steps=int(task.n_obs_steps),
-        n_action_steps=int(task.n_action_steps),
-        action_dim=action_dim,
-        num_inference_steps=int(tr.num_inference_steps),
-        sampler=policy_sampler(tr, core.prediction_type),
-    )
-    return model, policy
-
-
-def rollout(policy: DiffusionPolicy, model: torch.nn.Module, task: Any, seed: int, **kw: Any) -> dict:
-    """Roll the (EMA) model out on the task's fixed test seeds; sampling noise seeded for repeatability.
-
-    The task family (``task.env``: PushT, robomimic) owns the env and the scoring (policy/tasks.py)."""
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    return task_env(task).evaluate(lambda obs: policy.predict_action(model, obs, generator=gen), task, **kw)
+# the loop is train_policy; the rest is re-exported for code that imported it from here
+__all__ = [
+    "build_model",
+    "build_policy",
+    "load_policy",
+    "policy_sampler",
+    "resolve_device",
+    "rollout",
+    "train_policy",
+]
 
 
 def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -286,28 +248,3 @@ def _train_policy(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> d
             logger.jsonl_path, run_dir / "curves.png", x="epoch", title=f"{task.name} / {cfg.assigner.name}"
         )
     return last
-
-
-def load_policy(
-    checkpoint: str | Path, device: str = "auto", use_ema: bool = True, allow_import: bool | None = None
-):
-    """(model, policy, config) from a checkpoint; the EMA weights by default (what training evaluates).
-
-    A ``module:Class`` assigner in the checkpoint's config is imported only with ``allow_import=True``
-    (``None``: when ``IMMISCIBLE_ALLOW_IMPORT=1``); registered names always load."""
-    from immiscible_policy.checkpoint import check_assigner, check_config, load_weights
-
-    ck = load_checkpoint(checkpoint)
-    check_config(ck.config, ck.path, "policy")
-    check_assigner(ck.config, ck.path, allow_import)
-    cfg = OmegaConf.create(ck.config["cfg"])
-    if ck.normalizer is None:
-        raise ValueError(
-            f"Checkpoint {ck.path} has no normalizer.json; it was not written by the policy trainer."
-        )
-    normalizer = MinMaxNormalizer.from_dict(ck.normalizer)
-    meta = ck.config["policy"]
-    model, policy = build_policy(cfg, normalizer, int(meta["obs_dim"]), int(meta["action_dim"]))
-    load_weights(model, *ck.select_weights(use_ema))
-    model.to(resolve_device(device)).eval()
-    return model, policy, cfg, ck
