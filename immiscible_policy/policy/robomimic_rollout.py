@@ -1,20 +1,21 @@
 """Closed-loop robomimic evaluation: receding-horizon rollouts on fixed seeds, episodes in lockstep.
 
-Why not gymnasium's vector envs (as PushT uses): robosuite steps are expensive (~100/s on a shared core)
-and a vector env keeps stepping (and auto-resetting) episodes that already finished, so a wave would
-cost its slowest episode times the number of envs. Here the envs of a wave are stepped only while their
-episode runs, and the policy is queried once per chunk for all running episodes together (one batched
-forward pass, which is where a CPU spends its time). Protocol as diffusion_policy's robomimic runner:
-test starts from seeds ``start_seed ..``, at most ``max_steps`` steps (400 for ph data), the policy sees
-the last ``n_obs_steps`` observations and executes ``n_action_steps`` actions per query; an episode
-succeeds when the task's own check passes at some step (it then ends). ``mean_score`` is the success
-rate (robomimic's reward is sparse), so the metrics JSON has PushT's keys.
+The loop is every family's (:func:`immiscible_policy.policy.episodes.run_episodes`); robomimic brings
+its envs and its scoring. Why not gymnasium's vector envs (as PushT uses): robosuite steps are expensive
+(~100/s on a shared core) and a vector env keeps stepping (and auto-resetting) episodes that already
+finished, so a wave would cost its slowest episode times the number of envs. Here the envs of a wave
+are stepped only while their episode runs (:class:`~immiscible_policy.policy.episodes.LockstepEnvs`),
+and the policy is queried once per chunk for all running episodes together (one batched forward pass,
+which is where a CPU spends its time). Protocol as diffusion_policy's robomimic runner: test starts
+from seeds ``start_seed ..``, at most ``max_steps`` steps (400 for ph data), the policy sees the last
+``n_obs_steps`` observations and executes ``n_action_steps`` actions per query; an episode succeeds
+when the task's own check passes at some step (it then ends). ``mean_score`` is the success rate
+(robomimic's reward is sparse), so the metrics JSON has PushT's keys.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from immiscible_policy.policy.rollout import ActionChunkWrapper, _write_video
+from immiscible_policy.policy.episodes import ActionChunkWrapper, LockstepEnvs, plan_episodes, run_episodes
 
-__all__ = ["evaluate_robomimic", "make_robomimic_env"]
+__all__ = ["RobomimicScore", "evaluate_robomimic", "make_robomimic_env"]
 
 
 def make_robomimic_env(
@@ -55,6 +56,25 @@ def make_robomimic_env(
     return ActionChunkWrapper(env, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps)
 
 
+class RobomimicScore:
+    """Per episode: success when the task's check passed at some step (a step score of 1); the score
+    is the success (robomimic's reward is sparse)."""
+
+    def __init__(self, n_episodes: int) -> None:
+        self.success = np.zeros(n_episodes, dtype=bool)
+
+    def update(self, episode: int, info: Mapping[str, Any]) -> None:
+        self.success[episode] |= info["max_score"] >= 1.0
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "mean_score": float(self.success.mean()),
+            "success_rate": float(self.success.mean()),
+            "scores": self.success.astype(float).tolist(),
+            "success": self.success.tolist(),
+        }
+
+
 def evaluate_robomimic(
     policy_fn: Callable[[np.ndarray], np.ndarray],
     *,
@@ -78,13 +98,7 @@ def evaluate_robomimic(
     Returns {"mean_score", "success_rate", "scores", "seeds", "success", "n_steps", "n_episodes",
     "seconds", "video_path"}.
     """
-    from tqdm.auto import tqdm
-
-    if n_episodes < 1:
-        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    n_envs = n_episodes if n_envs is None else max(1, min(int(n_envs), n_episodes))
-    n_video = min(n_video_episodes, n_envs) if video_path is not None else 0
-    seeds = [start_seed + i for i in range(n_episodes)]
+    plan = plan_episodes(n_episodes, start_seed, n_envs, video_path, n_video_episodes)
     common = dict(
         n_obs_steps=n_obs_steps,
         n_action_steps=n_action_steps,
@@ -92,61 +106,17 @@ def evaluate_robomimic(
         render_size=render_size,
         camera=camera,
     )
-    envs = [make_robomimic_env(env_args, obs_keys, render=j < n_video, **common) for j in range(n_envs)]
-    act_shape = envs[0].action_space.shape  # (n_action_steps, A)
-
-    success = np.zeros(n_episodes, dtype=bool)
-    n_steps = np.zeros(n_episodes, dtype=np.int64)
-    video: list[np.ndarray] = []
-    bar = tqdm(total=n_episodes, desc="eval robomimic", disable=not progress, leave=False)
-    t0 = time.perf_counter()
-    try:
-        for wave_start in range(0, n_episodes, n_envs):
-            wave = seeds[wave_start : wave_start + n_envs]
-            obs = np.zeros((len(wave), *envs[0].observation_space.shape), dtype=np.float32)
-            for j, seed in enumerate(wave):
-                envs[j].record_video = wave_start == 0 and j < n_video
-                obs[j], _ = envs[j].reset(seed=seed)
-            frames: list[list[np.ndarray]] = [[] for _ in wave]
-            active = np.ones(len(wave), dtype=bool)
-            while active.any():
-                idx = np.nonzero(active)[0]
-                out = policy_fn(obs[idx])
-                if hasattr(out, "detach"):
-                    out = out.detach().cpu().numpy()
-                out = np.asarray(out)
-                if out.shape != (len(idx), *act_shape):
-                    raise ValueError(
-                        f"policy_fn returned shape {out.shape}; expected ({len(idx)}, {act_shape[0]}, "
-                        f"{act_shape[1]}) (n running episodes, n_action_steps, action_dim)"
-                    )
-                for row, j in enumerate(idx):
-                    obs[j], _, terminated, truncated, info = envs[j].step(out[row])
-                    e = wave_start + j
-                    success[e] |= info["max_score"] >= 1.0
-                    n_steps[e] = info["n_steps"]
-                    if envs[j].record_video:
-                        frames[j].extend(info.get("frames", []))
-                    if terminated or truncated:
-                        active[j] = False
-                        bar.update(1)
-            # every 2nd frame at 10 fps: GIF encoding of 20 Hz renders costs more than the rollout
-            video.extend(f for j in range(min(n_video, len(wave))) for f in frames[j][::2])
-    finally:
-        for env in envs:
-            env.close()
-        bar.close()
-    seconds = time.perf_counter() - t0
-    if video_path is not None and video:
-        _write_video(video_path, video, fps=10)
-    return {
-        "mean_score": float(success.mean()),
-        "success_rate": float(success.mean()),
-        "scores": success.astype(float).tolist(),
-        "seeds": seeds,
-        "success": success.tolist(),
-        "n_steps": n_steps.tolist(),
-        "n_episodes": n_episodes,
-        "seconds": seconds,
-        "video_path": str(video_path) if video_path is not None and video else None,
-    }
+    envs = [
+        make_robomimic_env(env_args, obs_keys, render=j < plan.n_video, **common) for j in range(plan.n_envs)
+    ]
+    return run_episodes(
+        policy_fn,
+        LockstepEnvs(envs),
+        plan,
+        RobomimicScore(n_episodes),
+        video_path=video_path,
+        # every 2nd frame at 10 fps: GIF encoding of 20 Hz renders costs more than the rollout
+        video_stride=2,
+        desc="eval robomimic",
+        progress=progress,
+    )
