@@ -12,7 +12,13 @@ Why one module: exact resume depends on a handful of conventions that must not d
   ``pending`` in its config: a failing evaluation loses no training, and resuming logs the record
   (evaluating first when that evaluation was due), see :func:`pending_record`;
 * one trainer per run dir (:class:`~immiscible_policy.run_lock.RunLock`), and ``resume`` is checked
-  against the run dir before anything is loaded (:func:`claim_run`).
+  against the run dir before anything is loaded (:func:`claim_run`);
+* every process calls :func:`save_then_barrier` when a checkpoint is due: the main one writes, all
+  wait for it, so no rank can miss the barrier the others wait at.
+
+Both trainers open a run with :func:`training_run` (check, topology, run dir, lock, seed) and call
+:meth:`TrainingRun.prepare` (device, DDP, optimiser/schedule/EMA, config record, resume, log) once
+their data and model exist; what stays in a trainer is its data, its model, its step and its cadence.
 """
 
 from __future__ import annotations
@@ -36,12 +42,13 @@ from immiscible_policy.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from immiscible_policy.config_check import resume_mode, show
+from immiscible_policy.config_check import check_config, resume_mode, show
 from immiscible_policy.ema import EMAModel, ema_resume_state, ema_state_dict_for_model, make_ema, restore_ema
 from immiscible_policy.host import host_record
 from immiscible_policy.noising import NoisingCore, TrainingPair, condition_leak, noise_stats
+from immiscible_policy.parallel import Topology, assigner_distributed, make_topology
 from immiscible_policy.run_lock import LOCK_NAME, RunLock, owner_is_live, read_lock
-from immiscible_policy.run_log import JSONL_NAME, RunLogger
+from immiscible_policy.run_log import JSONL_NAME, RunLogger, plot_curves
 
 
 def resolve_device(name: str) -> torch.device:
@@ -179,7 +186,6 @@ def run_record(
     """
     from omegaconf import OmegaConf
 
-    from immiscible_policy.parallel import assigner_distributed
     from immiscible_policy.registry import origin_of
 
     topo = dict(topology or {"world_size": 1, "per_rank_batch": int(batch), "global_batch": int(batch)})
@@ -571,3 +577,160 @@ class RunEstimate:
             elif todo:
                 unknown = True
         return duration(left, "") + ("+eval" if unknown else "")
+
+
+# ------------------------------------------------------------------------------ one trainer run, set-up
+
+
+def save_then_barrier(topo: Topology, run_dir: Path, step: int, **save: Any) -> Path | None:
+    """Checkpoint ``step`` (:func:`save_training` with ``save``) on the main process, then every process
+    waits at the barrier until it is on disk; returns the checkpoint dir (None off the main process).
+
+    Call it on *every* process whenever a checkpoint is due: it is the only place the trainers
+    checkpoint, so the main process's save and the others' barrier cannot drift apart (a barrier that
+    some ranks reach and others do not hangs a multi-process run)."""
+    path = save_training(run_dir, step, **save) if topo.is_main else None
+    topo.barrier()
+    return path
+
+
+@dataclass
+class TrainingRun:
+    """One trainer invocation: the checked config, its run dir (locked), the topology, and after
+    :meth:`prepare` the optimiser/schedule/EMA, the config record and the main process's log.
+
+    Both trainers open it with :func:`training_run` and read top to bottom: data, model,
+    ``run.prepare(...)``, the loop (``run.checkpoint`` where a checkpoint is due), ``run.plot``.
+    """
+
+    cfg: Any
+    run_dir: Path
+    topo: Topology
+    restore: bool
+    opt: Optimization | None = None
+    config_record: dict[str, Any] | None = None
+    logger: RunLogger | None = None
+
+    @property
+    def tr(self) -> Any:
+        return self.cfg.trainer
+
+    @property
+    def device(self) -> torch.device:
+        return self.topo.device
+
+    @property
+    def main(self) -> bool:
+        return self.topo.is_main
+
+    def check_batch(self, n: int, what: str) -> None:
+        """One line when the global batch exceeds the ``n`` training ``what`` (windows, images)."""
+        topo = self.topo
+        if n < topo.global_batch:
+            raise ValueError(
+                f"trainer.batch_size={topo.per_rank_batch} x {topo.ranks} ranks = {topo.global_batch} "
+                f"exceeds the {n} training {what}; lower it."
+            )
+
+    def prepare(
+        self, model: nn.Module, assigner: Any, *, total_steps: int, steps_per_epoch: int, **meta: Any
+    ) -> tuple[nn.Module, int, int]:
+        """Model on the device (DDP-wrapped for the training forward), AdamW + lr schedule + EMA over
+        ``total_steps`` (the scheduler built before any state is loaded), the config record (``meta``:
+        the trainer's shape facts, see :func:`run_record`), the checkpoint restored when resuming, and
+        the log opened on the main process (records after the restored step dropped).
+
+        Returns ``(train_model, epoch, step)``: the module to call in the training forward (``model``
+        itself in one process) and where training continues (``(0, 0)`` for a new run).
+        """
+        topo, tr = self.topo, self.tr
+        topo.check(assigner)
+        model.to(self.device)
+        train_model = topo.wrap(model)  # DDP under several processes; ``model`` stays the bare module
+        self.opt = make_optimization(model, tr, total_steps)
+        self.config_record = run_record(
+            self.cfg,
+            assigner,
+            batch=topo.per_rank_batch,
+            steps_per_epoch=steps_per_epoch,
+            topology=topo.record(),
+            device=self.device,
+            **meta,
+        )
+        # resume=auto on a run dir without a checkpoint starts here, restarting its log
+        epoch, step = (
+            restore_training(self.run_dir, model, self.opt, batch=topo.per_rank_batch, topology=topo.record())
+            if self.restore
+            else (0, 0)
+        )
+        if self.main:
+            continuing = resume_mode(self.cfg) != "false"
+            self.logger = open_run_log(
+                self.run_dir, resume=continuing, step=step, config_record=self.config_record
+            )
+        return train_model, epoch, step
+
+    def pending(self, step: int) -> dict[str, Any] | None:
+        """The record of the checkpoint resumed from, when its evaluation failed or the run died before
+        logging it (main process, resuming only; see :func:`pending_record`)."""
+        if not (self.main and self.restore):
+            return None
+        return pending_record(self.run_dir, step, self.logger.records)
+
+    def train_minutes(self) -> float:
+        """Training minutes logged before this invocation (summed over resumes; 0 for a new run)."""
+        if self.main and self.restore and self.logger.records:
+            return float(self.logger.records[-1].get("train_min", 0.0))
+        return 0.0
+
+    def summary(self, stats: StepStats) -> dict[str, float]:
+        """The step statistics since the last record, summed over processes."""
+        return stats.summary(self.topo.sum if self.topo.world_size > 1 else None)
+
+    def checkpoint(
+        self,
+        model: nn.Module,
+        step: int,
+        *,
+        epoch: int,
+        pending: Mapping[str, Any],
+        normalizer: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Checkpoint ``step`` with its not yet logged record and due evaluations under ``pending``
+        (before evaluating: a failing evaluation loses no training); every process calls it, the main
+        one writes, all wait for it (:func:`save_then_barrier`)."""
+        save_then_barrier(
+            self.topo,
+            self.run_dir,
+            step,
+            model=model,
+            opt=self.opt,
+            config={**self.config_record, "pending": dict(pending)},
+            epoch=epoch,
+            normalizer=normalizer,
+            keep_last=self.tr.keep_last,
+        )
+
+    def note(self, line: str | None) -> None:
+        """Print an estimate line (main process)."""
+        if line and self.main:
+            print(line, flush=True)
+
+    def plot(self, **kw: Any) -> None:
+        """``curves.png`` from the log (main process, once there is one); ``kw`` for :func:`plot_curves`."""
+        if self.main and self.logger.jsonl_path.exists():
+            plot_curves(self.logger.jsonl_path, self.run_dir / "curves.png", **kw)
+
+
+@contextmanager
+def training_run(cfg: Any, run_dir: str | Path, kind: str) -> Iterator[TrainingRun]:
+    """Check the whole config (``kind``: ``policy`` | ``image``) before any data is loaded, set up the
+    topology (processes, device), agree on one run dir (the main process's), lock it and decide
+    ``resume`` (:func:`claim_run`), seed the global RNG; the lock is released when the block ends."""
+    check_config(cfg, kind)
+    tr = cfg.trainer
+    topo = make_topology(tr, resolve_device(str(tr.device)))
+    run_dir = Path(topo.broadcast(str(run_dir)))  # one run directory for all ranks: the main one's
+    with claim_run(cfg, run_dir, topo) as restore:
+        torch.manual_seed(int(tr.seed))
+        yield TrainingRun(cfg, run_dir, topo, restore)

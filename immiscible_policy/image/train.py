@@ -23,29 +23,20 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from immiscible_policy.config_check import check_config, resume_mode
 from immiscible_policy.ema import ema_module
 from immiscible_policy.image.data import load_dataset, to_unit
 from immiscible_policy.image.evaluate import fid_kid
 from immiscible_policy.image.model import build_unet, count_params, predict
 from immiscible_policy.image.sampling import generate, save_grid
 from immiscible_policy.noising import build_core, resolve_sampler
-from immiscible_policy.parallel import make_topology
-from immiscible_policy.run_log import plot_curves
 from immiscible_policy.training import (
     RunEstimate,
     StepStats,
-    claim_run,
+    TrainingRun,
     epoch_order,
-    make_optimization,
-    open_run_log,
     optimizer_step,
-    pending_record,
     preserve_rng,
-    resolve_device,
-    restore_training,
-    run_record,
-    save_training,
+    training_run,
 )
 
 
@@ -65,15 +56,11 @@ def every(step: int, n: Any) -> bool:
 def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train (or resume) an image diffusion model into ``run_dir``; returns the last logged record.
 
-    The config is checked before any data is loaded (:func:`immiscible_policy.config_check.check_config`),
-    ``resume`` against the run dir, which the run then holds locked (:func:`~immiscible_policy.training.claim_run`).
+    The config is checked before any data is loaded, ``resume`` against the run dir, which the run then
+    holds locked (:func:`~immiscible_policy.training.training_run`).
     """
-    check_config(cfg, "image")
-    tr = cfg.trainer
-    topo = make_topology(tr, resolve_device(str(tr.device)))
-    run_dir = Path(topo.broadcast(str(run_dir)))  # one run directory for all ranks: the main one's
-    with claim_run(cfg, run_dir, topo) as restore:
-        return _train_image(cfg, run_dir, topo, restore)
+    with training_run(cfg, run_dir, "image") as run:
+        return _train_image(cfg, run)
 
 
 def _snapshots_due(tr: Any, start: int, stop: int, max_steps: int) -> tuple[int, int]:
@@ -93,11 +80,9 @@ def _snapshots_due(tr: Any, start: int, stop: int, max_steps: int) -> tuple[int,
     return evals, grids
 
 
-def _train_image(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> dict:
-    task, tr = cfg.task, cfg.trainer
-    device = topo.device
+def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
+    task, tr, topo, device, main = cfg.task, cfg.trainer, run.topo, run.device, run.main
     bf16 = use_bf16(str(tr.mixed_precision), device)
-    torch.manual_seed(int(tr.seed))
 
     # ---- data: the whole set as uint8 on the device; batches are indexed and scaled to [-1, 1]
     ds = load_dataset(task)
@@ -108,29 +93,19 @@ def _train_image(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> di
     images = ds.images.to(device)
     labels = ds.labels.to(device) if conditional else None
     n, batch = len(ds), topo.global_batch
-    if n < batch:
-        raise ValueError(
-            f"trainer.batch_size={topo.per_rank_batch} x {topo.ranks} ranks = {batch} exceeds the {n} "
-            "training images; lower it."
-        )
+    run.check_batch(n, "images")
     steps_per_epoch = n // batch  # drop_last: every step sees a full global batch
 
-    # ---- model, noising core, optimiser (lr scheduler built before any state is loaded), EMA
+    # ---- model, noising core, optimiser, schedule, EMA, resume (the lr scheduler before any state)
     core = build_core(tr, cfg.assigner)
-    topo.check(core.assigner)
     sampler = resolve_sampler(core.prediction_type, tr.get("sampler"))
     model = build_unet(cfg.model, image_size=ds.image_size, channels=ds.channels, num_classes=num_classes)
-    model.to(device)
-    train_model = topo.wrap(model)  # DDP under several processes; ``model`` stays the bare module
     max_steps = int(tr.max_steps)
-    opt = make_optimization(model, tr, max_steps)
-    config_record = run_record(
-        cfg,
+    train_model, _, step = run.prepare(
+        model,
         core.assigner,
-        batch=topo.per_rank_batch,
+        total_steps=max_steps,
         steps_per_epoch=steps_per_epoch,
-        topology=topo.record(),
-        device=device,
         image={
             "channels": ds.channels,
             "image_size": ds.image_size,
@@ -139,18 +114,7 @@ def _train_image(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> di
             "n_images": n,
         },
     )
-
-    # resume=auto on a run dir without a checkpoint starts here, restarting its log
-    _, step = (
-        restore_training(run_dir, model, opt, batch=topo.per_rank_batch, topology=topo.record())
-        if restore
-        else (0, 0)
-    )
-    main = topo.is_main
-    continuing = resume_mode(cfg) != "false"
-    logger = (
-        open_run_log(run_dir, resume=continuing, step=step, config_record=config_record) if main else None
-    )
+    opt, logger, run_dir = run.opt, run.logger, run.run_dir
     stop = (
         max_steps if not tr.get("max_steps_this_run") else min(max_steps, step + int(tr.max_steps_this_run))
     )
@@ -194,8 +158,7 @@ def _train_image(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> di
         save_grid(samples[: int(tr.n_grid)], run_dir / "samples" / f"step_{step:08d}.png")
         return out
 
-    # the record of the checkpoint we resume from, when its snapshot failed or the run died before logging it
-    pending = pending_record(run_dir, step, logger.records) if (main and restore) else None
+    pending = run.pending(step)  # the resumed checkpoint's record, when it never reached the log
     n_evals, n_grids = _snapshots_due(tr, step, stop, max_steps)
     if pending is not None:
         n_evals += bool(pending.get("evaluate"))
@@ -205,17 +168,13 @@ def _train_image(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> di
     )
     start_time = time.time()
 
-    def note(line: str | None) -> None:
-        if line and main:
-            print(line, flush=True)
-
     def evaluate(record: dict[str, Any], with_fid: bool) -> None:
         """The snapshot of ``record['step']`` into ``record`` (training mode restored), timed."""
         tick = time.time()
         model.eval()
         record.update(snapshot(int(record["step"]), with_fid))
         model.train()
-        note(estimate.evaluated("evaluation" if with_fid else "sample grid", time.time() - tick))
+        run.note(estimate.evaluated("evaluation" if with_fid else "sample grid", time.time() - tick))
 
     def finish(record: dict[str, Any], with_fid: bool) -> dict[str, Any]:
         record["wall_min"] = (time.time() - start_time) / 60
@@ -239,9 +198,7 @@ def _train_image(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> di
 
     # ---- the loop
     stats = StepStats(int(tr.n_loss_buckets), device)
-    train_min = (
-        float(logger.records[-1].get("train_min", 0.0)) if (main and restore and logger.records) else 0.0
-    )
+    train_min = run.train_minutes()
     order, order_epoch = None, -1
     show = bool(tr.progress) and main
     bar = tqdm(total=stop, initial=step, desc="steps", disable=not show, leave=False)
@@ -264,7 +221,7 @@ def _train_image(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> di
         optimizer_step(model, opt, loss, tr.grad_clip)
         step += 1
         value = stats.add(loss, per_sample, tp, core)
-        note(estimate.tick())
+        run.note(estimate.tick())
         bar.update(1)
         if show and step % 10 == 0:  # the only host sync of a step, and only with a progress bar
             eta = estimate.remaining()
@@ -282,35 +239,24 @@ def _train_image(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> di
             "epoch": step / steps_per_epoch,
             "lr": opt.lr_scheduler.get_last_lr()[0],
         }
-        record.update(stats.summary(topo.sum if topo.world_size > 1 else None))
+        record.update(run.summary(stats))
         record["train_min"] = train_min  # training time only (no sampling/FID), summed over resumes
-        if not main:  # sampling, FID, logs and checkpoints are the main process's; wait for it
-            last = record
-            if do_ckpt:
-                topo.barrier()
-            continue
-        if do_ckpt:  # before the snapshot: a failing FID/grid loses no training
-            save_training(
-                run_dir,
+        if do_ckpt:  # before the snapshot (a failing FID/grid loses no training); every process waits for it
+            run.checkpoint(
+                model,
                 step,
-                model=model,
-                opt=opt,
-                config={**config_record, "pending": {"record": record, "evaluate": do_eval, "grid": do_grid}},
                 epoch=step // steps_per_epoch,
-                keep_last=tr.keep_last,
+                pending={"record": record, "evaluate": do_eval, "grid": do_grid},
             )
-            topo.barrier()
+        if not main:  # sampling, FID and logs are the main process's
+            last = record
+            continue
         if do_eval or do_grid:
             evaluate(record, do_eval)
         last = finish(record, do_eval)
         estimate.skip()
     bar.close()
-    if main and logger.jsonl_path.exists():
-        plot_curves(
-            logger.jsonl_path,
-            run_dir / "curves.png",
-            x="step",
-            panels=(("train_loss",), ("fid",), ("kid",)),
-            title=f"{task.name} / {cfg.assigner.name}",
-        )
+    run.plot(
+        x="step", panels=(("train_loss",), ("fid",), ("kid",)), title=f"{task.name} / {cfg.assigner.name}"
+    )
     return last

@@ -16,32 +16,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from immiscible_policy.config_check import check_config, resume_mode
 from immiscible_policy.ema import ema_module
-from immiscible_policy.parallel import make_topology
 from immiscible_policy.policy.build import build_model, build_policy, policy_sampler
 from immiscible_policy.policy.evaluate import rollout
 from immiscible_policy.policy.load import load_policy
 from immiscible_policy.policy.tasks import task_env
-from immiscible_policy.run_log import plot_curves
 from immiscible_policy.training import (
     RunEstimate,
     StepStats,
-    claim_run,
+    TrainingRun,
     epoch_order,
-    make_optimization,
-    open_run_log,
     optimizer_step,
-    pending_record,
     preserve_rng,
     resolve_device,
-    restore_training,
-    run_record,
-    save_training,
+    training_run,
 )
 
 # the loop is train_policy; the rest is re-exported for code that imported it from here
@@ -59,15 +50,11 @@ __all__ = [
 def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train (or resume) a diffusion policy (PushT, robomimic, ...) into ``run_dir``; returns the final record.
 
-    The config is checked before any data is loaded (:func:`immiscible_policy.config_check.check_config`),
-    ``resume`` against the run dir, which the run then holds locked (:func:`~immiscible_policy.training.claim_run`).
+    The config is checked before any data is loaded, ``resume`` against the run dir, which the run then
+    holds locked (:func:`~immiscible_policy.training.training_run`).
     """
-    check_config(cfg, "policy")
-    tr = cfg.trainer
-    topo = make_topology(tr, resolve_device(str(tr.device)))
-    run_dir = Path(topo.broadcast(str(run_dir)))  # one run directory for all ranks: the main one's
-    with claim_run(cfg, run_dir, topo) as restore:
-        return _train_policy(cfg, run_dir, topo, restore)
+    with training_run(cfg, run_dir, "policy") as run:
+        return _train_policy(cfg, run)
 
 
 def _eval_due(tr: Any, epoch: int, epochs: int) -> bool:
@@ -76,10 +63,8 @@ def _eval_due(tr: Any, epoch: int, epochs: int) -> bool:
     return bool((every and epoch % every == 0) or (epoch == epochs and tr.eval_at_end))
 
 
-def _train_policy(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> dict:
-    task, tr = cfg.task, cfg.trainer
-    device = topo.device
-    torch.manual_seed(int(tr.seed))
+def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
+    task, tr, topo, device, main = cfg.task, cfg.trainer, run.topo, run.device, run.main
 
     # ---- data: the whole train split as normalised tensors on the device (PushT is ~35 MB)
     dataset = task_env(task).make_dataset(task)
@@ -88,44 +73,22 @@ def _train_policy(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> d
     obs_all = normalizer.normalize("obs", windows["obs"]).to(device)
     act_all = normalizer.normalize("action", windows["action"]).to(device)
     n_windows, batch = act_all.shape[0], topo.global_batch
-    if n_windows < batch:
-        raise ValueError(
-            f"trainer.batch_size={topo.per_rank_batch} x {topo.ranks} ranks = {batch} exceeds the "
-            f"{n_windows} training windows; lower it."
-        )
+    run.check_batch(n_windows, "windows")
 
-    # ---- model, optimiser, schedule, EMA (the lr scheduler exists before any optimiser state is loaded)
+    # ---- model, optimiser, schedule, EMA, resume (the lr scheduler exists before any state is loaded)
     model, policy = build_policy(cfg, normalizer, dataset.obs_dim, dataset.action_dim)
-    topo.check(policy.core.assigner)
-    model.to(device)
-    train_model = topo.wrap(model)  # DDP under several processes; ``model`` stays the bare module
     steps_per_epoch = n_windows // batch  # drop_last: every step sees a full global batch
     if tr.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, int(tr.max_steps_per_epoch))
     epochs = int(tr.epochs)
-    opt = make_optimization(model, tr, epochs * steps_per_epoch)
-
-    config_record = run_record(
-        cfg,
+    train_model, start_epoch, step = run.prepare(
+        model,
         policy.core.assigner,
-        batch=topo.per_rank_batch,
+        total_steps=epochs * steps_per_epoch,
         steps_per_epoch=steps_per_epoch,
-        topology=topo.record(),
-        device=device,
         policy={"obs_dim": dataset.obs_dim, "action_dim": dataset.action_dim},
     )
-
-    # ---- resume (resume=auto on a run dir without a checkpoint starts here, restarting its log)
-    start_epoch, step = (
-        restore_training(run_dir, model, opt, batch=topo.per_rank_batch, topology=topo.record())
-        if restore
-        else (0, 0)
-    )
-    main = topo.is_main
-    continuing = resume_mode(cfg) != "false"
-    logger = (
-        open_run_log(run_dir, resume=continuing, step=step, config_record=config_record) if main else None
-    )
+    opt, logger = run.opt, run.logger
 
     n_params = sum(p.numel() for p in model.parameters())
     if main:
@@ -134,7 +97,7 @@ def _train_policy(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> d
             f"objective={policy.core.prediction_type} sampler={policy.sampler}/{policy.num_inference_steps} "
             f"params={n_params / 1e6:.2f}M "
             f"device={device} windows={n_windows} {topo.describe()} steps/epoch={steps_per_epoch} "
-            f"epochs={start_epoch}->{epochs} run_dir={run_dir}",
+            f"epochs={start_epoch}->{epochs} run_dir={run.run_dir}",
             flush=True,
         )
 
@@ -158,8 +121,7 @@ def _train_policy(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> d
     stop_epoch = epochs
     if tr.get("max_epochs_this_run"):
         stop_epoch = min(epochs, start_epoch + int(tr.max_epochs_this_run))
-    # the record of the checkpoint we resume from, when its evaluation failed or the run died before logging it
-    pending = pending_record(run_dir, step, logger.records) if (main and restore) else None
+    pending = run.pending(step)  # the resumed checkpoint's record, when it never reached the log
     n_evals = sum(_eval_due(tr, e, epochs) for e in range(start_epoch + 1, stop_epoch + 1))
     estimate = RunEstimate(
         steps=(stop_epoch - start_epoch) * steps_per_epoch,
@@ -168,10 +130,6 @@ def _train_policy(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> d
         steps_per_epoch=steps_per_epoch,
         epochs=stop_epoch - start_epoch,
     )
-
-    def note(line: str | None) -> None:
-        if line and main:
-            print(line, flush=True)
 
     last: dict = {}
     if pending is not None:
@@ -182,14 +140,13 @@ def _train_policy(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> d
             )
             tick = time.time()
             evaluate(record)
-            note(estimate.evaluated("evaluation", time.time() - tick))
+            run.note(estimate.evaluated("evaluation", time.time() - tick))
         last = logger.log(record)
         report(record)
 
+    # ---- the loop
     start_time = time.time()
-    train_min = (
-        float(logger.records[-1].get("train_min", 0.0)) if (main and restore and logger.records) else 0.0
-    )
+    train_min = run.train_minutes()
     stats = StepStats(int(tr.n_loss_buckets), device)
     for epoch in range(start_epoch, stop_epoch):
         model.train()
@@ -205,13 +162,13 @@ def _train_policy(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> d
             optimizer_step(model, opt, loss, tr.grad_clip)
             step += 1
             value = stats.add(loss, per_sample, tp, policy.core)
-            note(estimate.tick())
+            run.note(estimate.tick())
             if show and i % 10 == 0:  # the only host sync of a step, and only with a progress bar
                 eta = estimate.remaining()
                 bar.set_postfix(loss=f"{value.item():.4f}", **({"eta": eta} if eta else {}))
 
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": opt.lr_scheduler.get_last_lr()[0]}
-        record.update(stats.summary(topo.sum if topo.world_size > 1 else None))
+        record.update(run.summary(stats))
         train_min += (time.time() - epoch_start) / 60
         record["train_min"] = train_min  # training time only (no evaluation), summed over resumes
         record["wall_min"] = (time.time() - start_time) / 60
@@ -221,30 +178,21 @@ def _train_policy(cfg: DictConfig, run_dir: Path, topo: Any, restore: bool) -> d
         do_ckpt = (ck_every and (epoch + 1) % ck_every == 0) or is_last or epoch + 1 == stop_epoch
         do_eval = _eval_due(tr, epoch + 1, epochs)
         last = record
-        if not main:  # logs, rollouts and checkpoints are the main process's; wait for it
-            if do_ckpt:
-                topo.barrier()
-            continue
-        if do_ckpt:  # before the evaluation: a failing evaluation loses no training
-            save_training(
-                run_dir,
+        if do_ckpt:  # before the evaluation (a failing one loses no training); every process waits for it
+            run.checkpoint(
+                model,
                 step,
-                model=model,
-                opt=opt,
-                config={**config_record, "pending": {"record": record, "evaluate": do_eval}},
                 epoch=epoch + 1,
+                pending={"record": record, "evaluate": do_eval},
                 normalizer=normalizer.to_dict(),
-                keep_last=tr.keep_last,
             )
-            topo.barrier()
+        if not main:  # logs and rollouts are the main process's
+            continue
         if do_eval:
             tick = time.time()
             evaluate(record)
-            note(estimate.evaluated("evaluation", time.time() - tick))
+            run.note(estimate.evaluated("evaluation", time.time() - tick))
         last = logger.log(record)
         report(record)
-    if main and logger.jsonl_path.exists():
-        plot_curves(
-            logger.jsonl_path, run_dir / "curves.png", x="epoch", title=f"{task.name} / {cfg.assigner.name}"
-        )
+    run.plot(x="epoch", title=f"{task.name} / {cfg.assigner.name}")
     return last
