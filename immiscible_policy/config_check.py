@@ -27,7 +27,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from immiscible_policy.noising import OBJECTIVES, SAMPLERS, resolve_sampler
+from immiscible_policy.noising import (
+    LEGACY_OBJECTIVE_KEY,
+    OBJECTIVES,
+    SAMPLERS,
+    resolve_sampler,
+    trainer_objective,
+)
 
 KINDS = ("policy", "image")
 # diffusers' get_scheduler names that need nothing beyond warm-up and total steps
@@ -85,7 +91,7 @@ _COMMON_TRAINER: dict[str, Spec] = {
     "num_train_timesteps": _int(100, 1),
     "beta_schedule": _choice("squaredcos_cap_v2", BETA_SCHEDULES),
     "objective": _choice("epsilon", OBJECTIVES, optional=True),
-    "prediction_type": _choice("epsilon", OBJECTIVES, optional=True),  # the objective's former name
+    LEGACY_OBJECTIVE_KEY: _choice("epsilon", OBJECTIVES, optional=True),  # the objective's former name
     "sampler": _choice("auto", SAMPLER_CHOICES, optional=True),
     "num_inference_steps": _int(16, 1),
     "eval_at_end": BOOL,
@@ -317,7 +323,7 @@ def check_section(
             hint = (
                 f"did you mean {prefix}.{near}?"
                 if near
-                else f"its settings are {', '.join(k for k in specs if k != 'prediction_type')}"
+                else f"its settings are {', '.join(k for k in specs if k != LEGACY_OBJECTIVE_KEY)}"
             )
             raise ValueError(
                 f"{prefix}.{key} is not a setting of {what} ({hint}); remove it or correct its name "
@@ -450,7 +456,13 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
     else:
         check_section("task", task, IMAGE_TASK, what="the task", strict=False)
 
-    objective = str(tr.get("objective") or tr.get("prediction_type") or "epsilon")
+    legacy = tr.get(LEGACY_OBJECTIVE_KEY)
+    if legacy is not None and tr.get("objective") is not None and legacy != tr["objective"]:
+        raise ValueError(
+            f"trainer.{LEGACY_OBJECTIVE_KEY}={show(legacy)} (the former name of trainer.objective) contradicts "
+            f"trainer.objective={show(tr['objective'])}; set only trainer.objective."
+        )
+    objective = trainer_objective(tr)
     try:
         sampler = resolve_sampler(
             objective, tr.get("sampler"), diffusion_default="ddpm" if kind == "policy" else "ddim"

@@ -6,7 +6,7 @@ Data flow of a step (see docs/architecture.md)::
     pairing = assigner.pair(x0, noise, generator=generator)
     t       ~ U{0..T-1} (or U(0,1) for rectified flow), drawn independently of the pairing
     x_t     = scheduler.add_noise(pairing.x0, pairing.noise, t)
-    target  = noise | v | x0    (by the scheduler's prediction_type; noise - x0 for rectified flow)
+    target  = noise | v | x0    (by the objective: epsilon | v_prediction | sample; noise - x0 for flow)
 
 diffusers' ``add_noise(original, noise, t)`` takes the noise as an argument: that is the seam where the
 assigner acts. With ``vanilla`` this module reproduces ``scheduler.add_noise`` / ``get_velocity`` exactly.
@@ -20,6 +20,7 @@ both trainers, eval and analysis, and a sampler that does not fit it is a one-li
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +49,8 @@ class RectifiedFlow:
     timestep ranges.
     """
 
-    prediction_type = "flow"
+    objective = "flow"
+    prediction_type = objective  # its former name, as diffusers' schedulers call theirs
 
     def __init__(self, timestep_scale: float = 1000.0) -> None:
         self.timestep_scale = float(timestep_scale)
@@ -138,13 +140,26 @@ class NoisingCore:
             ptype = scheduler.config.prediction_type
             if ptype not in PREDICTION_TYPES:
                 raise ValueError(
-                    f"Unsupported prediction_type {ptype!r}; use one of {', '.join(PREDICTION_TYPES)}."
+                    f"Unsupported scheduler prediction_type {ptype!r} (the objective); use one of "
+                    f"{', '.join(PREDICTION_TYPES)}."
                 )
             self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
 
     @property
-    def prediction_type(self) -> str:
+    def objective(self) -> str:
+        """What the model learns to predict: ``epsilon``, ``v_prediction``, ``sample`` (the DDPM scheduler's
+        prediction type) or ``flow`` (rectified flow's velocity); ``trainer.objective`` in the configs."""
         return "flow" if self.is_flow else self.scheduler.config.prediction_type
+
+    @property
+    def prediction_type(self) -> str:
+        """Deprecated alias of :attr:`objective` (its name before both trainers said ``objective``)."""
+        warnings.warn(
+            "NoisingCore.prediction_type is deprecated; use NoisingCore.objective",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.objective
 
     def draw_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
         """(B,) timesteps: uniform integers in [0, T) or uniform floats in [0, 1) for flow."""
@@ -258,7 +273,7 @@ class NoisingCore:
         the training scheduler is never mutated) and "euler" or "heun" for rectified flow; one that does
         not fit the objective is a one-line error (never a silent substitution).
         """
-        sampler = resolve_sampler(self.prediction_type, sampler)
+        sampler = resolve_sampler(self.objective, sampler)
         steps = None if num_inference_steps is None else int(num_inference_steps)
         if steps is not None and steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {steps}.")
@@ -355,14 +370,42 @@ def noise_stats(x0: Tensor, noise: Tensor) -> dict[str, Tensor]:
     }
 
 
+#: ``trainer.objective``'s name in configs and checkpoints written before it existed (policy trainer)
+LEGACY_OBJECTIVE_KEY = "prediction_type"
+
+
 def trainer_objective(tr: Any) -> str:
-    """``trainer.objective``; configs and checkpoints written before it existed (policy trainer) named
-    it ``trainer.prediction_type``, which is read when ``objective`` is absent."""
+    """``trainer.objective`` (``epsilon`` when unset); configs and checkpoints written before it existed
+    named it ``trainer.prediction_type``, which is read when ``objective`` is absent. The one place that
+    knows the former name, with :func:`rename_legacy_objective`."""
     value = tr.get("objective")
-    value = str(tr.get("prediction_type", "epsilon") if value is None else value)
+    value = str(tr.get(LEGACY_OBJECTIVE_KEY, "epsilon") if value is None else value)
     if value not in OBJECTIVES:
         raise ValueError(f"trainer.objective={value!r} is not supported; use one of {', '.join(OBJECTIVES)}.")
     return value
+
+
+def rename_legacy_objective(cfg: Any) -> Any:
+    """``cfg`` (a run config: OmegaConf or dict) with a legacy ``trainer.prediction_type`` renamed to
+    ``trainer.objective`` (value from :func:`trainer_objective`), in place; returns ``cfg``.
+
+    The trainers and the checkpoint loaders call it, so everything downstream (records, checkpoints,
+    eval, analyses) sees ``objective`` only; an old config or checkpoint trains and evaluates as before.
+    """
+    tr = cfg.get("trainer") if hasattr(cfg, "get") else None
+    if tr is None or LEGACY_OBJECTIVE_KEY not in tr:
+        return cfg
+    objective = trainer_objective(tr)
+    if isinstance(tr, dict):
+        tr.pop(LEGACY_OBJECTIVE_KEY)
+        tr["objective"] = objective
+        return cfg
+    from omegaconf import open_dict
+
+    with open_dict(tr):
+        tr.pop(LEGACY_OBJECTIVE_KEY)
+        tr.objective = objective
+    return cfg
 
 
 def build_scheduler(objective: str, *, num_train_timesteps: int, beta_schedule: str) -> Any:

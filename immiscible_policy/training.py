@@ -45,7 +45,14 @@ from immiscible_policy.checkpoint import (
 from immiscible_policy.config_check import check_config, resume_mode, show
 from immiscible_policy.ema import EMAModel, ema_resume_state, ema_state_dict_for_model, make_ema, restore_ema
 from immiscible_policy.host import host_record
-from immiscible_policy.noising import NoisingCore, TrainingPair, condition_leak, noise_stats
+from immiscible_policy.noising import (
+    NoisingCore,
+    TrainingPair,
+    condition_leak,
+    noise_stats,
+    rename_legacy_objective,
+    trainer_objective,
+)
 from immiscible_policy.parallel import Topology, assigner_distributed, make_topology
 from immiscible_policy.run_lock import LOCK_NAME, RunLock, owner_is_live, read_lock
 from immiscible_policy.run_log import JSONL_NAME, RunLogger, plot_curves
@@ -325,8 +332,6 @@ def _flat(value: Any, prefix: str) -> dict[str, Any]:
 
 
 def _run_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    from immiscible_policy.noising import trainer_objective
-
     flat: dict[str, Any] = {}
     for section in RESUME_SECTIONS:
         if isinstance(cfg.get(section), Mapping):
@@ -728,6 +733,7 @@ def training_run(cfg: Any, run_dir: str | Path, kind: str) -> Iterator[TrainingR
     topology (processes, device), agree on one run dir (the main process's), lock it and decide
     ``resume`` (:func:`claim_run`), seed the global RNG; the lock is released when the block ends."""
     check_config(cfg, kind)
+    rename_legacy_objective(cfg)  # an old config's trainer.prediction_type: recorded as trainer.objective
     tr = cfg.trainer
     topo = make_topology(tr, resolve_device(str(tr.device)))
     run_dir = Path(topo.broadcast(str(run_dir)))  # one run directory for all ranks: the main one's

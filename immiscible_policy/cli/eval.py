@@ -63,7 +63,7 @@ def evaluate_checkpoint(opts: dict) -> dict:
         allow_import=opts.get("allow_import"),
     )
     if "sampler" in opts:
-        policy.sampler = resolve_sampler(policy.core.prediction_type, str(opts["sampler"]))
+        policy.sampler = resolve_sampler(policy.core.objective, str(opts["sampler"]))
     if "num_inference_steps" in opts:
         policy.num_inference_steps = int(opts["num_inference_steps"])
         if policy.num_inference_steps < 1:

@@ -75,7 +75,7 @@ def sample_checkpoint(opts: dict) -> dict:
     )
     meta = ck.config["image"]
     n = int(opts.get("n", 64))
-    sampler = resolve_sampler(core.prediction_type, opts.get("sampler", cfg.trainer.get("sampler")))
+    sampler = resolve_sampler(core.objective, opts.get("sampler", cfg.trainer.get("sampler")))
     steps = int_option({"steps": opts.get("steps", cfg.trainer.num_inference_steps)}, "steps", 0, 1)
     images = generate(
         model,

@@ -25,7 +25,14 @@ from immiscible_policy.checkpoint import (
 )
 from immiscible_policy.image.data import to_uint8
 from immiscible_policy.image.model import build_unet, predict
-from immiscible_policy.noising import OBJECTIVES, SAMPLERS, NoisingCore, build_core, resolve_sampler
+from immiscible_policy.noising import (
+    OBJECTIVES,
+    SAMPLERS,
+    NoisingCore,
+    build_core,
+    rename_legacy_objective,
+    resolve_sampler,
+)
 from immiscible_policy.training import resolve_device
 
 __all__ = [
@@ -119,7 +126,7 @@ def load_image_model(
     ck = load_checkpoint(checkpoint)
     check_config(ck.config, ck.path, "image")
     check_assigner(ck.config, ck.path, allow_import)
-    cfg = OmegaConf.create(ck.config["cfg"])
+    cfg = rename_legacy_objective(OmegaConf.create(ck.config["cfg"]))  # trainer.prediction_type: objective
     meta = ck.config["image"]
     model = build_unet(
         cfg.model, image_size=meta["image_size"], channels=meta["channels"], num_classes=meta["num_classes"]

@@ -98,7 +98,7 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
 
     # ---- model, noising core, optimiser, schedule, EMA, resume (the lr scheduler before any state)
     core = build_core(tr, cfg.assigner)
-    sampler = resolve_sampler(core.prediction_type, tr.get("sampler"))
+    sampler = resolve_sampler(core.objective, tr.get("sampler"))
     model = build_unet(cfg.model, image_size=ds.image_size, channels=ds.channels, num_classes=num_classes)
     max_steps = int(tr.max_steps)
     train_model, _, step = run.prepare(
@@ -122,7 +122,7 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
         print(
             f"[immiscible] task={task.name} ({ds.ref_key}, {n} images {ds.channels}x{ds.image_size}^2"
             f"{f', {num_classes} classes' if num_classes else ''}) assigner={core.assigner!r} "
-            f"objective={core.prediction_type} sampler={sampler} params={count_params(model) / 1e6:.2f}M "
+            f"objective={core.objective} sampler={sampler} params={count_params(model) / 1e6:.2f}M "
             f"device={device}{' bf16' if bf16 else ''} {topo.describe()} steps={step}->{stop}/{max_steps} "
             f"run_dir={run_dir}",
             flush=True,

@@ -50,6 +50,6 @@ def build_policy(
         n_action_steps=int(task.n_action_steps),
         action_dim=action_dim,
         num_inference_steps=int(tr.num_inference_steps),
-        sampler=policy_sampler(tr, core.prediction_type),
+        sampler=policy_sampler(tr, core.objective),
     )
     return model, policy

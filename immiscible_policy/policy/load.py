@@ -21,6 +21,7 @@ from immiscible_policy.checkpoint import (
     load_checkpoint,
     load_weights,
 )
+from immiscible_policy.noising import rename_legacy_objective
 from immiscible_policy.policy.build import build_policy
 from immiscible_policy.policy.model import DiffusionPolicy
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
@@ -43,7 +44,7 @@ def load_policy(
     ck = load_checkpoint(checkpoint)
     check_config(ck.config, ck.path, "policy")
     check_assigner(ck.config, ck.path, allow_import)
-    cfg = OmegaConf.create(ck.config["cfg"])
+    cfg = rename_legacy_objective(OmegaConf.create(ck.config["cfg"]))  # trainer.prediction_type: objective
     if ck.normalizer is None:
         raise ValueError(
             f"Checkpoint {ck.path} has no normalizer.json; it was not written by the policy trainer."

@@ -94,7 +94,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
     if main:
         print(
             f"[immiscible] task={task.name} assigner={policy.core.assigner!r} "
-            f"objective={policy.core.prediction_type} sampler={policy.sampler}/{policy.num_inference_steps} "
+            f"objective={policy.core.objective} sampler={policy.sampler}/{policy.num_inference_steps} "
             f"params={n_params / 1e6:.2f}M "
             f"device={device} windows={n_windows} {topo.describe()} steps/epoch={steps_per_epoch} "
             f"epochs={start_epoch}->{epochs} run_dir={run.run_dir}",

@@ -133,7 +133,7 @@ def test_rectified_flow_with_scale_decodes(tmp_path, small_task):
     rec = train_image(compose_cfg(over), run)
     assert rec["step"] == 2 and rec["train_loss"] > 0
     model, core, cfg, ck = load_image_model(run, device="cpu")
-    assert core.prediction_type == "flow" and ck.config["assigner"]["name"] == "scale"
+    assert core.objective == "flow" and ck.config["assigner"]["name"] == "scale"
     x = generate(model, core, 3, channels=1, image_size=16, steps=2, sampler="euler", seed=0)
     assert x.shape == (3, 1, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1
     with pytest.raises(ValueError, match="does not fit objective 'flow'"):
