@@ -14,7 +14,22 @@ fi
 export IMMISCIBLE_PUSHT_ZARR="$zarr"
 bash scripts/setup.sh
 run="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
-.venv/bin/immiscible-train task=pusht assigner=vanilla trainer.epochs=${EPOCHS:-30} trainer.eval_every_epochs=10 \
-  run_dir="$run" "$@"
+start=$(date +%s)
+# The quickstart: the sweep model with trainer=quickstart (20 epochs, lr 1e-3, DDIM-16 evaluation);
+# the bigger CPU default is `model=unet1d_cpu trainer=cpu_default` (append them to this command).
+.venv/bin/immiscible-train task=pusht assigner=vanilla model=unet1d_sweep trainer=quickstart \
+  trainer.epochs=${EPOCHS:-20} run_dir="$run" "$@"
 .venv/bin/immiscible-eval checkpoint="$run" output_dir="$run/eval"
-echo "run: $run  (metrics.jsonl, curves.png, checkpoints/, eval/metrics.json, eval/rollout.gif)"
+wall=$(( $(date +%s) - start ))
+.venv/bin/python - "$run" "$wall" <<'PY'
+import json, sys
+from immiscible_policy.host import host_record
+run, wall = sys.argv[1], int(sys.argv[2])
+m = json.load(open(f"{run}/eval/metrics.json"))
+h = host_record()
+flags = ",".join(h["cpu_flags"]) or "none recorded"
+print(f"main job: {wall / 60:.1f} min wall (training + evaluations, set-up excluded), EMA policy mean score "
+      f"{m['mean_score']:.3f} (success {m['success_rate']:.2f}) on {m['n_episodes']} test starts")
+print(f"machine: {h['cpu_model']} ({flags}), {h['cores']} cores, torch {h['torch']}, {h['device']}")
+print(f"run: {run}  (metrics.jsonl, curves.png, checkpoints/, eval/metrics.json, eval/rollout.gif)")
+PY
