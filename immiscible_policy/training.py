@@ -488,10 +488,14 @@ class RunEstimate:
     """How long this invocation will take, from measurements only (printed once, updated once).
 
     Steps: after ``warmup`` steps (allocation, first-call costs) the next ``n`` (at most 10) are timed,
-    with one device sync at each end on CUDA, and only the step loop counts (:meth:`skip` restarts the
-    clock after evaluations, checkpoints and logging). Evaluations: their count is known from the
-    cadence; their time is reported only once the first one has been measured (:meth:`evaluated`).
-    :meth:`tick` costs one ``perf_counter`` per step while measuring, an increment afterwards.
+    with one device sync at each end on CUDA, for the first line; from then on every step keeps counting
+    (no more syncs: over many steps the queue's back-pressure makes the mean right), so the line after
+    the first evaluation and the progress bar's ``remaining`` use the mean over all steps so far: a
+    machine that was busy during the first steps (other jobs on a shared CPU) is not extrapolated for
+    the whole run. Only the step loop counts (:meth:`skip` restarts the clock after evaluations,
+    checkpoints and logging). Evaluations: their count is known from the cadence; their time is
+    reported only once the first one has been measured (:meth:`evaluated`). :meth:`tick` costs one
+    ``perf_counter`` per step.
     """
 
     def __init__(
@@ -518,28 +522,29 @@ class RunEstimate:
 
     def skip(self) -> None:
         """Time between steps that is not a step (evaluation, checkpoint): not counted."""
-        if self.s_step is None and self.last is not None:
+        if self.last is not None:
             self.last = time.perf_counter()
 
     def tick(self) -> str | None:
         """After each training step; returns the estimate line once the step time is measured."""
         self.done += 1
-        if self.s_step is not None or self.target < 1 or self.done < self.warmup:
+        if self.target < 1 or self.done < self.warmup:
             return None
         if self.done == self.warmup:
             self._sync()
             self.last = time.perf_counter()
             return None
-        if self.n + 1 >= self.target:
+        first = self.s_step is None
+        if first and self.n + 1 >= self.target:
             self._sync()
         now = time.perf_counter()
         self.seconds += now - self.last
         self.n += 1
         self.last = now
-        if self.n < self.target:
+        if first and self.n < self.target:
             return None
         self.s_step = self.seconds / self.n
-        return self.line()
+        return self.line() if first else None
 
     def evaluated(self, kind: str, seconds: float) -> str | None:
         """After each evaluation of ``kind``; returns the updated line after the first one."""

@@ -211,6 +211,22 @@ def test_estimate_is_measured_and_updated_after_the_first_evaluation(monkeypatch
     assert RunEstimate(steps=1, device=torch.device("cpu"), evaluations={}).tick() is None  # too short
 
 
+def test_estimate_after_the_first_evaluation_uses_every_step_so_far(monkeypatch):
+    """A machine busy during the first steps (4 s each) then free (1 s each) is not extrapolated at 4 s."""
+    times = [0.0]
+    for i in range(200):
+        times.append(times[-1] + (4.0 if i < 12 else 1.0))
+    clock = iter(times)
+    monkeypatch.setattr("immiscible_policy.training.time.perf_counter", lambda: next(clock))
+    est = RunEstimate(steps=300, device=torch.device("cpu"), evaluations={"evaluation": 1})
+    lines = [est.tick() for _ in range(100)]
+    assert "at 4 s/step" in next(line for line in lines if line)  # the first line: what was measured then
+    later = est.evaluated("evaluation", 10.0)
+    # steps 3..100 timed (2 warm-up): 12 x 4 s + 86 x 1 s over 98 steps = 1.37 s/step
+    assert later is not None and "at 1.37 s/step" in later
+    assert est.remaining() == "5 min"  # 200 steps left x 1.37 s (the evaluation is done)
+
+
 # ------------------------------------------------------------------------------------- checkpoint, then eval
 
 
