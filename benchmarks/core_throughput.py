@@ -70,7 +70,7 @@ def policy_setup(batch: int, device: torch.device):
     """(step_fn(core, step), x0, make_core(assigner)) for the policy trainer at PushT shapes."""
     from diffusers import DDPMScheduler
 
-    from immiscible_policy.noising import NoisingCore
+    from immiscible_policy.noising import NoisingCore, trainer_objective
     from immiscible_policy.policy.model import DiffusionPolicy
     from immiscible_policy.policy.unet1d import ConditionalUnet1D
     from immiscible_policy.training import make_optimization, optimizer_step
@@ -96,7 +96,7 @@ def policy_setup(batch: int, device: torch.device):
             num_train_timesteps=int(tr.num_train_timesteps),
             beta_schedule=str(tr.beta_schedule),
             clip_sample=True,
-            prediction_type=str(tr.prediction_type),
+            prediction_type=str(trainer_objective(tr)),
         )
         core = NoisingCore(sched, assigner)
         return DiffusionPolicy(

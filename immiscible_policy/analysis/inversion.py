@@ -131,7 +131,7 @@ def round_trip(
         back = euler_invert(model_fn, sample, steps, scale)
         return sample, back, euler_sample(model_fn, back, steps, scale)
     ac = core.scheduler.alphas_cumprod
-    eps_fn = epsilon_model(model_fn, core.prediction_type, ac)
+    eps_fn = epsilon_model(model_fn, core.objective, ac)
     sample = ddim_sample(eps_fn, noise, ac, steps)
     back = ddim_invert(eps_fn, sample, ac, steps, fixed_point_iters)
     return sample, back, ddim_sample(eps_fn, back, ac, steps)
