@@ -119,6 +119,7 @@ def test_reset_to_state_observations_equal_dataset(demos):
 
 
 @needs_pusht
+@pytest.mark.slow  # 37 s: all 206 demos; the env's other tests replay and reset in seconds
 def test_replaying_every_demo_reproduces_recorded_states(demos):
     """state[t] is recorded before action[t]; replay from state[ep start] with the recorded actions."""
     buf, _ = demos

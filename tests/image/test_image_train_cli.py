@@ -91,6 +91,7 @@ def test_train_knn_logs_fid_and_sample_cli(tmp_path, small_task):
     assert np.load(tmp_path / "s.npz")["images"].shape == (5, 16, 16, 1)
 
 
+@pytest.mark.slow  # 27 s; tests/test_bad_inputs_checkpoint.py and test_config_check.py cover these errors fast
 def test_sample_cli_and_train_errors_are_one_line(tmp_path):
     p = cli("sample", "checkpoint=/nonexistent/run", check=False)
     assert (

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from image_helpers import compose_cfg, last_ckpt
 from safetensors.torch import load_file
@@ -25,6 +26,7 @@ def max_diff(a, b) -> float:
     return max((a[n][k] - b[n][k]).abs().max().item() for n in a for k in a[n])
 
 
+@pytest.mark.slow  # 24 s; the policy trainer's two-process test stays in the fast set (same parallel.py rules)
 def test_two_process_vanilla_equals_single_process_on_the_same_global_batch(tmp_path, small_task):
     common = [
         *small_task,

@@ -32,6 +32,7 @@ def write_folder(path, images):
         Image.fromarray(im).save(path / f"{i}.png")
 
 
+@pytest.mark.slow  # 63 s (Inception on CPU); test_fid_cli_errors and tests/metrics/test_fid.py stay fast
 def test_fid_cli_folders_and_npz(tmp_path):
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, size=(6, 16, 16, 3), dtype=np.uint8)

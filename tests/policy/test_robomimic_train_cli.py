@@ -82,6 +82,7 @@ def test_train_then_eval_on_collected_lift(demos, tmp_path):
     assert all(1 <= n <= 16 for n in m["n_steps"]) and m["mean_score"] == m["success_rate"]
 
 
+@pytest.mark.slow  # 36 s; test_train_then_eval_on_collected_lift keeps robomimic training in the fast set
 def test_train_rejects_mismatched_task_and_unknown_obs_key(demos, tmp_path):
     wrong_env = cli(
         "train",

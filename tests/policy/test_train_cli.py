@@ -48,7 +48,10 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.parametrize("assigner", ["knn", "linear"])
+@pytest.mark.parametrize(
+    "assigner",
+    ["knn", pytest.param("linear", marks=pytest.mark.slow)],  # linear: a repeat of the same path (29 s)
+)
 def test_train_writes_checkpoint_and_eval_runs(tmp_path, assigner):
     run = tmp_path / "run"
     cli("train", f"assigner={assigner}", "trainer.epochs=1", f"run_dir={run}", *TINY)
@@ -117,6 +120,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert p.returncode == 2 and "/nonexistent.zarr" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow  # 142 s on a 2-core AVX2 CPU; tests/test_analyze_runs.py covers the same commands fast
 def test_analyze_commands_on_tiny_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     cli("train", "assigner=linear", "trainer.epochs=1", "trainer.eval_at_end=false", f"run_dir={run}", *TINY)
