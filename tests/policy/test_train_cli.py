@@ -88,6 +88,7 @@ def test_train_writes_checkpoint_and_eval_runs(tmp_path, assigner):
     assert (out / "rollout.gif").stat().st_size > 1000
 
 
+@pytest.mark.slow  # 42 s (3 CLI trainings); resume is checked bit-exact in-process by tests/test_resume_guard.py
 def test_resume_equals_uninterrupted(tmp_path):
     common = ["assigner=knn", "trainer.epochs=2", "trainer.eval_at_end=false", *TINY]
     cli("train", f"run_dir={tmp_path / 'full'}", *common)
