@@ -68,35 +68,24 @@ def _sync(device: torch.device) -> None:
 
 def policy_setup(batch: int, device: torch.device):
     """(step_fn(core, step), x0, make_core(assigner)) for the policy trainer at PushT shapes."""
-    from diffusers import DDPMScheduler
-
-    from immiscible_policy.noising import NoisingCore, trainer_objective
+    from immiscible_policy.noising import NoisingCore, build_scheduler, trainer_objective
+    from immiscible_policy.policy.build import build_model
     from immiscible_policy.policy.model import DiffusionPolicy
-    from immiscible_policy.policy.unet1d import ConditionalUnet1D
     from immiscible_policy.training import make_optimization, optimizer_step
 
     tr, m = _cfg("trainer", "cpu_default"), _cfg("model", "unet1d_cpu")
     horizon, action_dim, n_obs, obs_dim = 16, 2, 2, 20
-    model = ConditionalUnet1D(
-        input_dim=action_dim,
-        global_cond_dim=obs_dim * n_obs,
-        diffusion_step_embed_dim=int(m.diffusion_step_embed_dim),
-        down_dims=tuple(m.down_dims),
-        kernel_size=int(m.kernel_size),
-        n_groups=int(m.n_groups),
-        cond_predict_scale=bool(m.cond_predict_scale),
-    ).to(device)
+    model = build_model(m, action_dim, obs_dim, n_obs).to(device)
     opt = make_optimization(model, tr, 10**6)
     g = torch.Generator().manual_seed(0)
     x0 = (torch.rand(batch, horizon, action_dim, generator=g) * 2 - 1).to(device)
     obs = (torch.rand(batch, n_obs, obs_dim, generator=g) * 2 - 1).to(device)
 
     def make_core(assigner):
-        sched = DDPMScheduler(
+        sched = build_scheduler(
+            trainer_objective(tr),
             num_train_timesteps=int(tr.num_train_timesteps),
             beta_schedule=str(tr.beta_schedule),
-            clip_sample=True,
-            prediction_type=str(trainer_objective(tr)),
         )
         core = NoisingCore(sched, assigner)
         return DiffusionPolicy(
