@@ -143,6 +143,17 @@ POLICY_MODEL: dict[str, Spec] = {
     "n_groups": _int(8, 1),
     "diffusion_step_embed_dim": _int(128, 1),
     "cond_predict_scale": BOOL,
+    "vision": Spec("section", None, optional=True),  # image policies' encoder (task.obs_type=image)
+}
+#: ``model.vision``: the image encoder of image-observation policies (policy/vision.py); optional keys take
+#: ResNet-18's values (policy/build.py VISION_DEFAULTS)
+POLICY_VISION: dict[str, Spec] = {
+    "channels": Spec("ints", [16, 32, 64, 128], lo=1, optional=True),
+    "blocks": Spec("ints", [1, 1, 1, 1], lo=1, optional=True),
+    "group_size": _int(16, 1, optional=True),
+    "num_keypoints": _int(32, 1, optional=True),
+    "feature_dim": _int(64, 1, optional=True),
+    "crop": _int(84, 1, optional=True),
 }
 
 IMAGE_MODEL: dict[str, Spec] = {
@@ -450,6 +461,7 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
 
     task = _resolved(cfg, "task")
     if kind == "policy":
+        _check_vision(model, task)
         check_section("task", task, POLICY_TASK, what="the task", strict=False)
         if isinstance(task.get("eval"), Mapping):
             check_section("task.eval", task["eval"], POLICY_TASK_EVAL, what="the task", strict=False)
@@ -472,6 +484,33 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
 
     assigner = _check_assigner(cfg, tr, kind, task)
     return {"kind": kind, "objective": objective, "sampler": sampler, "resume": mode, "assigner": assigner}
+
+
+def _check_vision(model: Mapping[str, Any], task: Mapping[str, Any]) -> None:
+    """An image encoder exactly when the task observes images; its settings."""
+    vision, image = model.get("vision"), task.get("obs_type") == "image"
+    if image and not isinstance(vision, Mapping):
+        raise ValueError(
+            f"task.obs_type=image needs an image model but model={model.get('name')} has no model.vision; "
+            "use model=unet1d_image_cpu (CPU) or model=dp_image (GPU)."
+        )
+    if vision is not None and not image:
+        raise ValueError(
+            f"model={model.get('name')} has an image encoder (model.vision) but task.obs_type="
+            f"{show(task.get('obs_type'))}; use task=pusht_image or a low-dim model (model={DEFAULT_MODEL['policy']})."
+        )
+    if image:
+        check_section("model.vision", vision, POLICY_VISION, what="the image encoder")
+        if len(vision.get("channels", [0] * 4)) != len(vision.get("blocks", [0] * 4)):
+            raise ValueError(
+                f"model.vision.channels {vision.get('channels')} and model.vision.blocks {vision.get('blocks')} "
+                "need one entry per ResNet stage each; make them the same length."
+            )
+        size, crop = int(task.get("image_size", 96)), int(vision.get("crop", 84))
+        if crop > size:
+            raise ValueError(
+                f"model.vision.crop={crop} exceeds task.image_size={size}; use a crop <= {size}."
+            )
 
 
 def _check_fid_resize(fid: Mapping[str, Any]) -> None:

@@ -3,7 +3,10 @@
 Why a wrapper and not gym-pusht directly:
 
 * observations must equal the training data's: ``"keypoints"`` (9 block keypoints flattened + agent xy,
-  (20,)) or ``"state"`` (agent xy, block xy, sin, cos of the block angle, (6,)), float32;
+  (20,)), ``"state"`` (agent xy, block xy, sin, cos of the block angle, (6,)) or ``"image"`` (the 96x96
+  RGB camera frame as the demos recorded it in ``data/img``, CHW values 0..255 flattened, then the agent
+  xy: (3 * 96 * 96 + 2,)), float32 (one flat vector so the rollout loop's history and vector envs treat
+  every obs type alike; the policy splits it, ``DiffusionPolicy.split_image_obs``);
 * the test starts must be diffusion_policy's ("legacy_test"): for seed s,
   ``rs = np.random.RandomState(s)``; agent = (rs.randint(50, 450), rs.randint(50, 450));
   block = (rs.randint(100, 400), rs.randint(100, 400)); angle = rs.randn() * 2 * pi - pi; set the block
@@ -39,7 +42,9 @@ __all__ = [
 ]
 
 PUSHT_ENV_ID = "immiscible/PushT-v0"
-OBS_DIMS = {"keypoints": 20, "state": 6}
+IMAGE_SIZE = 96  #: the camera frame's side (diffusion_policy's PushT image task)
+IMAGE_PIXELS = 3 * IMAGE_SIZE * IMAGE_SIZE
+OBS_DIMS = {"keypoints": 20, "state": 6, "image": IMAGE_PIXELS + 2}
 SUCCESS_COVERAGE = 0.95
 MAX_EPISODE_STEPS = 300
 #: The T's centre of gravity in its body frame (gym-pusht: mean of the two rectangles' centroids).
@@ -108,8 +113,10 @@ def register_envs() -> None:
 class PushTEnv(gym.Env):
     """Headless PushT with diffusion_policy's low-dim observations, test starts and scoring.
 
-    Observation: float32 (20,) for ``"keypoints"`` or (6,) for ``"state"``. Action: target agent position
-    (2,) in pixels [0, 512]. Reward: per-step score min(coverage / 0.95, 1).
+    Observation: float32 (20,) for ``"keypoints"``, (6,) for ``"state"``, (27650,) for ``"image"`` (frame
+    CHW 0..255 then agent xy). Action: target agent position (2,) in pixels [0, 512]. Reward: per-step
+    score min(coverage / 0.95, 1). ``render()`` for ``"image"`` shows the camera frame (nearest-neighbour
+    upscaled) to the right of the usual view, so a rollout video shows what the policy saw.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -134,9 +141,15 @@ class PushTEnv(gym.Env):
             render_mode="rgb_array",
             visualization_width=render_size,
             visualization_height=render_size,
+            observation_width=IMAGE_SIZE,
+            observation_height=IMAGE_SIZE,
         )
+        self._camera: np.ndarray | None = None  # the last observed frame (image obs)
         if obs_type == "keypoints":
             low, high = np.zeros(20), np.full(20, 512.0)
+        elif obs_type == "image":
+            low = np.zeros(IMAGE_PIXELS + 2)
+            high = np.concatenate([np.full(IMAGE_PIXELS, 255.0), [512.0, 512.0]])
         else:
             low = np.array([0, 0, 0, 0, -1, -1], dtype=np.float64)
             high = np.array([512, 512, 512, 512, 1, 1], dtype=np.float64)
@@ -153,8 +166,17 @@ class PushTEnv(gym.Env):
         sim = self._sim
         return np.array([*sim.agent.position, *sim.block.position, sim.block.angle], dtype=np.float64)
 
+    def camera(self) -> np.ndarray:
+        """(96, 96, 3) uint8: the frame as the demos recorded it (``data/img``): the 512x512 scene drawn by
+        pygame, resized by OpenCV, no action marker (diffusion_policy's PushTImageEnv observation)."""
+        return self._sim._render(visualize=False)
+
     def _obs(self) -> np.ndarray:
         s = self.state
+        if self.obs_type == "image":
+            self._camera = self.camera()
+            pixels = self._camera.transpose(2, 0, 1).reshape(-1)
+            return np.concatenate([pixels, s[:2]]).astype(np.float32)
         if self.obs_type == "keypoints":
             kp = block_keypoints(s[2:4], s[4]).reshape(-1)
             return np.concatenate([kp, s[:2]]).astype(np.float32)
@@ -213,7 +235,14 @@ class PushTEnv(gym.Env):
         """(render_size, render_size, 3) uint8 frame (goal in green, last action as a red cross)."""
         if self.render_mode is None:
             return None
-        return self._sim.render()
+        view = self._sim.render()
+        if self.obs_type != "image":
+            return view
+        import cv2  # gym-pusht's own dependency
+
+        cam = self._camera if self._camera is not None else self.camera()
+        cam = cv2.resize(cam, (view.shape[1], view.shape[0]), interpolation=cv2.INTER_NEAREST)
+        return np.concatenate([view, cam], axis=1)
 
     def close(self) -> None:
         self._sim.close()

@@ -9,11 +9,45 @@ from __future__ import annotations
 from typing import Any
 
 from immiscible_policy.noising import build_core, resolve_sampler
-from immiscible_policy.policy.model import DiffusionPolicy
+from immiscible_policy.policy.model import DiffusionPolicy, ImageConditionedUnet
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
 from immiscible_policy.policy.unet1d import ConditionalUnet1D
+from immiscible_policy.policy.vision import ImageEncoder
 
-__all__ = ["build_model", "build_policy", "policy_sampler"]
+__all__ = ["build_encoder", "build_model", "build_policy", "image_obs", "policy_sampler"]
+
+#: model.vision settings of the image encoder (configs/model/*image*.yaml), with ResNet-18's values
+VISION_DEFAULTS = {
+    "channels": [64, 128, 256, 512],
+    "blocks": [2, 2, 2, 2],
+    "group_size": 16,
+    "num_keypoints": 32,
+    "feature_dim": 64,
+    "crop": 84,
+}
+
+
+def image_obs(task: Any) -> bool:
+    """Whether a task config observes images (``task.obs_type=image``)."""
+    return str(task.get("obs_type", "")) == "image"
+
+
+def build_encoder(vision_cfg: Any) -> ImageEncoder:
+    """The :class:`~immiscible_policy.policy.vision.ImageEncoder` of ``model.vision``."""
+    if vision_cfg is None:
+        raise ValueError(
+            "task.obs_type=image needs an image encoder: pick model=unet1d_image_cpu (CPU) or "
+            "model=dp_image (diffusion_policy's sizes), or add a model.vision section."
+        )
+    v = {**VISION_DEFAULTS, **dict(vision_cfg)}
+    return ImageEncoder(
+        channels=tuple(v["channels"]),
+        blocks=tuple(v["blocks"]),
+        group_size=int(v["group_size"]),
+        num_keypoints=int(v["num_keypoints"]),
+        feature_dim=int(v["feature_dim"]),
+        crop=int(v["crop"]),
+    )
 
 
 def policy_sampler(tr: Any, objective: str) -> str:
@@ -22,8 +56,15 @@ def policy_sampler(tr: Any, objective: str) -> str:
     return resolve_sampler(objective, tr.get("sampler"), diffusion_default="ddpm")
 
 
-def build_model(model_cfg: Any, action_dim: int, obs_dim: int, n_obs_steps: int) -> ConditionalUnet1D:
-    """The ConditionalUnet1D of ``model_cfg`` for (action_dim, obs_dim x n_obs_steps) conditions."""
+def build_model(
+    model_cfg: Any, action_dim: int, obs_dim: int, n_obs_steps: int, image: bool = False
+) -> ConditionalUnet1D | ImageConditionedUnet:
+    """The ConditionalUnet1D of ``model_cfg`` for (action_dim, obs_dim x n_obs_steps) conditions; with
+    ``image`` an :class:`ImageConditionedUnet` (``model.vision``'s encoder, (feature_dim + obs_dim) per step)."""
+    if image:
+        encoder = build_encoder(model_cfg.get("vision"))
+        unet = build_model(model_cfg, action_dim, encoder.feature_dim + obs_dim, n_obs_steps)
+        return ImageConditionedUnet(encoder, unet)
     return ConditionalUnet1D(
         input_dim=action_dim,
         global_cond_dim=obs_dim * n_obs_steps,
@@ -37,11 +78,13 @@ def build_model(model_cfg: Any, action_dim: int, obs_dim: int, n_obs_steps: int)
 
 def build_policy(
     cfg: Any, normalizer: MinMaxNormalizer, obs_dim: int, action_dim: int
-) -> tuple[ConditionalUnet1D, DiffusionPolicy]:
+) -> tuple[ConditionalUnet1D | ImageConditionedUnet, DiffusionPolicy]:
     """(model, DiffusionPolicy) from a resolved config; shared by training and ``immiscible-eval``."""
     task, tr = cfg.task, cfg.trainer
     core = build_core(tr, cfg.assigner)
-    model = build_model(cfg.model, action_dim, obs_dim, int(task.n_obs_steps))
+    image = image_obs(task)
+    model = build_model(cfg.model, action_dim, obs_dim, int(task.n_obs_steps), image=image)
+    size = int(task.get("image_size", 96))
     policy = DiffusionPolicy(
         core,
         normalizer,
@@ -51,5 +94,7 @@ def build_policy(
         action_dim=action_dim,
         num_inference_steps=int(tr.num_inference_steps),
         sampler=policy_sampler(tr, core.objective),
+        image_shape=(3, size, size) if image else None,
+        crop=model.encoder.crop if image else None,
     )
     return model, policy

@@ -24,6 +24,7 @@ from immiscible_policy.policy.normalizer import MinMaxNormalizer
 __all__ = [
     "OBS_TYPES",
     "LowdimWindowDataset",
+    "PushTImageDataset",
     "PushTLowdimDataset",
     "SequenceSampler",
     "downsample_mask",
@@ -32,8 +33,9 @@ __all__ = [
 ]
 
 #: obs_type -> obs_dim. keypoints: 9 block keypoints (x, y) flattened + agent xy (diffusion_policy's
-#: pusht lowdim order); state: agent xy, block xy, sin(angle), cos(angle).
-OBS_TYPES = {"keypoints": 20, "state": 6}
+#: pusht lowdim order); state: agent xy, block xy, sin(angle), cos(angle); image: the low-dim part of an
+#: image observation, the agent xy (the frames are kept apart, uint8: :class:`PushTImageDataset`).
+OBS_TYPES = {"keypoints": 20, "state": 6, "image": 2}
 
 
 def pusht_obs(state: np.ndarray, keypoint: np.ndarray | None, obs_type: str) -> np.ndarray:
@@ -42,11 +44,14 @@ def pusht_obs(state: np.ndarray, keypoint: np.ndarray | None, obs_type: str) -> 
     Args:
         state: (T, 5) agent x, y, block x, y, block angle (rad).
         keypoint: (T, 9, 2) block keypoints (needed for ``"keypoints"``).
-        obs_type: ``"keypoints"`` -> (T, 20) or ``"state"`` -> (T, 6), float32.
+        obs_type: ``"keypoints"`` -> (T, 20), ``"state"`` -> (T, 6) or ``"image"`` -> (T, 2) (agent xy),
+            float32.
     """
     _check_obs_type(obs_type)
     state = np.asarray(state)
-    if obs_type == "keypoints":
+    if obs_type == "image":
+        obs = state[:, :2]
+    elif obs_type == "keypoints":
         kp = np.asarray(keypoint).reshape(len(state), -1)
         obs = np.concatenate([kp, state[:, :2]], axis=-1)
     else:
@@ -251,6 +256,9 @@ def default_pusht_zarr() -> str:
 class PushTLowdimDataset(LowdimWindowDataset):
     """Windows of (obs, action) from the PushT demos (actions in pixels), split train/val by episode."""
 
+    #: the obs types this class builds (``"image"`` is :class:`PushTImageDataset`'s)
+    obs_types = ("keypoints", "state")
+
     def __init__(
         self,
         zarr_path: str | os.PathLike | None = None,
@@ -263,6 +271,11 @@ class PushTLowdimDataset(LowdimWindowDataset):
         max_train_episodes: int | None = None,
     ):
         _check_obs_type(obs_type)
+        if obs_type not in self.obs_types:
+            raise ValueError(
+                f"obs_type={obs_type!r} is not built by {type(self).__name__} (it builds "
+                f"{', '.join(self.obs_types)}); use {'PushTImageDataset' if obs_type == 'image' else 'PushTLowdimDataset'}"
+            )
         self.zarr_path = str(zarr_path) if zarr_path is not None else default_pusht_zarr()
         self.obs_type = obs_type
         keys = ["state", "action"] + (["keypoint"] if obs_type == "keypoints" else [])
@@ -283,4 +296,65 @@ class PushTLowdimDataset(LowdimWindowDataset):
         return (
             f"PushTLowdimDataset(obs_type={self.obs_type!r}, episodes={len(self.episodes)}, "
             f"windows={len(self)}, horizon={self.horizon})"
+        )
+
+
+class PushTImageDataset(PushTLowdimDataset):
+    """PushT windows with image observations: the agent xy as ``obs`` plus the recorded 96x96 RGB frames.
+
+    Why frames apart from ``obs``: a window's frames would be 27k numbers per step; they stay uint8 in one
+    (M, 3, H, W) array (the train and validation episodes only: the whole store is 0.7 GB as uint8, 2.8 GB
+    as the zarr's float32) and a window refers to its first ``n_obs_steps`` frames by row. The encoder
+    normalises them on the fly. Windowing, split and normaliser (fitted on the agent xy and the actions)
+    are the low-dim dataset's.
+
+    ``dataset[i]`` adds ``"image"``: uint8 tensor (n_obs_steps, 3, H, W); :meth:`all_windows` adds
+    ``"image_rows"`` (N, n_obs_steps) int64 rows into :attr:`images`.
+    """
+
+    obs_types = ("image",)
+
+    def __init__(self, zarr_path: str | os.PathLike | None = None, image_size: int = 96, **kw) -> None:
+        if kw.setdefault("obs_type", "image") != "image":
+            raise ValueError(f"PushTImageDataset builds obs_type='image', got {kw['obs_type']!r}")
+        super().__init__(zarr_path, **kw)
+        self.images, self.image_row = self._load_frames(self.train_mask | self.val_mask, int(image_size))
+
+    def _load_frames(self, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(M, 3, H, W) uint8 frames of the episodes in ``mask`` and (n_steps,) buffer row -> frame row
+        (-1 for steps of episodes not loaded), read one episode at a time (never the whole float store)."""
+        lazy = ReplayBuffer.open(self.zarr_path, keys=["img"], lazy=True)
+        shape = tuple(lazy["img"].shape[1:])
+        if shape != (size, size, 3):
+            raise ValueError(
+                f"{self.zarr_path}: data/img frames are {shape}, but task.image_size={size} needs "
+                f"({size}, {size}, 3); set task.image_size={shape[0]}"
+            )
+        episodes = np.nonzero(mask)[0]
+        lengths = [lazy.episode_slice(int(e)).stop - lazy.episode_slice(int(e)).start for e in episodes]
+        images = np.empty((int(sum(lengths)), 3, size, size), dtype=np.uint8)
+        image_row = np.full(lazy.n_steps, -1, dtype=np.int64)
+        at = 0
+        for e, n in zip(episodes, lengths):
+            frames = lazy.get_episode(int(e), ["img"])["img"]  # (n, H, W, 3) float 0..255
+            images[at : at + n] = np.clip(np.rint(frames), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
+            sl = lazy.episode_slice(int(e))
+            image_row[sl.start : sl.stop] = np.arange(at, at + n)
+            at += n
+        return images, image_row
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(idx)
+        rows = self.image_row[self.sampler.indices[idx, : self.n_obs_steps]]
+        return {**item, "image": torch.from_numpy(self.images[rows])}
+
+    def all_windows(self) -> dict[str, torch.Tensor]:
+        """The low-dim windows plus ``"image_rows"`` (N, n_obs_steps): each window's frames in :attr:`images`."""
+        rows = self.image_row[self.sampler.indices[:, : self.n_obs_steps]]
+        return {**super().all_windows(), "image_rows": torch.from_numpy(rows)}
+
+    def __repr__(self) -> str:
+        return (
+            f"PushTImageDataset(episodes={len(self.episodes)}, windows={len(self)}, "
+            f"frames={len(self.images)}, horizon={self.horizon})"
         )

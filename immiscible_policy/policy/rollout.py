@@ -13,7 +13,9 @@ Policy contract::
 
     policy_fn(obs_history: np.ndarray (n, n_obs_steps, obs_dim) float32) -> np.ndarray (n, n_action_steps, 2)
 
-where n is the number of still-running episodes (it shrinks as episodes finish).
+where n is the number of still-running episodes (it shrinks as episodes finish). With
+``obs_type="image"`` obs_dim is 3 * 96 * 96 + 2 (the camera frame CHW, 0..255, then the agent xy; the
+image policy splits it) and the video shows the camera frame beside the usual view.
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ def evaluate(
         render_size=render_size,
     )
     vec_cls = gym.vector.SyncVectorEnv if vector == "sync" else gym.vector.AsyncVectorEnv
-    agent = slice(-2, None) if obs_type == "keypoints" else slice(0, 2)  # the agent's xy in an observation
+    # the agent's xy in an observation: last for keypoints and image (after the CHW frame), first for state
+    agent = slice(0, 2) if obs_type == "state" else slice(-2, None)
     envs = VectorEnvs(
         vec_cls([make] * plan.n_envs),
         idle_action=lambda obs: obs[:, -1:, agent],  # hold still: target the agent's current position
