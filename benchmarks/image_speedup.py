@@ -1,24 +1,54 @@
-"""Does immiscibility speed up image diffusion training? Fashion-MNIST 32x32, FID/KID vs step, resumable.
+"""Does a pairing speed up image diffusion / flow-matching training? Powered, resumable, Fashion-MNIST 32x32.
 
-Each (assigner, seed) cell trains a small model (default ``unet2d_tiny``, 0.27M parameters) with
-``immiscible-train task=fashion_mnist`` for a fixed step budget; every ``--eval-every`` steps the EMA
-model draws ``--fid-samples`` images (DDIM ``--ddim-steps``, the same seeded noise at every evaluation)
-and is scored by FID and KID against a fixed ``--fid-real`` training images (standard TF Inception,
-``immiscible_policy.metrics.fid``). A finished cell writes ``cells/<label>-s<seed>.json``; a rerun
-skips finished cells and resumes interrupted ones from their last checkpoint (as ``pusht_speedup.py``).
+Rows are ``<objective>[+cond]/<assigner>[:options]``: ``flow/knn:k=4``, ``epsilon/linear:cost=l2``,
+``flow+cond/c2ot`` (``+cond``: ``task.class_conditional=true``, the U-Net gets the label and c2ot pairs
+within a label exactly). Each row x seed cell trains with ``immiscible-train task=fashion_mnist`` and is
+scored, every ``--eval-every`` steps, by the fast metric **CFD** (Fréchet distance in a small
+Fashion-MNIST classifier's features, ``immiscible_policy.metrics.classifier_fd``; ``--cfd-samples`` seeded
+samples, the fixed fast sampler of its objective: flow Euler, epsilon DDIM, ``--sample-steps`` steps). At
+the end the final EMA model is also scored by CFD at 1, 2, 4, 8 and 16 sampling steps (minibatch OT is
+said to help most at few steps) and once by the real Inception FID (TF1 resize, as the paper's clean-fid
+``legacy_tensorflow``) on ``--fid-samples`` >= 2000 samples. A finished cell writes
+``cells/<cell>.json`` (with the host record of ``immiscible_policy.host``); a rerun skips finished cells
+and resumes interrupted ones from their last checkpoint, so a grid can span sittings; several workers may
+share one list (each cell is claimed by one, ``run_dir/.owner``).
 
-Reported per assigner: the mean FID/KID curve over seeds, final FID (95% CI), and the first evaluated
-step whose mean FID reaches vanilla's final mean FID, with the speedup ratio vanilla_steps / steps.
-On this 2-core CPU the Inception forward costs ~0.2 s per image uncontended, so sample counts are small:
-FID is biased upwards at few samples (compare assigners only at equal counts); KID is unbiased.
+Report (``report.{md,json}``, ``curves.png``, ``steps.png``): per row mean and 95% t-interval of CFD at
+every evaluation step, final CFD and final Inception FID, steps to vanilla's final CFD (same objective and
+conditioning; per seed, with CI) and vanilla/this, a verdict against vanilla, CFD vs sampling steps, the
+Spearman rank correlation of final CFD and Inception FID over all cells, and the **power** section: the
+seed-to-seed spread of vanilla's final CFD and the difference 3 seeds can detect.
+
+Power: with n seeds per row and seed standard deviation s, the 95% t half-width is h = t(0.975, n-1) s /
+sqrt(n) (4.30 s / sqrt(3) = 2.48 s at n = 3). Two rows differing by d are told apart ("each mean outside
+the other's interval") when d > h, and their intervals are disjoint when d > 2h. The protocol must make 2h
+< 15% of vanilla's CFD, i.e. a seed CV below ~3%: that is why it evaluates thousands of samples (CFD's own
+sampling error at 2000 samples is ~1% here) rather than the old sweep's 200-sample Inception FID (its
+vanilla CI was +-18%, results/image_speedup/report_v1.md). ``--power`` runs only the vanilla rows (their
+cells are the grid's own, nothing is wasted) and prints this section, so the spread is known before the
+other rows are paid for.
+
+Sizing (default protocol, the CPU grid; measure your machine with ``--estimate``). On the 2-core AVX2 EPYC
+here ``unet2d_tiny`` (0.27M parameters) costs ~0.55 s per batch-64 step single-threaded and a sampling
+forward ~2-3 ms per image (batch 256); ``unet2d_small`` is ~3x slower, which does not fit. A cell =
+2000 steps (~18 min) + 4 CFD evaluations of 2000 samples at 16 steps (4 x ~1.5 min) + the final 1/2/4/8
+steps (~1 min) + Inception FID of 2000 samples (~0.15 s/image: ~5 min) = ~30 core-minutes; the default
+grid (11 rows x 3 seeds = 33 cells) is then ~16 core-hours, so the default is the *priority* grid: the
+rows that answer the paper's question (flow/vanilla, flow/knn:k=4, flow/linear, flow+cond/vanilla,
+flow+cond/c2ot: 5 x 3 = 15 cells, ~7.5 core-hours = ~4 hours on 2 workers) run first, the rest after
+(``--rows`` picks). The numbers in the docstring are the design estimate; ``--estimate`` measures them
+and prints the projected grid cost before anything is trained. Shared CPUs slow every number down;
+``train_min`` (training only, per cell) and the host record show what a cell actually met.
 
 Usage:
-    python benchmarks/image_speedup.py                               # full sweep (hours on a CPU)
-    python benchmarks/image_speedup.py --smoke                       # ~1-2 minutes, plumbing only
-    python benchmarks/image_speedup.py --assigners vanilla knn:k=4 --seeds 0 1 --steps 4000
+    python benchmarks/image_speedup.py --estimate                # time steps, project the grid's cost
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/image_speedup.py --power &   # vanilla rows first
+    OMP_NUM_THREADS=1 python benchmarks/image_speedup.py --workers 2             # the grid, 2 workers
     python benchmarks/image_speedup.py --report-only
-Several workers may run at once (e.g. one per core, with overlapping lists): each cell is claimed by one.
-Writes benchmarks/results/image_speedup[_smoke]/{report.json, report.md, fid.png}.
+    python benchmarks/image_speedup.py --smoke                   # ~2-5 minutes, plumbing only
+    bash benchmarks/gpu_image_recipe.sh [--cifar PATH]           # GPU: paper-like, 10 minutes (docs)
+Writes benchmarks/results/image_speedup[_smoke|_gpu]/{report.json, report.md, curves.png, steps.png}.
+Older results (600 steps, 200-sample FID) are kept as results/image_speedup/report_v1.* and v1/cells.
 """
 
 from __future__ import annotations
@@ -35,16 +65,73 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, claim_cell, machine, markdown_table, plot_mean_ci, write_json  # noqa: E402
-from pusht_speedup import cell_name, ci95, overrides_for  # noqa: E402
+from _common import RESULTS, claim_cell, markdown_table, plot_mean_ci, write_json  # noqa: E402
+from pusht_speedup import ci95, git_commit, mean_ci, overrides_for  # noqa: E402
 
-DEFAULT_ASSIGNERS = ["vanilla", "knn:k=4", "knn:k=64", "linear", "scale"]
+FAST_SAMPLER = {"epsilon": "ddim", "v_prediction": "ddim", "sample": "ddim", "flow": "euler"}
+FINAL_STEPS = (1, 2, 4, 8, 16)
+FIRST_ROWS = ["flow/vanilla", "flow/knn:k=4", "flow/linear", "flow+cond/vanilla", "flow+cond/c2ot"]
+REST_ROWS = [
+    "flow/scale",
+    "flow+cond/linear",
+    "epsilon/vanilla",
+    "epsilon/knn:k=4",
+    "epsilon/linear",
+    "epsilon/scale",
+]
+GPU_ROWS = ["flow/vanilla", "flow/knn:k=4", "flow/linear", "flow+cond/vanilla", "flow+cond/c2ot"]
+T975 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
+
+
+# ------------------------------------------------------------------------------------------------ rows
+
+
+def split_row(row: str) -> tuple[str, bool, str]:
+    """'flow+cond/c2ot:weight=1' -> ('flow', True, 'c2ot:weight=1'); a bare assigner label means flow."""
+    head, _, label = row.rpartition("/")
+    objective, _, cond = (head or "flow").partition("+")
+    if objective not in FAST_SAMPLER or cond not in ("", "cond") or not label:
+        raise SystemExit(
+            f"row {row!r}: use <objective>[+cond]/<assigner>, objective one of {', '.join(FAST_SAMPLER)}."
+        )
+    return objective, cond == "cond", label
+
+
+def vanilla_of(row: str) -> str:
+    """The baseline row of the same objective and conditioning."""
+    objective, cond, _ = split_row(row)
+    return f"{objective}{'+cond' if cond else ''}/vanilla"
+
+
+def cell_name(row: str, seed: int) -> str:
+    safe = row.replace("/", "-").replace("+", "_").replace(":", "_").replace(",", "_").replace("=", "")
+    return f"{safe}-s{seed}"
+
+
+def row_overrides(row: str, sample_steps: int) -> list[str]:
+    """Hydra overrides of a row: assigner (pusht_speedup's rules), objective, its fast sampler, labels."""
+    objective, cond, label = split_row(row)
+    out = [
+        o for o in overrides_for(f"{objective}/{label}") if not o.startswith("trainer.num_inference_steps")
+    ]
+    out.append(f"trainer.num_inference_steps={sample_steps}")
+    return out + (["task.class_conditional=true"] if cond else [])
+
+
+def cell_order(rows: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """Vanilla rows first (the power phase), then the paper's question rows, then the rest: seed-major."""
+    rank = {r: (0 if r.endswith("/vanilla") else 1 if r in FIRST_ROWS else 2) for r in rows}
+    groups = [[r for r in rows if rank[r] == g] for g in (0, 1, 2)]
+    return [(r, s) for group in groups for s in seeds for r in group]
+
+
+# ------------------------------------------------------------------------------------------------ cells
 
 
 def settings(args) -> list[str]:
     """Hydra overrides shared by every cell (the measured protocol)."""
     out = [
-        "task=fashion_mnist",
+        f"task={args.task}",
         f"model={args.model}",
         f"trainer.lr={args.lr}",
         f"trainer.warmup_steps={args.warmup}",
@@ -52,41 +139,72 @@ def settings(args) -> list[str]:
         f"trainer.batch_size={args.batch}",
         f"trainer.eval_every_steps={args.eval_every}",
         f"trainer.checkpoint_every_steps={args.eval_every}",
-        f"trainer.sample_every_steps={args.eval_every}",
-        f"trainer.num_inference_steps={args.ddim_steps}",
-        "trainer.sampler=ddim",
+        "trainer.sample_every_steps=0",
+        f"trainer.sample_batch_size={args.sample_batch}",
+        "trainer.fid.enabled=true",
+        "trainer.fid.only_at_end=true",
         f"trainer.fid.n_samples={args.fid_samples}",
         f"trainer.fid.n_real={args.fid_real}",
         f"trainer.fid.kid_subset_size={min(args.fid_samples, args.fid_real, 1000)}",
+        "trainer.cfd.enabled=true",
+        f"trainer.cfd.n_samples={args.cfd_samples}",
+        f"trainer.cfd.n_real={args.cfd_real}",
+        f"trainer.final_steps=[{','.join(str(k) for k in FINAL_STEPS)}]",
         "trainer.progress=false",
     ]
-    if args.smoke:
-        out += [
-            "task.max_images=512",
-            "trainer.n_grid=16",
-            "trainer.log_every_steps=5",
-        ]
-    return out
+    if args.task_path:
+        out.append(f"task.path={args.task_path}")
+    if args.max_images:
+        out += [f"task.max_images={args.max_images}", "trainer.n_grid=16", "trainer.log_every_steps=5"]
+    return out + list(args.preset_overrides)
 
 
-def sweep_command() -> str:
-    """The command that (re)makes these cells: this one without ``--report-only``."""
-    return " ".join(a for a in sys.argv if a != "--report-only")
+def cell_from_records(row: str, seed: int, records: list[dict], args) -> dict:
+    """The cell JSON from a finished run's metrics.jsonl records (pure: tested on synthetic records)."""
+    from immiscible_policy.host import host_record
+
+    objective, cond, label = split_row(row)
+    evals = [r for r in records if "cfd" in r]
+    last = evals[-1]
+    return {
+        "row": row,
+        "objective": objective,
+        "conditional": cond,
+        "assigner": label,
+        "seed": seed,
+        "steps": args.steps,
+        "model": args.model,
+        "fast_sampler": f"{FAST_SAMPLER[objective]}-{args.sample_steps}",
+        "curve": [{k: r[k] for k in ("step", "train_min", "cfd", "train_loss") if k in r} for r in evals],
+        "final": {str(k): last[f"cfd_steps_{k}"] for k in FINAL_STEPS if f"cfd_steps_{k}" in last},
+        "final_fid": {
+            k: last[k] for k in ("fid", "kid", "fid_n_fake", "fid_n_real", "fid_resize") if k in last
+        },
+        "cfd_n_fake": last.get("cfd_n_fake"),
+        "cfd_n_real": last.get("cfd_n_real"),
+        **{
+            k: float(np.mean([r[k] for r in records if k in r]))
+            for k in ("noise_norm_ratio", "noise_proj_x0", "assign_ms")
+            if any(k in r for r in records)
+        },
+        "machine": host_record(),
+        "git_commit": git_commit(),
+    }
 
 
-def run_cell(label: str, seed: int, args) -> dict | None:
-    done = args.out / "cells" / f"{cell_name(label, seed)}.json"
+def run_cell(row: str, seed: int, args) -> dict | None:
+    done = args.out / "cells" / f"{cell_name(row, seed)}.json"
     if done.exists():
         return json.loads(done.read_text())
-    run_dir = args.out / "runs" / cell_name(label, seed)
+    run_dir = args.out / "runs" / cell_name(row, seed)
     if not claim_cell(run_dir):
-        print(f"[sweep] {label} seed {seed} is being run by another worker; skipping it here", flush=True)
+        print(f"[sweep] {row} seed {seed} is being run by another worker; skipping it here", flush=True)
         return None
     cmd = [
         sys.executable,
         "-c",
         "import sys; from immiscible_policy.cli.train import main; sys.exit(main())",
-        *overrides_for(label),
+        *row_overrides(row, args.sample_steps),
         *settings(args),
         f"trainer.seed={seed}",
         f"run_dir={run_dir}",
@@ -94,179 +212,510 @@ def run_cell(label: str, seed: int, args) -> dict | None:
         *args.override,
     ]
     state = "resuming" if (run_dir / "checkpoints" / "last").exists() else "starting"
-    print(f"[sweep] {state} {label} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+    print(f"[sweep] {state} {row} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+    t0 = time.time()
     if subprocess.run(cmd, env={**os.environ}).returncode != 0:
-        print(f"[sweep] cell {label} seed {seed} failed", flush=True)
+        print(f"[sweep] cell {row} seed {seed} failed", flush=True)
         return None
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    keys = ("step", "train_min", "fid", "kid", "kid_std", "train_loss")
-    cell = {
-        "label": label,
-        "seed": seed,
-        "steps": args.steps,
-        "curve": [{k: r[k] for k in keys} for r in records if "fid" in r],
-        "fid_n_fake": args.fid_samples,
-        "fid_n_real": args.fid_real,
-        "ddim_steps": args.ddim_steps,
-        "noise_norm_ratio": float(np.mean([r["noise_norm_ratio"] for r in records])),
-        "noise_proj_x0": float(np.mean([r["noise_proj_x0"] for r in records])),
-        "assign_ms": float(np.mean([r["assign_ms"] for r in records])),
-        "overrides": cmd[3:],
-    }
+    cell = cell_from_records(row, seed, records, args)
+    cell["cell_wall_min"] = (time.time() - t0) / 60
+    cell["overrides"] = cmd[3:]
     write_json(done, cell)
     return cell
 
 
-def summarise(label: str, got: list[dict]) -> dict:
-    """Mean curve over seeds at the steps every seed evaluated, and the final FID/KID with 95% CIs."""
+# ------------------------------------------------------------------------------------------------ report
+
+
+def first_reach(curve: list[dict], target: float) -> int | None:
+    """First evaluated step whose CFD is at or below ``target`` (lower is better)."""
+    return next((p["step"] for p in curve if p["cfd"] <= target), None)
+
+
+def power(finals: list[float], n: int = 3) -> dict:
+    """Seed spread of vanilla's final CFD and the differences ``n`` seeds per row can detect."""
+    sd = float(np.std(finals, ddof=1)) if len(finals) > 1 else float("nan")
+    mean = float(np.mean(finals))
+    half = T975.get(n, 1.96) * sd / math.sqrt(n)
+    return {
+        "n_seeds_measured": len(finals),
+        "mean": mean,
+        "sd": sd,
+        "cv_pct": 100 * sd / mean,
+        "seeds_per_row": n,
+        "ci95_half": half,
+        "detectable_pct": 100 * half / mean,  # each mean outside the other's 95% interval
+        "disjoint_pct": 200 * half / mean,  # the two 95% intervals do not overlap
+        "meets_15pct": bool(200 * half / mean < 15),
+    }
+
+
+def verdict(row: dict, base: dict | None) -> str:
+    """'faster' / 'slower' / 'not distinguishable' from the final CFD (the same step budget): each mean
+    must lie outside the other's 95% interval; 'baseline' for vanilla itself."""
+    if base is None or not base.get("n_seeds"):
+        return "no baseline"
+    if row["row"] == base["row"]:
+        return "baseline"
+    a, ha, b, hb = row["final_cfd"], row["final_ci95"], base["final_cfd"], base["final_ci95"]
+    if math.isnan(ha) or math.isnan(hb):
+        return "too few seeds"
+    if a < b - hb and b > a + ha:
+        return "faster"
+    if a > b + hb and b < a - ha:
+        return "slower"
+    return "not distinguishable"
+
+
+def summarize_row(row: str, got: list[dict], base: dict[int, dict], target: float | None) -> dict:
+    """Mean/CI over seeds; steps to ``target`` (vanilla's mean final CFD) per seed, ratios vs vanilla."""
     common = sorted(set.intersection(*[{p["step"] for p in c["curve"]} for c in got]))
     curve = []
     for s in common:
-        pts = [next(p for p in c["curve"] if p["step"] == s) for c in got]
-        fids, kids = [p["fid"] for p in pts], [p["kid"] for p in pts]
+        vals = [next(p["cfd"] for p in c["curve"] if p["step"] == s) for c in got]
         curve.append(
             {
                 "step": s,
-                "fid": float(np.mean(fids)),
-                "fid_ci95": ci95(fids),
-                "fid_min": float(np.min(fids)),
-                "fid_max": float(np.max(fids)),
-                "kid": float(np.mean(kids)),
-                "train_min": float(np.mean([p["train_min"] for p in pts])),
+                "cfd": float(np.mean(vals)),
+                "cfd_ci95": ci95(vals),
+                "cfd_min": float(np.min(vals)),
+                "cfd_max": float(np.max(vals)),
             }
         )
-    finals = [c["curve"][-1]["fid"] for c in got]
+    reach: dict = {"target": target, "per_seed": {}, "steps": [], "ratios": []}
+    if target is not None:
+        for c in got:
+            st = first_reach(c["curve"], target)
+            b = base.get(c["seed"])
+            bs = first_reach(b["curve"], target) if b else None
+            reach["per_seed"][c["seed"]] = {"step": st, "vanilla_step": bs}
+            if st is not None:
+                reach["steps"].append(st)
+                if bs is not None:
+                    reach["ratios"].append(bs / st)
+    finals = [c["curve"][-1]["cfd"] for c in got]
+    final_steps = {}
+    for k in FINAL_STEPS:
+        v = [c["final"][str(k)] for c in got if str(k) in c.get("final", {})]
+        if v:
+            final_steps[str(k)] = {"cfd": float(np.mean(v)), "ci95": ci95(v), "n": len(v)}
+    fids = [c["final_fid"]["fid"] for c in got if "fid" in c.get("final_fid", {})]
     return {
-        "label": label,
+        "row": row,
+        "label": row,
         "n_seeds": len(got),
         "curve": curve,
-        "final_fid": float(np.mean(finals)),
-        "final_fid_ci95": ci95(finals),
-        "final_kid": float(np.mean([c["curve"][-1]["kid"] for c in got])),
-        "noise_norm_ratio": float(np.mean([c["noise_norm_ratio"] for c in got])),
-        "assign_ms": float(np.mean([c["assign_ms"] for c in got])),
+        "final_cfds": finals,
+        "final_cfd": float(np.mean(finals)),
+        "final_ci95": ci95(finals),
+        "final_fids": fids,
+        "final_fid": float(np.mean(fids)) if fids else None,
+        "final_fid_ci95": ci95(fids) if fids else None,
+        "final_steps": final_steps,
+        "reach": reach,
+        "train_min": float(np.mean([c["curve"][-1].get("train_min", float("nan")) for c in got])),
+        **{
+            k: float(np.mean([c[k] for c in got]))
+            for k in ("noise_norm_ratio", "noise_proj_x0", "assign_ms")
+            if all(k in c for c in got)
+        },
     }
 
 
-def report(labels: list[str], seeds: list[int], args) -> dict:
+def rank_correlation(cells: list[dict]) -> dict:
+    """Spearman's rho of final CFD vs final Inception FID over cells that have both."""
+    pairs = [(c["curve"][-1]["cfd"], c["final_fid"]["fid"]) for c in cells if "fid" in c.get("final_fid", {})]
+    if len(pairs) < 3:
+        return {"n": len(pairs), "spearman": None}
+    from scipy.stats import spearmanr
+
+    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+    return {"n": len(pairs), "spearman": float(rho)}
+
+
+def load_cells(out: Path) -> dict[tuple[str, int], dict]:
     cells = {}
-    for f in sorted((args.out / "cells").glob("*.json")):
+    for f in sorted((out / "cells").glob("*.json")):
         c = json.loads(f.read_text())
-        cells[(c["label"], c["seed"])] = c
-    summary = []
-    for label in dict.fromkeys(labels + [k[0] for k in cells]):
-        got = [cells[(label, s)] for s in seeds if (label, s) in cells and cells[(label, s)]["curve"]]
-        s = summarise(label, got) if got else {"label": label, "n_seeds": 0}
-        s["missing_seeds"] = [x for x in seeds if (label, x) not in cells]
-        summary.append(s)
-    base = next((s for s in summary if s["label"] == "vanilla" and s["n_seeds"]), None)
-    rows = []
-    for s in summary:
-        if not s["n_seeds"]:
-            rows.append([s["label"], f"0/{len(seeds)} (missing)", "", "", "", ""])
+        if "row" in c and "cfd" in (c.get("curve") or [{}])[-1]:
+            cells[(c["row"], c["seed"])] = c
+    return cells
+
+
+def build_summary(rows: list[str], seeds: list[int], cells: dict) -> list[dict]:
+    all_rows = list(dict.fromkeys(rows + [k[0] for k in cells]))
+    by_row = {}
+    for row in all_rows:
+        got = [cells[(row, s)] for s in seeds if (row, s) in cells]
+        missing = [s for s in seeds if (row, s) not in cells]
+        if not got:
+            by_row[row] = {"row": row, "label": row, "n_seeds": 0, "missing_seeds": missing}
             continue
-        reach, ratio = None, ""
-        if base:
-            target, base_steps = base["final_fid"], base["curve"][-1]["step"]
-            reach = next((p["step"] for p in s["curve"] if p["fid"] <= target), None)
-            s["steps_to_vanilla_final_fid"] = reach
-            s["speedup"] = base_steps / reach if reach else None
-            ratio = f"{s['speedup']:.2f}x" if reach else "not reached"
-        ci = "" if math.isnan(s["final_fid_ci95"]) else f" ± {s['final_fid_ci95']:.2f}"
-        rows.append(
+        vrow = vanilla_of(row)
+        base = {s: cells[(vrow, s)] for s in seeds if (vrow, s) in cells}
+        target = float(np.mean([c["curve"][-1]["cfd"] for c in base.values()])) if base else None
+        by_row[row] = {"missing_seeds": missing, **summarize_row(row, got, base, target)}
+    summary = [by_row[r] for r in all_rows]
+    for s in summary:
+        if s.get("n_seeds"):
+            s["verdict"] = verdict(s, by_row.get(vanilla_of(s["row"])))
+    return summary
+
+
+def report(rows: list[str], seeds: list[int], args) -> dict:
+    cells = load_cells(args.out)
+    summary = build_summary(rows, seeds, cells)
+    n = len(seeds)
+
+    def seeds_txt(s):
+        return f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
+
+    def ci_txt(mean, half, digits=2):
+        return f"{mean:.{digits}f}" + ("" if half is None or math.isnan(half) else f" ± {half:.{digits}f}")
+
+    main_rows, step_rows, curve_rows = [], [], []
+    eval_steps = sorted({p["step"] for s in summary if s.get("n_seeds") for p in s["curve"]})
+    for s in summary:
+        if not s.get("n_seeds"):
+            main_rows.append([s["row"], f"0/{n} (missing)"] + [""] * 6)
+            continue
+        r = s["reach"]
+        if r["target"] is None:
+            reach_txt = "no baseline"
+        elif not r["steps"]:
+            reach_txt = f"not reached (0/{s['n_seeds']})"
+        else:
+            reach_txt = mean_ci([float(x) for x in r["steps"]], 0) + (
+                "" if len(r["steps"]) == s["n_seeds"] else f" ({len(r['steps'])}/{s['n_seeds']} reached)"
+            )
+        is_base = s["row"].endswith("/vanilla")
+        main_rows.append(
             [
-                s["label"],
-                f"{s['n_seeds']}/{len(seeds)}"
-                + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else ""),
-                f"{s['final_fid']:.2f}{ci}",
-                f"{s['final_kid']:.4f}",
-                "" if reach is None else str(reach),
-                ratio,
+                s["row"],
+                seeds_txt(s),
+                ci_txt(s["final_cfd"], s["final_ci95"]),
+                "" if s["final_fid"] is None else ci_txt(s["final_fid"], s["final_fid_ci95"], 1),
+                reach_txt,
+                "" if is_base or not r["ratios"] else mean_ci(r["ratios"], 2),
+                s["verdict"],
+                f"{s['train_min']:.1f}",
             ]
         )
+        fs = s["final_steps"]
+        step_rows.append(
+            [s["row"], seeds_txt(s)]
+            + [ci_txt(fs[str(k)]["cfd"], fs[str(k)]["ci95"]) if str(k) in fs else "" for k in FINAL_STEPS]
+        )
+        pts = {p["step"]: p for p in s["curve"]}
+        curve_rows.append(
+            [s["row"]] + [ci_txt(pts[e]["cfd"], pts[e]["cfd_ci95"]) if e in pts else "" for e in eval_steps]
+        )
+    p = args
     md = (
-        f"### Fashion-MNIST 32x32, {args.model}, lr {args.lr:g}, {args.steps} steps x batch {args.batch}: EMA model, "
-        f"FID/KID of {args.fid_samples} samples (DDIM {args.ddim_steps} steps) vs {args.fid_real} training images\n\n"
+        f"### {p.task} 32x32, {p.model}, batch {p.batch}, lr {p.lr:g}, {p.steps} steps; EMA model\n\n"
+        f"CFD = Fréchet distance in a small {p.task} classifier's features (the fast metric; "
+        f"{p.cfd_samples} samples vs {p.cfd_real} training images, flow: Euler, epsilon: DDIM, "
+        f"{p.sample_steps} steps); FID = real Inception FID (TF1 resize) of the final model on "
+        f"{p.fid_samples} samples vs {p.fid_real} training images, once per cell. Lower is better for both.\n\n"
     )
     md += markdown_table(
-        ["assigner", "seeds", "final FID (95% CI)", "final KID", "steps to vanilla's final FID", "speedup"],
-        rows,
+        [
+            "row",
+            "seeds",
+            "final CFD",
+            "final Inception FID",
+            "steps to vanilla's final CFD",
+            "vanilla/this",
+            "vs vanilla (final CFD)",
+            "train min",
+        ],
+        main_rows,
     )
     md += (
-        "\n\nspeedup = vanilla's steps / this assigner's first evaluated step at or below vanilla's final mean "
-        f"FID (evaluations every {args.eval_every} steps; > 1 is faster). FID at {args.fid_samples} samples is "
-        "biased upwards; compare rows, not papers.\n"
-        f"\nCommand: `python {sweep_command()}`\n"
+        "\n\nMean ± 95% t-interval over seeds. Steps to vanilla's final CFD = first evaluation (every "
+        f"{p.eval_every} steps) at or below the mean final CFD of vanilla with the same objective and "
+        "conditioning, per seed; vanilla/this = vanilla's steps / this row's for the same seed (> 1 is a "
+        "speed-up). Verdict: faster/slower when each row's mean final CFD lies outside the other's 95% "
+        "interval, else not distinguishable.\n"
     )
+    md += "\n### CFD of the final checkpoint vs sampling steps (flow: Euler, epsilon: DDIM)\n\n"
+    md += markdown_table(["row", "seeds", *[str(k) for k in FINAL_STEPS]], step_rows)
+    md += "\n\n### CFD during training (mean ± 95% CI over seeds)\n\n"
+    md += markdown_table(["row", *[str(e) for e in eval_steps]], curve_rows)
+    pw = {}
+    for s in summary:
+        if s["row"].endswith("/vanilla") and s.get("n_seeds", 0) >= 2:
+            pw[s["row"]] = power(s["final_cfds"], n=3)
+    if pw:
+        md += "\n\n### Power: seed-to-seed spread of vanilla's final CFD\n\n"
+        md += markdown_table(
+            [
+                "row",
+                "seeds measured",
+                "mean",
+                "sd",
+                "CV %",
+                "3-seed 95% half-width",
+                "detectable %",
+                "disjoint %",
+                "15% detectable",
+            ],
+            [
+                [
+                    r,
+                    v["n_seeds_measured"],
+                    f"{v['mean']:.3f}",
+                    f"{v['sd']:.3f}",
+                    f"{v['cv_pct']:.1f}",
+                    f"{v['ci95_half']:.3f}",
+                    f"{v['detectable_pct']:.1f}",
+                    f"{v['disjoint_pct']:.1f}",
+                    "yes" if v["meets_15pct"] else "no",
+                ]
+                for r, v in pw.items()
+            ],
+        )
+        md += (
+            "\n\nWith 3 seeds a row's 95% half-width is 4.30 sd / sqrt(3); detectable = a difference that puts "
+            "each mean outside the other's interval (one half-width), disjoint = the two intervals do not "
+            "overlap (two half-widths), both as % of vanilla's mean.\n"
+        )
+    rho = rank_correlation(list(cells.values()))
+    md += (
+        "\nRank agreement of the two metrics on the final checkpoints: Spearman rho(CFD, Inception FID) = "
+        + ("n/a" if rho["spearman"] is None else f"{rho['spearman']:.2f}")
+        + f" over {rho['n']} cells.\n"
+    )
+    hosts = sorted(
+        {
+            json.dumps({k: v for k, v in c["machine"].items() if k != "date"}, sort_keys=True)
+            for c in cells.values()
+        }
+    )
+    md += "\n### Hosts\n\n" + "\n".join(f"- `{h}`" for h in hosts) + "\n" if hosts else ""
+    md += f"\nCommand: `python {' '.join(a for a in sys.argv if a != '--report-only')}`\n"
+    from immiscible_policy.host import host_record
+
     payload = {
-        "machine": machine(),
+        "machine": host_record(),
+        "hosts": [json.loads(h) for h in hosts],
         "seeds": seeds,
-        "protocol": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "protocol": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
+        "final_steps": list(FINAL_STEPS),
         "summary": summary,
-        "command": sweep_command(),
+        "power": pw,
+        "rank_correlation": rho,
+        "command": " ".join(sys.argv),
     }
-    payload["protocol"]["override"] = list(args.override)
     write_json(args.out / "report.json", payload)
     (args.out / "report.md").write_text(md)
     plot_mean_ci(
         summary,
-        args.out / "fid.png",
+        args.out / "curves.png",
         x="step",
-        y="fid",
-        band=("fid_min", "fid_max"),
+        y="cfd",
+        band=("cfd_min", "cfd_max"),
         xlabel="training step",
-        ylabel="FID (EMA model); mean, shaded: seed range",
-        title=f"Fashion-MNIST 32x32, {args.model}",
+        ylabel="CFD (EMA model); mean, shaded: seed range",
+        title=f"{p.task}, {p.model}: fast metric during training",
+    )
+    steps_summary = [
+        {
+            "label": s["row"],
+            "n_seeds": s["n_seeds"],
+            "curve": [
+                {"steps": int(k), "cfd": v["cfd"], "ci95": v["ci95"]} for k, v in s["final_steps"].items()
+            ],
+        }
+        for s in summary
+        if s.get("n_seeds") and s["final_steps"]
+    ]
+    plot_mean_ci(
+        steps_summary,
+        args.out / "steps.png",
+        x="steps",
+        y="cfd",
+        ci="ci95",
+        xlabel="sampling steps (final checkpoint)",
+        ylabel="CFD; shaded: 95% CI",
+        title=f"{p.task}: CFD vs sampling steps",
+        logx=True,
     )
     print(md)
     return payload
 
 
-def main(argv=None) -> int:
+# ------------------------------------------------------------------------------------------------ sizing
+
+
+def estimate(args) -> dict:
+    """Time training steps and sampling forwards of ``args.model`` here; project one cell and the grid.
+
+    Timed in process CPU seconds (``time.process_time``), i.e. core-seconds: on a shared machine the wall
+    time of a niced process says how busy the others are, its CPU time what the work costs. Run it with
+    ``OMP_NUM_THREADS=1`` (one worker per core, as the grid runs)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from immiscible_policy.image.model import build_unet, predict
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "model" / f"{args.model}.yaml")
+    model = build_unet(cfg, image_size=32, channels=1 if args.task == "fashion_mnist" else 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(args.batch, model.config.in_channels, 32, 32)
+    t = torch.randint(0, 1000, (args.batch,))
+    times = []
+    for _ in range(6):
+        t0 = time.process_time()
+        loss = (predict(model, x, t) - x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.process_time() - t0)
+    step_s = float(np.median(times[1:]))
+    with torch.no_grad():
+        xb = x.new_zeros(args.sample_batch, *x.shape[1:]).normal_()
+        tb = torch.randint(0, 1000, (args.sample_batch,))
+        predict(model, xb, tb)
+        t0 = time.process_time()
+        for _ in range(3):
+            predict(model, xb, tb)
+        fwd_s = (time.process_time() - t0) / 3 / args.sample_batch
+    n_evals = args.steps // args.eval_every
+    sample_s = fwd_s * args.cfd_samples * (n_evals * args.sample_steps + sum(FINAL_STEPS))
+    fid_s = args.fid_samples * (fwd_s * args.sample_steps + args.inception_s_per_image)
+    cell_s = step_s * args.steps + sample_s + fid_s
+    cells = len(args.rows) * len(args.seeds)
+    out = {
+        "train_step_s": step_s,
+        "sample_forward_ms_per_image": 1e3 * fwd_s,
+        "cell_core_min": cell_s / 60,
+        "cells": cells,
+        "grid_core_hours": cells * cell_s / 3600,
+        "assumed_inception_s_per_image": args.inception_s_per_image,
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(out, indent=2))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def prepare_metric(args) -> None:
+    """Train and cache the CFD feature network once, before any worker starts (each would train it)."""
+    from omegaconf import OmegaConf
+
+    from immiscible_policy.image.data import load_dataset
+    from immiscible_policy.metrics.classifier_fd import ClassifierRecipe, load_or_train
+
+    task = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "task" / f"{args.task}.yaml")
+    task.path = args.task_path or task.get("path")
+    if task.path == "???":
+        raise SystemExit(f"task {args.task} needs a data path: pass --task-path.")
+    task.max_images = args.max_images or None
+    ds = load_dataset(task)
+    import torch
+
+    device = "cuda" if args.gpu and torch.cuda.is_available() else "cpu"
+    load_or_train(ds.images, ds.labels, ds.num_classes, ClassifierRecipe(), device=device)
+
+
+PRESETS = {
+    # the CPU grid (sizing in the module docstring)
+    "cpu": dict(model="unet2d_tiny", lr=1e-3, warmup=100, steps=2000, eval_every=500, batch=64),
+    # GPU, paper-like: torchcfm's CIFAR-10 UNet shape at 64 base channels (the 128-channel one trains too
+    # few steps in 10 minutes), batch 128, bf16 autocast, lr 2e-4 as torchcfm, 5 rows run at once
+    "gpu": dict(model="ddpm_cifar10", lr=2e-4, warmup=200, steps=4000, eval_every=1000, batch=128),
+}
+GPU_OVERRIDES = [
+    "model.block_out_channels=[64,128,128,128]",
+    "model.down_block_types=[DownBlock2D,AttnDownBlock2D,DownBlock2D,DownBlock2D]",
+    "model.up_block_types=[UpBlock2D,UpBlock2D,AttnUpBlock2D,UpBlock2D]",
+    "model.attention_head_dim=64",
+    "trainer.mixed_precision=bf16",
+    "trainer.device=cuda",
+]
+
+
+def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--assigners", nargs="+", default=None, help=f"labels (default {' '.join(DEFAULT_ASSIGNERS)})"
-    )
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1")
-    # Defaults = the CPU protocol measured in README (5 assigners x 2 seeds in ~1.5 h on 2 cores). A GPU
-    # protocol closer to the paper: --model unet2d_small --lr 2e-4 --steps 20000 --eval-every 2000
-    # --fid-samples 5000 --fid-real 10000 --ddim-steps 50.
-    p.add_argument(
-        "--model", default="unet2d_tiny", help="model config group (unet2d_tiny | unet2d_small | ...)"
-    )
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--fid-samples", type=int, default=200)
-    p.add_argument("--fid-real", type=int, default=1000)
-    p.add_argument("--ddim-steps", type=int, default=25)
-    p.add_argument("--smoke", action="store_true", help="tiny protocol (~1-2 min) to check the plumbing")
-    p.add_argument(
-        "--max-minutes", type=float, default=None, help="start no new cell after this many minutes"
-    )
+    p.add_argument("--rows", nargs="+", default=None, help="default: the question rows, then the rest")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2")
+    p.add_argument("--gpu", action="store_true", help="GPU preset (see PRESETS, gpu_image_recipe.sh)")
+    p.add_argument("--task", default="fashion_mnist", help="fashion_mnist | cifar10 (with --task-path)")
+    p.add_argument("--task-path", default=None, help="dataset path (cifar10: cifar-10-python.tar.gz)")
+    for name in ("model", "lr", "warmup", "steps", "eval_every", "batch"):
+        p.add_argument(f"--{name.replace('_', '-')}", default=None, type=str if name == "model" else float)
+    p.add_argument("--sample-steps", type=int, default=16, help="sampling steps of the evaluations")
+    p.add_argument("--sample-batch", type=int, default=256)
+    p.add_argument("--cfd-samples", type=int, default=2000)
+    p.add_argument("--cfd-real", type=int, default=10000)
+    p.add_argument("--fid-samples", type=int, default=2000)
+    p.add_argument("--fid-real", type=int, default=10000)
+    p.add_argument("--max-images", type=int, default=None, help="first N training images only (smoke)")
+    p.add_argument("--power", action="store_true", help="run only the vanilla rows; report their spread")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the cell list")
+    p.add_argument("--smoke", action="store_true", help="tiny protocol (minutes) to check the plumbing")
+    p.add_argument("--estimate", action="store_true", help="time steps and project the grid; no training")
+    p.add_argument("--inception-s-per-image", type=float, default=0.15, help="for --estimate")
+    p.add_argument("--max-minutes", type=float, default=None, help="start no new cell after this long")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # workers of --workers
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("override", nargs="*", help="extra Hydra overrides for every cell")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.steps, args.eval_every, args.batch, args.warmup = 10, 10, 32, 2
-        args.fid_samples, args.fid_real, args.ddim_steps = 8, 16, 3
-        args.assigners = args.assigners or ["vanilla", "knn:k=4"]
-        args.seeds = args.seeds or [0]
-    args.assigners = args.assigners or DEFAULT_ASSIGNERS
-    args.seeds = args.seeds or [0, 1]
-    args.out = args.out or RESULTS / ("image_speedup_smoke" if args.smoke else "image_speedup")
+    preset = PRESETS["gpu" if args.gpu else "cpu"]
+    for k, v in preset.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    for k in ("steps", "eval_every", "batch", "warmup"):
+        setattr(args, k, int(getattr(args, k)))
+    args.preset_overrides = list(GPU_OVERRIDES) if args.gpu else []
+    if args.smoke:  # the same code path, tiny: a few steps, few samples, 512 images
+        args.steps, args.eval_every, args.batch, args.warmup = 8, 4, 16, 1
+        args.cfd_samples, args.cfd_real, args.fid_samples, args.fid_real = 32, 64, 16, 32
+        args.sample_steps, args.sample_batch, args.max_images = 2, 32, args.max_images or 512
+        args.model = "unet2d_tiny"
+        args.preset_overrides = [o for o in args.preset_overrides if not o.startswith("model.")]
+        args.preset_overrides = [o for o in args.preset_overrides if "bf16" not in o and "cuda" not in o]
+        args.rows = args.rows or ["flow/vanilla", "flow/linear", "flow+cond/c2ot"]
+        args.seeds = args.seeds or [0, 1]
+    args.rows = args.rows or (GPU_ROWS if args.gpu else FIRST_ROWS + REST_ROWS)
+    if args.power:
+        args.rows = [r for r in args.rows if r.endswith("/vanilla")]
+    args.seeds = args.seeds or [0, 1, 2]
+    for row in args.rows:
+        split_row(row)
+    suffix = "_smoke" if args.smoke else "_gpu" if args.gpu else ""
+    args.out = args.out or RESULTS / f"image_speedup{suffix}"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.estimate:
+        estimate(args)
+        return 0
     start = time.time()
     if not args.report_only:
-        for seed in args.seeds:  # seed-major: every assigner gets seed 0 before any gets seed 1
-            for label in args.assigners:
+        prepare_metric(args)
+        if args.workers > 1:  # N copies of this command share the cell list (claim_cell)
+            argv_w = [a for a in (argv if argv is not None else sys.argv[1:])]
+            base = [sys.executable, str(Path(__file__).resolve()), *argv_w, "--workers", "1", "--no-report"]
+            procs = [subprocess.Popen(base) for _ in range(args.workers)]
+            codes = [p.wait() for p in procs]
+            if any(codes):
+                print(f"[sweep] worker exit codes {codes}", flush=True)
+        else:
+            for row, seed in cell_order(args.rows, args.seeds):
                 if args.max_minutes and (time.time() - start) / 60 > args.max_minutes:
                     print("[sweep] time budget spent; rerun the same command to continue", flush=True)
                     break
-                run_cell(label, seed, args)
-    report(args.assigners, args.seeds, args)
+                run_cell(row, seed, args)
+    if not args.no_report:
+        report(args.rows, args.seeds, args)
     return 0
 
 
