@@ -191,7 +191,11 @@ def write_lerobot(
         "dataset_from_index": starts.tolist(),
         "dataset_to_index": ends.tolist(),
     }
-    per_episode = [{k: _stats(v[s:t]) for k, v in data.items()} for s, t in zip(starts, ends, strict=True)]
+    # statistics of what was recorded: LeRobot takes the timestamps before they are stored as float32
+    measured = {**data, "timestamp": (frame / float(fps))[:, None]}
+    per_episode = [
+        {k: _stats(v[s:t]) for k, v in measured.items()} for s, t in zip(starts, ends, strict=True)
+    ]
     for key in data:
         for stat in per_episode[0][key]:
             rows[f"stats/{key}/{stat}"] = [ep[key][stat] for ep in per_episode]
@@ -219,7 +223,7 @@ def write_lerobot(
         "features": features,
     }
     (root / INFO_PATH).write_text(json.dumps(info, indent=4, ensure_ascii=False))
-    stats = {k: _stats(v) for k, v in data.items()}
+    stats = {k: _stats(v) for k, v in measured.items()}
     (root / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
     if extra is not None:
         (root / EXTRA_PATH).write_text(json.dumps(dict(extra), indent=2))
