@@ -1,4 +1,4 @@
-"""Does a pairing speed up image diffusion / flow-matching training? Powered, resumable, Fashion-MNIST 32x32.
+"""Does a pairing speed up image diffusion / flow-matching training? Powered, resumable, Fashion-MNIST.
 
 Rows are ``<objective>[+cond]/<assigner>[:options]``: ``flow/knn:k=4``, ``epsilon/linear:cost=l2``,
 ``flow+cond/c2ot`` (``+cond``: ``task.class_conditional=true``, the U-Net gets the label and c2ot pairs
@@ -22,23 +22,39 @@ seed-to-seed spread of vanilla's final CFD and the difference 3 seeds can detect
 Power: with n seeds per row and seed standard deviation s, the 95% t half-width is h = t(0.975, n-1) s /
 sqrt(n) (4.30 s / sqrt(3) = 2.48 s at n = 3). Two rows differing by d are told apart ("each mean outside
 the other's interval") when d > h, and their intervals are disjoint when d > 2h. The protocol must make 2h
-< 15% of vanilla's CFD, i.e. a seed CV below ~3%: that is why it evaluates thousands of samples (CFD's own
-sampling error at 2000 samples is ~1% here) rather than the old sweep's 200-sample Inception FID (its
-vanilla CI was +-18%, results/image_speedup/report_v1.md). ``--power`` runs only the vanilla rows (their
+< 15% of vanilla's CFD, i.e. a seed CV below ~3%: that is why it evaluates a cheap metric on a thousand
+samples or more rather than the old sweep's 200-sample Inception FID (its vanilla CI was +-18%,
+results/image_speedup/report_v1.md). ``--power`` runs only the vanilla rows (their
 cells are the grid's own, nothing is wasted) and prints this section, so the spread is known before the
 other rows are paid for.
 
-Sizing (default protocol, the CPU grid; measure your machine with ``--estimate``). On the 2-core AVX2 EPYC
-here ``unet2d_tiny`` (0.27M parameters) costs ~0.55 s per batch-64 step single-threaded and a sampling
-forward ~2-3 ms per image (batch 256); ``unet2d_small`` is ~3x slower, which does not fit. A cell =
-2000 steps (~18 min) + 4 CFD evaluations of 2000 samples at 16 steps (4 x ~1.5 min) + the final 1/2/4/8
-steps (~1 min) + Inception FID of 2000 samples (~0.15 s/image: ~5 min) = ~30 core-minutes; the default
-grid (11 rows x 3 seeds = 33 cells) is then ~16 core-hours, so the default is the *priority* grid: the
-rows that answer the paper's question (flow/vanilla, flow/knn:k=4, flow/linear, flow+cond/vanilla,
-flow+cond/c2ot: 5 x 3 = 15 cells, ~7.5 core-hours = ~4 hours on 2 workers) run first, the rest after
-(``--rows`` picks). The numbers in the docstring are the design estimate; ``--estimate`` measures them
-and prints the projected grid cost before anything is trained. Shared CPUs slow every number down;
-``train_min`` (training only, per cell) and the host record show what a cell actually met.
+Sizing (default CPU protocol; ``--estimate`` re-measures it on your machine before anything trains).
+Measured here on 2026-12-02 with ``--estimate`` (process CPU seconds, ``OMP_NUM_THREADS=1``, ``nice -n
+19``, on the 2-core AVX2 EPYC while two un-niced PushT trainers held both cores, so these are upper
+bounds: the model config's uncontended 0.55 s vs 0.92 s measured here at 32x32 suggests ~0.6x):
+
+=========================  =====================  ==========================
+unet2d_tiny, batch 64      train step (core-s)    sampling forward (ms/img)
+=========================  =====================  ==========================
+32x32                      0.92                   7.9 (batch 256)
+16x16                      0.34                   1.87 (batch 64)
+=========================  =====================  ==========================
+
+``unet2d_small`` is ~3x the tiny model's cost (its config: 1.8 s vs 0.55 s per step) and 32x32 is ~3x 16x16's, so neither fits 33 cells. The
+default is therefore Fashion-MNIST resized to **16x16**, ``unet2d_tiny``, batch 64, lr 1e-3, **2000
+steps**, CFD every 500 steps on **1000** samples (the same noise in every cell: common random numbers
+cancel much of the sampling error between rows) at 16 steps, the final model at 1/2/4/8/16 steps, and
+Inception FID (2000 samples; the Inception forward assumed ~0.15 s/image, the v1 sweep's ~0.2 s) on **seed 0 only**
+(``--fid-seeds``; 11 cells, enough for the rank correlation). Per cell: 2000 x 0.34 s = 11.3 min training
++ 1000 x (4 x 16 + 31) x 1.87 ms = 3.0 min sampling = ~14.3 core-minutes, +6 min for an FID cell. Grid:
+33 x 14.3 + 11 x 6 = ~540 core-minutes = ~9 core-hours measured under contention (a second
+``--estimate`` run: 0.30 s/step, 13.1 core-min/cell, 8.3 core-hours), ~5.5 uncontended: about
+4 hours of this 2-core machine with two workers (``--workers 2``), i.e. "4 CPU-hours" read as 4 hours of
+the machine. If the power phase shows the spread too wide (``15% detectable: no``), add seeds
+(``--seeds 0 1 2 3 4``) rather than samples, unless the CFD of two
+halves of the real data (sampling error) is a large part of the spread.
+The vanilla rows run first (power), then the paper's question rows, so a shorter sitting still answers
+the main question. ``train_min`` per cell and the host record show what each cell actually met.
 
 Usage:
     python benchmarks/image_speedup.py --estimate                # time steps, project the grid's cost
@@ -128,10 +144,18 @@ def cell_order(rows: list[str], seeds: list[int]) -> list[tuple[str, int]]:
 # ------------------------------------------------------------------------------------------------ cells
 
 
-def settings(args) -> list[str]:
-    """Hydra overrides shared by every cell (the measured protocol)."""
+def resize_mode(args) -> str:
+    """Fashion-MNIST's 28px are padded to 32 (the task's default), resized (antialiased) to anything else."""
+    return "pad" if args.image_size == 32 and args.task == "fashion_mnist" else "resize"
+
+
+def settings(args, seed: int | None = None) -> list[str]:
+    """Hydra overrides shared by every cell (the measured protocol); Inception FID only for ``--fid-seeds``."""
+    fid = seed is None or not args.fid_seeds or seed in args.fid_seeds
     out = [
         f"task={args.task}",
+        f"task.image_size={args.image_size}",
+        f"task.resize_mode={resize_mode(args)}",
         f"model={args.model}",
         f"trainer.lr={args.lr}",
         f"trainer.warmup_steps={args.warmup}",
@@ -141,7 +165,7 @@ def settings(args) -> list[str]:
         f"trainer.checkpoint_every_steps={args.eval_every}",
         "trainer.sample_every_steps=0",
         f"trainer.sample_batch_size={args.sample_batch}",
-        "trainer.fid.enabled=true",
+        f"trainer.fid.enabled={str(fid).lower()}",
         "trainer.fid.only_at_end=true",
         f"trainer.fid.n_samples={args.fid_samples}",
         f"trainer.fid.n_real={args.fid_real}",
@@ -205,7 +229,7 @@ def run_cell(row: str, seed: int, args) -> dict | None:
         "-c",
         "import sys; from immiscible_policy.cli.train import main; sys.exit(main())",
         *row_overrides(row, args.sample_steps),
-        *settings(args),
+        *settings(args, seed),
         f"trainer.seed={seed}",
         f"run_dir={run_dir}",
         "resume=auto",  # continues from the last checkpoint, or starts fresh when there is none
@@ -413,11 +437,13 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
         )
     p = args
     md = (
-        f"### {p.task} 32x32, {p.model}, batch {p.batch}, lr {p.lr:g}, {p.steps} steps; EMA model\n\n"
+        f"### {p.task} {p.image_size}x{p.image_size}, {p.model}, batch {p.batch}, lr {p.lr:g}, {p.steps} steps; EMA model\n\n"
         f"CFD = Fréchet distance in a small {p.task} classifier's features (the fast metric; "
         f"{p.cfd_samples} samples vs {p.cfd_real} training images, flow: Euler, epsilon: DDIM, "
         f"{p.sample_steps} steps); FID = real Inception FID (TF1 resize) of the final model on "
-        f"{p.fid_samples} samples vs {p.fid_real} training images, once per cell. Lower is better for both.\n\n"
+        f"{p.fid_samples} samples vs {p.fid_real} training images, once per cell "
+        f"({'seeds ' + ' '.join(map(str, p.fid_seeds)) if p.fid_seeds else 'every seed'}). Lower is better for "
+        "both.\n\n"
     )
     md += markdown_table(
         [
@@ -561,9 +587,9 @@ def estimate(args) -> dict:
     from immiscible_policy.image.model import build_unet, predict
 
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "model" / f"{args.model}.yaml")
-    model = build_unet(cfg, image_size=32, channels=1 if args.task == "fashion_mnist" else 3)
+    model = build_unet(cfg, image_size=args.image_size, channels=1 if args.task == "fashion_mnist" else 3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(args.batch, model.config.in_channels, 32, 32)
+    x = torch.randn(args.batch, model.config.in_channels, args.image_size, args.image_size)
     t = torch.randint(0, 1000, (args.batch,))
     times = []
     for _ in range(6):
@@ -585,14 +611,17 @@ def estimate(args) -> dict:
     n_evals = args.steps // args.eval_every
     sample_s = fwd_s * args.cfd_samples * (n_evals * args.sample_steps + sum(FINAL_STEPS))
     fid_s = args.fid_samples * (fwd_s * args.sample_steps + args.inception_s_per_image)
-    cell_s = step_s * args.steps + sample_s + fid_s
+    cell_s = step_s * args.steps + sample_s
     cells = len(args.rows) * len(args.seeds)
+    fid_cells = len(args.rows) * len([s for s in args.seeds if not args.fid_seeds or s in args.fid_seeds])
     out = {
         "train_step_s": step_s,
         "sample_forward_ms_per_image": 1e3 * fwd_s,
         "cell_core_min": cell_s / 60,
         "cells": cells,
-        "grid_core_hours": cells * cell_s / 3600,
+        "fid_core_min_per_cell": fid_s / 60,
+        "fid_cells": fid_cells,
+        "grid_core_hours": (cells * cell_s + fid_cells * fid_s) / 3600,
         "assumed_inception_s_per_image": args.inception_s_per_image,
         "threads": torch.get_num_threads(),
     }
@@ -615,6 +644,7 @@ def prepare_metric(args) -> None:
     if task.path == "???":
         raise SystemExit(f"task {args.task} needs a data path: pass --task-path.")
     task.max_images = args.max_images or None
+    task.image_size, task.resize_mode = args.image_size, resize_mode(args)  # the cells' exact images
     ds = load_dataset(task)
     import torch
 
@@ -624,10 +654,32 @@ def prepare_metric(args) -> None:
 
 PRESETS = {
     # the CPU grid (sizing in the module docstring)
-    "cpu": dict(model="unet2d_tiny", lr=1e-3, warmup=100, steps=2000, eval_every=500, batch=64),
+    "cpu": dict(
+        model="unet2d_tiny",
+        lr=1e-3,
+        warmup=100,
+        steps=2000,
+        eval_every=500,
+        batch=64,
+        image_size=16,
+        fid_seeds=[0],
+        cfd_samples=1000,
+        sample_batch=64,
+    ),
     # GPU, paper-like: torchcfm's CIFAR-10 UNet shape at 64 base channels (the 128-channel one trains too
     # few steps in 10 minutes), batch 128, bf16 autocast, lr 2e-4 as torchcfm, 5 rows run at once
-    "gpu": dict(model="ddpm_cifar10", lr=2e-4, warmup=200, steps=4000, eval_every=1000, batch=128),
+    "gpu": dict(
+        model="ddpm_cifar10",
+        lr=2e-4,
+        warmup=200,
+        steps=4000,
+        eval_every=1000,
+        batch=128,
+        image_size=32,
+        fid_seeds=[],
+        cfd_samples=2000,
+        sample_batch=256,
+    ),
 }
 GPU_OVERRIDES = [
     "model.block_out_channels=[64,128,128,128]",
@@ -649,11 +701,19 @@ def parse(argv=None):
     for name in ("model", "lr", "warmup", "steps", "eval_every", "batch"):
         p.add_argument(f"--{name.replace('_', '-')}", default=None, type=str if name == "model" else float)
     p.add_argument("--sample-steps", type=int, default=16, help="sampling steps of the evaluations")
-    p.add_argument("--sample-batch", type=int, default=256)
-    p.add_argument("--cfd-samples", type=int, default=2000)
+    p.add_argument("--sample-batch", type=int, default=None, help="cpu: 64 (measured fastest), gpu: 256")
+    p.add_argument("--cfd-samples", type=int, default=None, help="cpu: 1000, gpu: 2000")
     p.add_argument("--cfd-real", type=int, default=10000)
     p.add_argument("--fid-samples", type=int, default=2000)
     p.add_argument("--fid-real", type=int, default=10000)
+    p.add_argument(
+        "--fid-seeds",
+        nargs="*",
+        type=int,
+        default=None,
+        help="seeds scored by Inception FID (cpu: 0; gpu: all)",
+    )
+    p.add_argument("--image-size", type=int, default=None, help="cpu preset: 16, gpu: 32")
     p.add_argument("--max-images", type=int, default=None, help="first N training images only (smoke)")
     p.add_argument("--power", action="store_true", help="run only the vanilla rows; report their spread")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the cell list")
@@ -670,7 +730,7 @@ def parse(argv=None):
     for k, v in preset.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    for k in ("steps", "eval_every", "batch", "warmup"):
+    for k in ("steps", "eval_every", "batch", "warmup", "image_size"):
         setattr(args, k, int(getattr(args, k)))
     args.preset_overrides = list(GPU_OVERRIDES) if args.gpu else []
     if args.smoke:  # the same code path, tiny: a few steps, few samples, 512 images

@@ -120,6 +120,18 @@ FID: dict[str, Spec] = {
     "weights": Spec("str", "/path/to/pt_inception.pth", null=True),
     "device": Spec("device", "cpu", null=True),
     "resize": Spec("str", "tf1", null=True, optional=True),
+    # Inception FID at the last step only (it costs ~0.1-0.2 s per image on a CPU)
+    "only_at_end": Spec("bool", False, optional=True),
+}
+
+#: ``trainer.cfd``: the fast in-training metric (metrics/classifier_fd.py, docs/image_benchmark.md)
+CFD: dict[str, Spec] = {
+    "enabled": BOOL,
+    "n_samples": _int(2000, 2),
+    "n_real": _int(10000, 2, null=True, note="null = the whole training set"),
+    "seed": _int(1234),
+    "cache_dir": Spec("str", "~/.cache/immiscible_policy/classifier_fd", null=True),
+    "device": Spec("device", "cpu", null=True),
 }
 
 IMAGE_TRAINER: dict[str, Spec] = {
@@ -134,6 +146,8 @@ IMAGE_TRAINER: dict[str, Spec] = {
     "eval_every_steps": _int(1000, 0, note="0 = only at the end"),
     "checkpoint_every_steps": _int(1000, 0, note="0 = only at the end"),
     "fid": Spec("section", None),
+    "cfd": Spec("section", None, optional=True),
+    "final_steps": Spec("ints", [1, 2, 4, 8, 16], lo=1, null=True, optional=True, note="null = none"),
 }
 
 POLICY_MODEL: dict[str, Spec] = {
@@ -439,6 +453,7 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
             )
         check_section("trainer.fid", fid, FID, what="the FID evaluation", fix_missing=fix)
         _check_fid_resize(fid)
+        _check_cfd(tr)
     device = _check_device(tr)
     if kind == "image" and tr["mixed_precision"] == "bf16" and device.type != "cuda":
         raise ValueError("trainer.mixed_precision=bf16 needs CUDA; use auto or no on the CPU.")
@@ -511,6 +526,22 @@ def _check_vision(model: Mapping[str, Any], task: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"model.vision.crop={crop} exceeds task.image_size={size}; use a crop <= {size}."
             )
+
+
+def _check_cfd(tr: Mapping[str, Any]) -> None:
+    """``trainer.cfd`` (optional section) and ``trainer.final_steps``, which are scored by it."""
+    cfd = tr.get("cfd")
+    if cfd is not None:
+        if not isinstance(cfd, Mapping):
+            raise ValueError(
+                f"trainer.cfd={show(cfd)} is not a section; use trainer={DEFAULT_TRAINER['image']}."
+            )
+        check_section("trainer.cfd", cfd, CFD, what="the classifier metric")
+    if tr.get("final_steps") and not (isinstance(cfd, Mapping) and cfd.get("enabled")):
+        raise ValueError(
+            f"trainer.final_steps={show(tr['final_steps'])} is scored by the classifier metric; set "
+            "trainer.cfd.enabled=true or trainer.final_steps=null."
+        )
 
 
 def _check_fid_resize(fid: Mapping[str, Any]) -> None:

@@ -132,3 +132,33 @@ def test_smoke_and_gpu_presets(sweep):
     settings = sweep.settings(sweep.parse([]))
     assert "trainer.fid.only_at_end=true" in settings and "trainer.cfd.enabled=true" in settings
     assert "trainer.final_steps=[1,2,4,8,16]" in settings and "trainer.fid.n_samples=2000" in settings
+
+
+@pytest.mark.slow  # trains 6 tiny cells + Inception FID through the real CLI: minutes on a CPU
+def test_gpu_recipe_smoke_runs_on_cpu(tmp_path):
+    """The GPU recipe's --smoke path end to end on the CPU: cells, final steps, report files."""
+    import os
+    import subprocess
+
+    from immiscible_policy.image.data import default_fashion_mnist_dir
+
+    if not (default_fashion_mnist_dir() / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST (dataset-fashion-mnist) not installed")
+    script = SCRIPT.parent / "gpu_image_recipe.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "IMMISCIBLE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        ["bash", str(script), "--smoke", "--out", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    done = {s["row"]: s for s in report["summary"] if s.get("n_seeds")}
+    assert set(done) == {"flow/vanilla", "flow/linear", "flow+cond/c2ot"}
+    assert all(
+        s["n_seeds"] == 2 and set(s["final_steps"]) == {"1", "2", "4", "8", "16"} for s in done.values()
+    )
+    assert report["rank_correlation"]["n"] == 6  # --gpu scores every seed by Inception FID
+    assert (tmp_path / "out" / "curves.png").is_file() and (tmp_path / "out" / "steps.png").is_file()

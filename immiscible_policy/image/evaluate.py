@@ -97,3 +97,74 @@ def fid_kid(
         "fid_seconds": time.time() - t1,
     }
     return metrics, fake
+
+
+# ------------------------------------------------------------------------- classifier Fréchet distance
+
+
+def classifier_metric(ds: ImageDataset, cfd_cfg: Any, device: str) -> Any:
+    """The fast metric for ``ds`` (:class:`~immiscible_policy.metrics.classifier_fd.ClassifierFD`).
+
+    Its feature network is trained on ``ds``' own images and labels (cached by recipe + data hash; the
+    first call trains it), its reference is the same seeded subset of ``cfd_cfg.n_real`` images FID uses.
+    """
+    from immiscible_policy.metrics.classifier_fd import ClassifierFD, ClassifierRecipe, load_or_train
+
+    if ds.labels is None:
+        raise ValueError(
+            f"trainer.cfd.enabled=true needs class labels to train its feature network; {ds.ref_key} has "
+            "none (set trainer.cfd.enabled=false)."
+        )
+    dev = str(cfd_cfg.get("device") or device)
+    extractor = load_or_train(
+        ds.images,
+        ds.labels,
+        ds.num_classes,
+        ClassifierRecipe(),
+        cache_dir=cfd_cfg.get("cache_dir"),
+        device=dev,
+    )
+    real, _ = reference_images(ds, cfd_cfg.get("n_real"))
+    return ClassifierFD(extractor, real)
+
+
+def cfd_eval(
+    model: nn.Module,
+    core: NoisingCore,
+    ds: ImageDataset,
+    metric: Any,
+    cfd_cfg: Any,
+    *,
+    steps: int,
+    sampler: str,
+    batch_size: int,
+    num_classes: int,
+    bf16: bool,
+) -> tuple[dict[str, Any], Tensor]:
+    """(metrics, samples): CFD of ``cfd_cfg.n_samples`` seeded samples at ``steps`` sampling steps.
+
+    metrics: ``cfd``, ``cfd_n_fake``, ``cfd_n_real``, ``cfd_seconds`` (features + distance),
+    ``cfd_sample_seconds`` (sampling).
+    """
+    t0 = time.time()
+    fake = generate(
+        model,
+        core,
+        int(cfd_cfg.n_samples),
+        channels=ds.channels,
+        image_size=ds.image_size,
+        steps=steps,
+        sampler=sampler,
+        seed=int(cfd_cfg.seed),
+        batch_size=batch_size,
+        num_classes=num_classes,
+        bf16=bf16,
+    )
+    out = metric(fake)
+    out["cfd_sample_seconds"] = time.time() - t0 - out["cfd_seconds"]
+    return out, fake
+
+
+def final_step_key(steps: int) -> str:
+    """The record key of the final checkpoint's CFD at ``steps`` sampling steps (flat: the CSV log)."""
+    return f"cfd_steps_{int(steps)}"

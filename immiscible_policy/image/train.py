@@ -5,7 +5,11 @@ UNet2DModel -> MSE (float32) -> AdamW (+ warm-up, grad clip) -> EMA. Step-based:
 epoch e is a function of (seed, e), the noise of step s of (seed, rank, s), and the global RNG (dropout)
 is checkpointed, so ``resume=true`` continues exactly where an uninterrupted run would be (the shared
 rules live in :mod:`immiscible_policy.training`). Every ``sample_every_steps`` the EMA model draws a
-PNG grid, every ``eval_every_steps`` it is scored by FID/KID on a fixed number of seeded samples.
+PNG grid, every ``eval_every_steps`` it is scored by FID/KID on a fixed number of seeded samples
+(``trainer.fid``; ``fid.only_at_end`` keeps the costly Inception FID to the last step) and/or by the fast
+classifier Fréchet distance (``trainer.cfd``, :mod:`immiscible_policy.metrics.classifier_fd`). At the last
+step the CFD is also taken at each of ``trainer.final_steps`` sampling steps (record keys
+``cfd_steps_<n>``; minibatch OT is said to help most at few steps).
 A checkpoint due at the same step is written first (a failing FID or grid loses no training;
 ``resume=true`` redoes that snapshot and logs its record).
 Under ``accelerate launch`` / ``torchrun`` each rank trains on its slice of every global batch (rules in
@@ -25,7 +29,7 @@ from tqdm.auto import tqdm
 
 from immiscible_policy.ema import ema_module
 from immiscible_policy.image.data import load_dataset, to_unit
-from immiscible_policy.image.evaluate import fid_kid
+from immiscible_policy.image.evaluate import cfd_eval, classifier_metric, fid_kid, final_step_key
 from immiscible_policy.image.model import build_unet, count_params, predict
 from immiscible_policy.image.sampling import generate, save_grid
 from immiscible_policy.noising import build_core, resolve_sampler
@@ -49,6 +53,10 @@ def use_bf16(mode: str, device: torch.device) -> bool:
     return mode != "no" and device.type == "cuda"
 
 
+# (record key, printed name, format) of the scores an evaluation prints
+SCORES = (("fid", "FID", ".2f"), ("kid", "KID", ".4f"), ("cfd", "CFD", ".3f"))
+
+
 def every(step: int, n: Any) -> bool:
     return bool(n) and step % int(n) == 0
 
@@ -64,8 +72,8 @@ def train_image(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 
 def _snapshots_due(tr: Any, start: int, stop: int, max_steps: int) -> tuple[int, int]:
-    """(FID evaluations, grid-only snapshots) at steps start+1..stop, by the loop's own rules."""
-    fid = bool(tr.fid.enabled)
+    """(evaluations, grid-only snapshots) at steps start+1..stop, by the loop's own rules."""
+    fid = bool(tr.fid.enabled) or cfd_enabled(tr)
     steps = {stop} if stop == max_steps else set()
     for n in (tr.eval_every_steps, tr.sample_every_steps):
         if n:
@@ -78,6 +86,11 @@ def _snapshots_due(tr: Any, start: int, stop: int, max_steps: int) -> tuple[int,
         elif every(s, tr.sample_every_steps) or is_end:
             grids += 1
     return evals, grids
+
+
+def cfd_enabled(tr: Any) -> bool:
+    """``trainer.cfd.enabled`` (a config from before the key existed has no ``cfd`` section: off)."""
+    return bool((tr.get("cfd") or {}).get("enabled", False))
 
 
 def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
@@ -128,23 +141,34 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
             flush=True,
         )
 
-    def snapshot(step: int, with_fid: bool) -> dict[str, Any]:
-        """EMA model: FID/KID (+ grid of its first samples) or just a grid; global RNG untouched."""
+    use_fid, fid_at_end_only = bool(tr.fid.enabled), bool(tr.fid.get("only_at_end", False))
+    final_steps = [int(k) for k in (tr.get("final_steps") or [])]
+    metric = None  # the fast metric (its feature network is trained once per dataset, then cached)
+    if cfd_enabled(tr) and main:
+        with preserve_rng():
+            metric = classifier_metric(ds, tr.cfd, str(device))
+
+    def snapshot(step: int, with_eval: bool) -> dict[str, Any]:
+        """EMA model: FID/KID and/or CFD (+ grid of its first samples) or just a grid; global RNG untouched."""
         out: dict[str, Any] = {}
+        samples = None
+        steps = int(tr.num_inference_steps)
         with preserve_rng():
             ema_model = ema_module(opt.ema, model)
-            kw = dict(steps=int(tr.num_inference_steps), sampler=sampler, num_classes=num_classes, bf16=bf16)
-            if with_fid:
-                out, samples = fid_kid(
-                    ema_model,
-                    core,
-                    ds,
-                    tr.fid,
-                    batch_size=int(tr.sample_batch_size),
-                    device=str(device),
-                    **kw,
-                )
-            if not with_fid or len(samples) < int(tr.n_grid):  # the grid always shows n_grid images
+            kw = dict(
+                sampler=sampler, num_classes=num_classes, bf16=bf16, batch_size=int(tr.sample_batch_size)
+            )
+            if with_eval and use_fid and (step == max_steps or not fid_at_end_only):
+                out, samples = fid_kid(ema_model, core, ds, tr.fid, device=str(device), steps=steps, **kw)
+            if with_eval and metric is not None:
+                got, fake = cfd_eval(ema_model, core, ds, metric, tr.cfd, steps=steps, **kw)
+                out.update(got)
+                samples = fake if samples is None or len(samples) < len(fake) else samples
+                for k in final_steps if step == max_steps else ():  # the same noise at k steps
+                    same = k == steps
+                    at_k = got if same else cfd_eval(ema_model, core, ds, metric, tr.cfd, steps=k, **kw)[0]
+                    out[final_step_key(k)] = at_k["cfd"]
+            if samples is None or len(samples) < int(tr.n_grid):  # the grid always shows n_grid images
                 samples = generate(
                     ema_model,
                     core,
@@ -152,7 +176,7 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
                     channels=ds.channels,
                     image_size=ds.image_size,
                     seed=int(tr.fid.seed),
-                    batch_size=int(tr.sample_batch_size),
+                    steps=steps,
                     **kw,
                 )
         save_grid(samples[: int(tr.n_grid)], run_dir / "samples" / f"step_{step:08d}.png")
@@ -180,11 +204,8 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
         record["wall_min"] = (time.time() - start_time) / 60
         logged = logger.log(record)
         if with_fid:
-            print(
-                f"step {record['step']}: loss {record['train_loss']:.4f} FID {record['fid']:.2f} "
-                f"KID {record['kid']:.4f}",
-                flush=True,
-            )
+            scores = [f"{name} {record[k]:{fmt}}" for k, name, fmt in SCORES if k in record]
+            print(f"step {record['step']}: loss {record['train_loss']:.4f} {' '.join(scores)}", flush=True)
         return logged
 
     last: dict = {}
@@ -229,7 +250,9 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
         train_min += (time.time() - tick) / 60
 
         is_end = step == max_steps
-        do_eval = bool(tr.fid.enabled) and (every(step, tr.eval_every_steps) or (is_end and tr.eval_at_end))
+        do_eval = (use_fid or cfd_enabled(tr)) and (
+            every(step, tr.eval_every_steps) or (is_end and tr.eval_at_end)
+        )
         do_grid = every(step, tr.sample_every_steps) or is_end
         do_ckpt = every(step, tr.checkpoint_every_steps) or step == stop
         if not (every(step, tr.log_every_steps) or do_eval or do_grid or do_ckpt):
@@ -257,6 +280,8 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
         estimate.skip()
     bar.close()
     run.plot(
-        x="step", panels=(("train_loss",), ("fid",), ("kid",)), title=f"{task.name} / {cfg.assigner.name}"
+        x="step",
+        panels=(("train_loss",), ("fid",), ("kid",)) + ((("cfd",),) if cfd_enabled(tr) else ()),
+        title=f"{task.name} / {cfg.assigner.name}",
     )
     return last

@@ -238,8 +238,9 @@ def load_or_train(
     key = recipe_key(recipe, data_digest(images_u8, labels), num_classes)
     folder = classifier_cache_dir(cache_dir)
     weights, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
-    model = SmallClassifier(images_u8.shape[1], num_classes, recipe.width, recipe.feature_dim)
     if weights.is_file() and meta.is_file():
+        with torch.random.fork_rng(devices=[]):  # the init draws are overwritten; the global RNG is kept
+            model = SmallClassifier(images_u8.shape[1], num_classes, recipe.width, recipe.feature_dim)
         model.load_state_dict(load_file(str(weights)))
         return ClassifierFeatures(model.to(device), key, json.loads(meta.read_text()))
     if verbose:
