@@ -509,7 +509,7 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
         )
     rho = rank_correlation(list(cells.values()))
     md += (
-        "\nRank agreement of the two metrics on the final checkpoints: Spearman rho(CFD, Inception FID) = "
+        "\n\nRank agreement of the two metrics on the final checkpoints: Spearman rho(CFD, Inception FID) = "
         + ("n/a" if rho["spearman"] is None else f"{rho['spearman']:.2f}")
         + f" over {rho['n']} cells.\n"
     )
