@@ -9,13 +9,14 @@ still load); adding a family is one class here.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TASK_ENVS", "PushTTask", "RobomimicTask", "task_env"]
+__all__ = ["TASK_ENVS", "LeRobotTask", "PushTTask", "RobomimicTask", "rolls_out", "task_env"]
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
 
@@ -80,15 +81,20 @@ class RobomimicTask:
             max_train_episodes=task.max_train_episodes,
             filter_key=task.get("filter_key"),
         )
-        env_name = dataset.env_args.get("env_name")
+        self.record_env_args(task, dataset.env_args, task.dataset_path)
+        return dataset
+
+    @staticmethod
+    def record_env_args(task: Any, env_args: dict, source: Any) -> None:
+        """Check the recorded env against ``task.env_name``; fill a null ``task.env_args`` from it."""
+        env_name = env_args.get("env_name")
         if task.get("env_name") and env_name != task.env_name:
             raise ValueError(
-                f"{task.dataset_path} was recorded in {env_name!r} but task.env_name={task.env_name!r}; "
+                f"{source} was recorded in {env_name!r} but task.env_name={task.env_name!r}; "
                 f"pick the matching task config or set task.env_name={env_name}"
             )
         if task.get("env_args") is None:
-            task.env_args = json.dumps(dataset.env_args)
-        return dataset
+            task.env_args = json.dumps(env_args)
 
     def env_args(self, task: Any) -> str | dict:
         if task.get("env_args") is not None:
@@ -119,7 +125,95 @@ class RobomimicTask:
         )
 
 
-TASK_ENVS = {"pusht": PushTTask(), "robomimic": RobomimicTask()}
+class LeRobotTask:
+    """A local LeRobotDataset folder (``task.root``; low-dim features ``task.obs_keys`` + ``task.action_key``).
+
+    Rollouts come from ``task.eval_env``: ``pusht`` (the PushT env, observation ``task.obs_type``, whose size
+    the concatenated ``obs_keys`` must match), ``robomimic`` (robosuite; env obs keys are ``obs_keys`` without
+    their ``observation.`` prefix, env from ``task.env_args`` / ``task.env_name`` or the
+    ``meta/immiscible.json`` ``immiscible-convert`` writes), or ``none``: no env, and the trainer logs the
+    validation loss instead (:func:`~immiscible_policy.policy.evaluate.validation_loss`).
+    """
+
+    name = "lerobot"
+    EVAL_ENVS = ("pusht", "robomimic", "none")
+
+    def eval_env(self, task: Any) -> str:
+        name = str(task.get("eval_env", "none"))
+        if name not in self.EVAL_ENVS:
+            raise ValueError(
+                f"task.eval_env={name!r} is not supported; use one of {' | '.join(self.EVAL_ENVS)}"
+            )
+        return name
+
+    def rolls_out(self, task: Any) -> bool:
+        return self.eval_env(task) != "none"
+
+    def make_dataset(self, task: Any):
+        from immiscible_policy.data.lerobot_dataset import read_meta_extra
+        from immiscible_policy.policy.dataset import OBS_TYPES
+        from immiscible_policy.policy.lerobot_dataset import LeRobotLowdimDataset
+
+        env = self.eval_env(task)
+        if not task.get("root"):
+            raise ValueError("task.root is not set: pass task.root=PATH of a LeRobotDataset folder")
+        if env == "none" and float(task.val_ratio) <= 0:
+            raise ValueError(
+                "task.eval_env=none reports the validation loss, which needs validation episodes: "
+                "set task.val_ratio > 0 (e.g. 0.1) or pick task.eval_env=pusht|robomimic"
+            )
+        dataset = LeRobotLowdimDataset(
+            task.root,
+            list(task.obs_keys),
+            str(task.get("action_key", "action")),
+            horizon=int(task.horizon),
+            n_obs_steps=int(task.n_obs_steps),
+            n_action_steps=int(task.n_action_steps),
+            val_ratio=float(task.val_ratio),
+            seed=int(task.split_seed),
+            max_train_episodes=task.max_train_episodes,
+        )
+        if env == "pusht":
+            want = OBS_TYPES.get(str(task.get("obs_type")))
+            if want is None:
+                raise ValueError(f"task.obs_type={task.get('obs_type')!r}; use one of {sorted(OBS_TYPES)}")
+            if (dataset.obs_dim, dataset.action_dim) != (want, 2):
+                raise ValueError(
+                    f"task.eval_env=pusht with task.obs_type={task.obs_type} needs {want} observation and 2 "
+                    f"action numbers per frame, but task.obs_keys={list(task.obs_keys)} give "
+                    f"{dataset.obs_dim} and task.action_key={dataset.action_key!r} gives {dataset.action_dim}"
+                )
+        if env == "robomimic":
+            env_args = read_meta_extra(task.root).get("env_args")
+            if env_args:
+                RobomimicTask.record_env_args(task, env_args, task.root)
+        return dataset
+
+    def _env_task(self, task: Any) -> Any:
+        """The task config as the rollout family reads it (robomimic: env obs keys without the prefix)."""
+        if self.eval_env(task) != "robomimic":
+            return task
+        env_task = copy.deepcopy(task)
+        env_task.obs_keys = [str(k).removeprefix("observation.") for k in task.obs_keys]
+        return env_task
+
+    def evaluate(self, policy_fn: PolicyFn, task: Any, **kw: Any) -> dict:
+        env = self.eval_env(task)
+        if env == "none":
+            raise ValueError(
+                "task.eval_env=none: this LeRobot task has no rollout environment; set task.eval_env=pusht or "
+                "robomimic to roll out (training with none logs the validation loss instead)"
+            )
+        return TASK_ENVS[env].evaluate(policy_fn, self._env_task(task), **kw)
+
+
+TASK_ENVS = {"pusht": PushTTask(), "robomimic": RobomimicTask(), "lerobot": LeRobotTask()}
+
+
+def rolls_out(task: Any) -> bool:
+    """Whether the task's evaluation is a rollout in an env (every family but ``lerobot`` with ``eval_env: none``)."""
+    family = task_env(task)
+    return bool(getattr(family, "rolls_out", lambda _task: True)(task))
 
 
 def task_env(task: Any):

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from immiscible_policy.ema import ema_module
 from immiscible_policy.policy.build import build_model, build_policy, policy_sampler
-from immiscible_policy.policy.evaluate import rollout
+from immiscible_policy.policy.evaluate import rollout, validation_loss
 from immiscible_policy.policy.load import load_policy
-from immiscible_policy.policy.tasks import task_env
+from immiscible_policy.policy.tasks import rolls_out, task_env
 from immiscible_policy.training import (
     RunEstimate,
     StepStats,
@@ -107,6 +107,9 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
 
     def evaluate(record: dict[str, Any]) -> None:
         """Roll out the EMA model on the fixed test seeds into ``record``; the global RNG is untouched."""
+        if not rolls_out(task):  # task=lerobot task.eval_env=none: no env, the validation loss instead
+            record.update(validation_loss(policy, ema_module(opt.ema, model), dataset, seed=int(tr.seed)))
+            return
         with preserve_rng():
             metrics = rollout(
                 policy, ema_module(opt.ema, model), task, seed=int(tr.seed), progress=bool(tr.progress)
@@ -120,6 +123,8 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
             if "mean_score" in record
             else ""
         )
+        if "val_loss" in record:
+            score += f" val_loss {record['val_loss']:.4f}"
         print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}{score}", flush=True)
 
     stop_epoch = epochs
