@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from immiscible_policy.loggers import check_logger
 from immiscible_policy.noising import (
     LEGACY_OBJECTIVE_KEY,
     OBJECTIVES,
@@ -34,6 +35,7 @@ from immiscible_policy.noising import (
     resolve_sampler,
     trainer_objective,
 )
+from immiscible_policy.video import VIDEO_FORMATS, check_format
 
 KINDS = ("policy", "image")
 # diffusers' get_scheduler names that need nothing beyond warm-up and total steps
@@ -41,7 +43,7 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid")
 SAMPLER_CHOICES = ("auto", *sorted({s for v in SAMPLERS.values() for s in v}))
 RESUME_CHOICES = "false | true | auto"
-TOP_LEVEL = ("assigner", "model", "trainer", "task", "run_dir", "resume", "resume_force")
+TOP_LEVEL = ("assigner", "model", "trainer", "task", "run_dir", "resume", "resume_force", "logger")
 DEFAULT_TRAINER = {"policy": "cpu_default", "image": "image_cpu"}
 DEFAULT_MODEL = {"policy": "unet1d_cpu", "image": "unet2d_small"}
 
@@ -106,6 +108,8 @@ POLICY_TRAINER: dict[str, Spec] = {
     "max_steps_per_epoch": _int(10, 1, null=True, optional=True, note="null = every full batch"),
     "max_epochs_this_run": _int(5, 1, null=True, optional=True, note="null = to trainer.epochs"),
     "eval_every_epochs": _int(10, 0, note="0 = only at the end"),
+    # film task.eval.n_video_episodes episodes of each evaluation (run_dir/videos/, and to the dashboards)
+    "eval_video": _choice("mp4", VIDEO_FORMATS, null=True, optional=True, note="or null = no video"),
     "checkpoint_every_epochs": _int(10, 0, note="0 = only at the end"),
 }
 
@@ -430,6 +434,8 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
     mode = resume_mode(cfg)
     if "resume_force" in cfg:
         check_value("resume_force", cfg.resume_force, BOOL)
+    if "logger" in cfg:
+        check_logger(_resolved(cfg, "logger"))  # the dashboards' packages, before any data is loaded
     run_dir = cfg.get("run_dir")
     if run_dir is not None and (not isinstance(run_dir, str) or not run_dir.strip()):
         raise ValueError(f"run_dir={show(run_dir)} is not a path; set run_dir=runs/<name>.")
@@ -445,6 +451,8 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
             f"use trainer={DEFAULT_TRAINER[kind]}."
         )
     check_section("trainer", tr, TRAINERS[kind], what=f"the {kind} trainer", fix_missing=fix)
+    if tr.get("eval_video"):
+        check_format(tr["eval_video"], "trainer.eval_video")  # mp4: imageio-ffmpeg installed
     if kind == "image":
         fid = tr.get("fid")
         if not isinstance(fid, Mapping):

@@ -4,7 +4,8 @@ Why both: JSONL is append-only and survives ``kill -9`` (at worst a torn last li
 CSV is what people open. The CSV's columns are the union of keys in first-seen order, so when a record
 brings a new key the CSV is rewritten (atomically) from the JSONL records; otherwise a row is appended.
 On resume, :meth:`RunLogger.truncate_after` drops records from after the checkpoint so that the resumed run
-does not log the same steps twice.
+does not log the same steps twice. Dashboards (TensorBoard, wandb: :mod:`immiscible_policy.loggers`) get a
+copy of each record after it is on disk here, so the JSONL log stays the record.
 """
 
 from __future__ import annotations
@@ -104,10 +105,12 @@ class RunLogger:
 
     ``resume=False`` refuses a run dir that already has a log (so a new run never mixes into an old one);
     ``resume=True`` reads the existing log and continues it (call :meth:`truncate_after` with the
-    checkpoint's step).
+    checkpoint's step). ``dashboards`` (a :class:`~immiscible_policy.loggers.Dashboards`) receive every
+    logged record and its media; :meth:`close` ends them.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, resume: bool = False):
+    def __init__(self, run_dir: str | os.PathLike, resume: bool = False, dashboards: Any = None):
+        self.dashboards = dashboards
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.run_dir / JSONL_NAME
@@ -147,8 +150,11 @@ class RunLogger:
         _atomic_write(self.jsonl_path, jsonl.encode())
         _atomic_write(self.csv_path, self._csv_text(self.records, header=True).encode())
 
-    def log(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Append one record (flushed to both files before returning); returns the plain-typed record."""
+    def log(
+        self, record: Mapping[str, Any], media: Mapping[str, str | os.PathLike] | None = None
+    ) -> dict[str, Any]:
+        """Append one record (flushed to both files before returning), then hand it with its ``media``
+        (name -> video/image file, for dashboards only) to the dashboards; returns the plain record."""
         plain = {str(k): _plain(v) for k, v in record.items()}
         line = json.dumps(plain)  # fails here, before anything is written, on a non-JSON value
         self.records.append(plain)
@@ -161,7 +167,14 @@ class RunLogger:
             with open(self.csv_path, "a", newline="") as f:
                 f.write(self._csv_text([plain], header=False))
                 f.flush()
+        if self.dashboards is not None:
+            self.dashboards.write(plain, media)
         return plain
+
+    def close(self, failed: bool = False) -> None:
+        """End the dashboards (``failed``: the run ended with an error); the files need no closing."""
+        if self.dashboards is not None:
+            self.dashboards.close(failed)
 
     def truncate_after(self, step: int) -> int:
         """Drop records whose ``step`` is greater than ``step`` (records without a step are kept);

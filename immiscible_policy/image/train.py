@@ -202,7 +202,8 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
 
     def finish(record: dict[str, Any], with_fid: bool) -> dict[str, Any]:
         record["wall_min"] = (time.time() - start_time) / 60
-        logged = logger.log(record)
+        grid = run_dir / "samples" / f"step_{int(record['step']):08d}.png"  # when this step drew one
+        logged = logger.log(record, media={"samples": grid} if grid.exists() else None)
         if with_fid:
             scores = [f"{name} {record[k]:{fmt}}" for k, name, fmt in SCORES if k in record]
             print(f"step {record['step']}: loss {record['train_loss']:.4f} {' '.join(scores)}", flush=True)

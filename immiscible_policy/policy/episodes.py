@@ -28,12 +28,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+from immiscible_policy.video import check_video_path, write_video
 
 __all__ = [
     "ActionChunkWrapper",
@@ -112,18 +113,6 @@ class ActionChunkWrapper(gym.Wrapper):
         if self.record_video:
             info["frames"] = frames
         return self._stacked(), chunk_best, terminated, truncated, info
-
-
-def write_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int = 10) -> None:
-    """``frames`` as a GIF (``.gif``) or a video (mp4 etc., needs imageio-ffmpeg or pyav)."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        iio.imwrite(path, np.stack(frames), duration=1000 / fps, loop=0)
-    else:
-        iio.imwrite(path, np.stack(frames), fps=fps)
 
 
 # ------------------------------------------------------------------------------------------ env batches
@@ -252,9 +241,12 @@ def plan_episodes(
     n_video_episodes: int,
 ) -> EpisodePlan:
     """Seeds ``start_seed .. start_seed + n_episodes - 1``, ``n_envs`` at a time (default: all at once, so
-    the policy sees one batch), the first ``n_video_episodes`` filmed when there is a ``video_path``."""
+    the policy sees one batch), the first ``n_video_episodes`` filmed when there is a ``video_path``
+    (``.mp4`` or ``.gif``, checked here, before any episode runs)."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if video_path is not None and n_video_episodes > 0:
+        check_video_path(video_path)
     n_envs = n_episodes if n_envs is None else max(1, min(int(n_envs), n_episodes))
     n_video = min(n_video_episodes, n_envs) if video_path is not None else 0
     return EpisodePlan([start_seed + i for i in range(n_episodes)], n_envs, n_video)
@@ -288,7 +280,8 @@ def run_episodes(
 
     Returns the score's metrics (``mean_score``, ``success_rate``, ``scores``, ..., ``success``) with
     ``seeds``, ``n_steps`` (env steps per episode), ``n_episodes``, ``seconds`` and ``video_path`` (the
-    filmed episodes' frames, every ``video_stride``-th, at 10 fps; None without frames).
+    filmed episodes' frames, every ``video_stride``-th, at 10 fps, as MP4 or GIF by the path's suffix;
+    None without frames).
     """
     from tqdm.auto import tqdm
 

@@ -105,17 +105,26 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
             flush=True,
         )
 
-    def evaluate(record: dict[str, Any]) -> None:
-        """Roll out the EMA model on the fixed test seeds into ``record``; the global RNG is untouched."""
+    video = tr.get("eval_video")  # mp4 | gif | None (no video)
+
+    def evaluate(record: dict[str, Any]) -> dict[str, str]:
+        """Roll out the EMA model on the fixed test seeds into ``record``; the global RNG is untouched.
+        Returns the dashboards' media: the rollout video (``trainer.eval_video``) of the first
+        ``task.eval.n_video_episodes`` episodes, in ``run_dir/videos/epoch_NNNN.<format>``."""
         if not rolls_out(task):  # task=lerobot task.eval_env=none: no env, the validation loss instead
             record.update(validation_loss(policy, ema_module(opt.ema, model), dataset, seed=int(tr.seed)))
-            return
+            return {}
+        kw: dict[str, Any] = {}
+        if video:
+            kw["video_path"] = run.run_dir / "videos" / f"epoch_{int(record['epoch']):04d}.{video}"
+            kw["n_video_episodes"] = int(task.eval.get("n_video_episodes", 2))
         with preserve_rng():
             metrics = rollout(
-                policy, ema_module(opt.ema, model), task, seed=int(tr.seed), progress=bool(tr.progress)
+                policy, ema_module(opt.ema, model), task, seed=int(tr.seed), progress=bool(tr.progress), **kw
             )
         record.update(mean_score=metrics["mean_score"], success_rate=metrics["success_rate"])
         record["eval_seconds"] = metrics["seconds"]
+        return {"rollout": metrics["video_path"]} if metrics.get("video_path") else {}
 
     def report(record: dict[str, Any]) -> None:
         score = (
@@ -142,15 +151,15 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
 
     last: dict = {}
     if pending is not None:
-        record = dict(pending["record"])
+        record, media = dict(pending["record"]), {}
         if pending.get("evaluate"):
             print(
                 f"[immiscible] evaluating epoch {record['epoch']} (its checkpoint was saved, its evaluation was not)"
             )
             tick = time.time()
-            evaluate(record)
+            media = evaluate(record)
             run.note(estimate.evaluated("evaluation", time.time() - tick))
-        last = logger.log(record)
+        last = logger.log(record, media)
         report(record)
 
     # ---- the loop
@@ -198,11 +207,12 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
             )
         if not main:  # logs and rollouts are the main process's
             continue
+        media = {}
         if do_eval:
             tick = time.time()
-            evaluate(record)
+            media = evaluate(record)
             run.note(estimate.evaluated("evaluation", time.time() - tick))
-        last = logger.log(record)
+        last = logger.log(record, media)
         report(record)
     run.plot(x="epoch", title=f"{task.name} / {cfg.assigner.name}")
     return last

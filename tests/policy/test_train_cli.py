@@ -85,7 +85,7 @@ def test_train_writes_checkpoint_and_eval_runs(tmp_path, assigner):
     assert metrics["n_episodes"] == 2 and len(metrics["scores"]) == 2
     assert 0.0 <= metrics["mean_score"] <= 1.0 and metrics["assigner"]["name"] == assigner
     assert metrics["seeds"] == [100000, 100001]
-    assert (out / "rollout.gif").stat().st_size > 1000
+    assert (out / "rollout.mp4").stat().st_size > 1000  # MP4 by default (video_format=gif on request)
 
 
 @pytest.mark.slow  # 42 s (3 CLI trainings); resume is checked bit-exact in-process by tests/test_resume_guard.py
