@@ -33,9 +33,9 @@ __all__ = [
 ]
 
 #: obs_type -> obs_dim. keypoints: 9 block keypoints (x, y) flattened + agent xy (diffusion_policy's
-#: pusht lowdim order); state: agent xy, block xy, sin(angle), cos(angle); image: the low-dim part of an
-#: image observation, the agent xy (the frames are kept apart, uint8: :class:`PushTImageDataset`).
-OBS_TYPES = {"keypoints": 20, "state": 6, "image": 2}
+#: pusht lowdim order); state: agent xy, block xy, sin(angle), cos(angle). (``"image"``, frames + agent xy,
+#: is :class:`PushTImageDataset`'s.)
+OBS_TYPES = {"keypoints": 20, "state": 6}
 
 
 def pusht_obs(state: np.ndarray, keypoint: np.ndarray | None, obs_type: str) -> np.ndarray:
@@ -44,14 +44,11 @@ def pusht_obs(state: np.ndarray, keypoint: np.ndarray | None, obs_type: str) -> 
     Args:
         state: (T, 5) agent x, y, block x, y, block angle (rad).
         keypoint: (T, 9, 2) block keypoints (needed for ``"keypoints"``).
-        obs_type: ``"keypoints"`` -> (T, 20), ``"state"`` -> (T, 6) or ``"image"`` -> (T, 2) (agent xy),
-            float32.
+        obs_type: ``"keypoints"`` -> (T, 20) or ``"state"`` -> (T, 6), float32.
     """
     _check_obs_type(obs_type)
     state = np.asarray(state)
-    if obs_type == "image":
-        obs = state[:, :2]
-    elif obs_type == "keypoints":
+    if obs_type == "keypoints":
         kp = np.asarray(keypoint).reshape(len(state), -1)
         obs = np.concatenate([kp, state[:, :2]], axis=-1)
     else:
@@ -60,9 +57,9 @@ def pusht_obs(state: np.ndarray, keypoint: np.ndarray | None, obs_type: str) -> 
     return obs.astype(np.float32)
 
 
-def _check_obs_type(obs_type: str) -> None:
-    if obs_type not in OBS_TYPES:
-        raise ValueError(f"unknown obs_type {obs_type!r}; valid: {sorted(OBS_TYPES)}")
+def _check_obs_type(obs_type: str, valid=OBS_TYPES) -> None:
+    if obs_type not in valid:
+        raise ValueError(f"unknown obs_type {obs_type!r}; valid: {sorted(valid)}")
 
 
 def get_val_mask(n_episodes: int, val_ratio: float, seed: int = 0) -> np.ndarray:
@@ -256,8 +253,8 @@ def default_pusht_zarr() -> str:
 class PushTLowdimDataset(LowdimWindowDataset):
     """Windows of (obs, action) from the PushT demos (actions in pixels), split train/val by episode."""
 
-    #: the obs types this class builds (``"image"`` is :class:`PushTImageDataset`'s)
-    obs_types = ("keypoints", "state")
+    #: the obs types this class builds, with their obs_dim (``"image"`` is :class:`PushTImageDataset`'s)
+    obs_types = OBS_TYPES
 
     def __init__(
         self,
@@ -270,18 +267,13 @@ class PushTLowdimDataset(LowdimWindowDataset):
         seed: int = 42,
         max_train_episodes: int | None = None,
     ):
-        _check_obs_type(obs_type)
-        if obs_type not in self.obs_types:
-            raise ValueError(
-                f"obs_type={obs_type!r} is not built by {type(self).__name__} (it builds "
-                f"{', '.join(self.obs_types)}); use {'PushTImageDataset' if obs_type == 'image' else 'PushTLowdimDataset'}"
-            )
+        _check_obs_type(obs_type, self.obs_types)
         self.zarr_path = str(zarr_path) if zarr_path is not None else default_pusht_zarr()
         self.obs_type = obs_type
         keys = ["state", "action"] + (["keypoint"] if obs_type == "keypoints" else [])
         self.buffer = buf = ReplayBuffer.open(self.zarr_path, keys=keys)
         self._init_windows(
-            pusht_obs(buf["state"], buf["keypoint"] if obs_type == "keypoints" else None, obs_type),
+            self._observations(buf, obs_type),
             np.asarray(buf["action"], dtype=np.float32),
             buf.episode_ends,
             horizon=horizon,
@@ -291,6 +283,10 @@ class PushTLowdimDataset(LowdimWindowDataset):
             seed=seed,
             max_train_episodes=max_train_episodes,
         )
+
+    def _observations(self, buf: ReplayBuffer, obs_type: str) -> np.ndarray:
+        """(T, obs_dim) float32 observations from the store (:func:`pusht_obs`)."""
+        return pusht_obs(buf["state"], buf["keypoint"] if obs_type == "keypoints" else None, obs_type)
 
     def __repr__(self) -> str:
         return (
@@ -312,13 +308,15 @@ class PushTImageDataset(PushTLowdimDataset):
     ``"image_rows"`` (N, n_obs_steps) int64 rows into :attr:`images`.
     """
 
-    obs_types = ("image",)
+    obs_types = {"image": 2}  # the low-dim part: the agent xy
 
     def __init__(self, zarr_path: str | os.PathLike | None = None, image_size: int = 96, **kw) -> None:
-        if kw.setdefault("obs_type", "image") != "image":
-            raise ValueError(f"PushTImageDataset builds obs_type='image', got {kw['obs_type']!r}")
+        kw.setdefault("obs_type", "image")
         super().__init__(zarr_path, **kw)
         self.images, self.image_row = self._load_frames(self.train_mask | self.val_mask, int(image_size))
+
+    def _observations(self, buf: ReplayBuffer, obs_type: str) -> np.ndarray:
+        return np.asarray(buf["state"][:, :2], dtype=np.float32)  # agent xy (T, 2)
 
     def _load_frames(self, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(M, 3, H, W) uint8 frames of the episodes in ``mask`` and (n_steps,) buffer row -> frame row

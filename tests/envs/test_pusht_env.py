@@ -73,7 +73,9 @@ def test_registration_is_idempotent_and_makes_env():
         frame = env.render()
         assert frame.shape == (256, 256, 3) and frame.dtype == np.uint8 and frame.std() > 0
         env.close()
-    with pytest.raises(ValueError, match=r"unknown obs_type 'pixels'; valid: \['keypoints', 'state'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown obs_type 'pixels'; valid: \['image', 'keypoints', 'state'\]"
+    ):
         PushTEnv(obs_type="pixels")
 
 

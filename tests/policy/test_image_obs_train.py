@@ -57,8 +57,10 @@ def test_image_dataset_keeps_uint8_frames_of_the_loaded_episodes():
     assert w["image_rows"].shape == (len(ds), 2) and (w["image_rows"] >= 0).all()
     val = ds.get_validation_dataset()
     assert val.images is ds.images and (val.all_windows()["image_rows"] >= 0).all()
-    with pytest.raises(ValueError, match="use PushTImageDataset"):
-        PushTLowdimDataset(ZARR, obs_type="image")
+    with pytest.raises(ValueError, match=r"unknown obs_type 'image'; valid: \['keypoints', 'state'\]"):
+        PushTLowdimDataset(ZARR, obs_type="image")  # frames are PushTImageDataset's
+    with pytest.raises(ValueError, match=r"unknown obs_type 'state'; valid: \['image'\]"):
+        PushTImageDataset(ZARR, obs_type="state")
 
 
 @pytest.mark.slow  # ~15 s of CPU (frames of 4 episodes, 2 steps, checkpoint, a 16-step rollout with video);
