@@ -1,16 +1,23 @@
-"""Shared helpers for benchmarks: timing, environment description, JSON + markdown output."""
+"""Shared helpers for benchmarks: timing, environment description, JSON + markdown output, and the
+bookkeeping of the resumable sweeps (pusht_speedup.py, image_speedup.py): rows, cells, statistics, report.
+
+Why the sweeps share one copy: their cell files and reports are read across sittings, workers and
+commits, so the cell life (claim, train with resume, write), the interval arithmetic and the report
+files must not drift apart between the two."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,40 +42,13 @@ def median_ms(fn: Callable[[], object], repeats: int, budget_s: float) -> tuple[
     return statistics.median(times) * 1e3, len(times)
 
 
-def cpu_record() -> dict:
-    """CPU model and the instruction-set flags that decide torch's speed (machines here differ by 5x)."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            key, _, val = line.partition(":")
-            if key.strip() == "model name" and model in ("", "x86_64", platform.machine()):
-                model = val.strip()
-            if key.strip() == "flags":
-                flags = val.split()
-                break
-    except OSError:
-        pass
-    wanted = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
-    wanted += ("amx_tile", "amx_bf16")
-    return {"cpu_model": model, "cpu_flags": [f for f in wanted if f in flags]}
-
-
 def machine() -> dict:
     """Where a number was measured (quote it with the number): CPU model and flags, cores, threads, torch,
-    device, date."""
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        **cpu_record(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    return info
+    device, date. The same record every training run keeps (``immiscible_policy.host``), so a sweep's
+    cells and its runs describe their host alike."""
+    from immiscible_policy.host import host_record
+
+    return host_record()
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -101,7 +81,6 @@ def plot_mean_ci(
     """One line per summary entry (mean ``y`` over seeds against ``x``), shaded by ``ci`` (mean +- that key)
     or by ``band`` (the curve points' (low, high) keys, e.g. the seed range: with 2 seeds a 95% t-interval is
     +-9 standard deviations wide and hides every line)."""
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -154,3 +133,224 @@ def claim_cell(run_dir: Path) -> bool:
             return False
     owner.write_text(str(os.getpid()))
     return True
+
+
+# ------------------------------------------------------------------------------------------------ rows
+
+#: the fixed fast evaluation sampler of each objective (the sweeps train and score with it)
+FAST_SAMPLER = {"epsilon": "ddim", "v_prediction": "ddim", "sample": "ddim", "flow": "euler"}
+_ASSIGNER_GROUPS = {n: n.replace("-", "_") for n in ("vanilla", "linear", "knn", "knn-pool", "scale", "c2ot")}
+
+
+def parse_label(label: str) -> tuple[str, dict]:
+    """'knn:k=16,space=full' -> ('knn', {'k': 16, 'space': 'full'})."""
+    name, _, opts = label.partition(":")
+    params = {}
+    for kv in filter(None, opts.split(",")):
+        k, _, v = kv.partition("=")
+        params[k] = (
+            json.loads(v) if v.replace(".", "", 1).lstrip("-").isdigit() or v in ("true", "false") else v
+        )
+    return name, params
+
+
+def row_overrides(objective: str, label: str, steps: int) -> list[str]:
+    """Hydra overrides of a row: the assigner (a config group when one exists, else
+    ``assigner.name=<plugin>``) with its options, the objective, its fast sampler at ``steps`` steps."""
+    name, params = parse_label(label)
+    group = _ASSIGNER_GROUPS.get(name)
+    out = [f"assigner={group}"] if group else ["assigner=vanilla", f"assigner.name={name}"]
+    out += [f"++assigner.params.{k}={v}" for k, v in params.items()]
+    return out + [
+        f"trainer.objective={objective}",
+        f"trainer.sampler={FAST_SAMPLER[objective]}",
+        f"trainer.num_inference_steps={steps}",
+    ]
+
+
+def cell_name(row: str, seed: int) -> str:
+    """A row x seed as a file name: 'flow+cond/knn:k=4', 2 -> 'flow_cond-knn_k4-s2'."""
+    safe = row.replace("/", "-").replace("+", "_").replace(":", "_").replace(",", "_").replace("=", "")
+    return f"{safe}-s{seed}"
+
+
+def cell_order(rows: list[str], seeds: list[int], rank: Callable[[str], int]) -> list[tuple[str, int]]:
+    """Rows grouped by ``rank`` (lowest first), seed-major within a group: every seed of the rows that
+    matter most runs before any other row, so a short sitting still answers the question."""
+    ranks = sorted({rank(r) for r in rows})
+    return [(r, s) for g in ranks for s in seeds for r in rows if rank(r) == g]
+
+
+# ------------------------------------------------------------------------------------------------ cells
+
+TRAIN_CMD = [
+    sys.executable,
+    "-c",
+    "import sys; from immiscible_policy.cli.train import main; sys.exit(main())",
+]
+
+
+def git_commit() -> str | None:
+    """The code a cell was trained with (cells of one sweep may span sittings and commits)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_cell(
+    out: Path,
+    row: str,
+    seed: int,
+    overrides: list[str],
+    extra: list[str],
+    build: Callable[[Path, list[dict], float, list[str]], dict],
+) -> dict | None:
+    """One cell's life: its finished ``cells/<cell>.json``, or None when another worker holds it or training
+    fails, else train ``runs/<cell>`` with ``immiscible-train`` (resuming its last checkpoint) and write the
+    cell that ``build(run_dir, metrics.jsonl records, wall minutes, the command's overrides)`` returns."""
+    done = out / "cells" / f"{cell_name(row, seed)}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    run_dir = out / "runs" / cell_name(row, seed)
+    state = "resuming" if (run_dir / "checkpoints" / "last").exists() else "starting"
+    if not claim_cell(run_dir):
+        print(f"[sweep] {row} seed {seed} is being run by another worker; skipping it here", flush=True)
+        return None
+    # resume=auto: continues from the last checkpoint, or starts fresh when there is none
+    cmd = [*TRAIN_CMD, *overrides, f"run_dir={run_dir}", "resume=auto", *extra]
+    print(f"[sweep] {state} {row} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, env={**os.environ})
+    if proc.returncode != 0:
+        print(f"[sweep] cell {row} seed {seed} failed with exit code {proc.returncode}", flush=True)
+        return None
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    cell = build(run_dir, records, (time.time() - t0) / 60, cmd[3:])
+    write_json(done, cell)
+    return cell
+
+
+def run_cells(
+    order: list[tuple[str, int]], run: Callable[[str, int], object], max_minutes: float | None
+) -> None:
+    """Run cells in ``order``; start none after ``max_minutes`` (a rerun of the same command continues)."""
+    start = time.time()
+    for row, seed in order:
+        if max_minutes and (time.time() - start) / 60 > max_minutes:
+            print("[sweep] time budget spent; rerun the same command to continue", flush=True)
+            break
+        run(row, seed)
+
+
+def load_cells(out: Path, keep: Callable[[dict], bool] = lambda c: True) -> dict[tuple[str, int], dict]:
+    """The finished cells under ``out/cells`` by (row, seed); files without a row (older formats) or that
+    ``keep`` refuses are skipped."""
+    cells = {}
+    for f in sorted((out / "cells").glob("*.json")):
+        c = json.loads(f.read_text())
+        if "row" in c and keep(c):
+            cells[(c["row"], c["seed"])] = c
+    return cells
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+#: t(0.975, n - 1) by sample size n; 1.96 beyond
+T975 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
+
+
+def ci95(values: list[float]) -> float:
+    """Half-width of a t-based 95% interval of the mean (nan for < 2 values)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    return T975.get(n, 1.96) * float(np.std(values, ddof=1)) / math.sqrt(n)
+
+
+def ci_text(mean: float, half: float | None, digits: int = 3) -> str:
+    """'0.812 ± 0.034'; the mean alone when the half-width is None or nan (one seed)."""
+    return f"{mean:.{digits}f}" + ("" if half is None or math.isnan(half) else f" ± {half:.{digits}f}")
+
+
+def mean_ci(values: list[float], digits: int = 3) -> str:
+    """Mean ± 95% t-interval of ``values`` as text; '-' for none."""
+    if not values:
+        return "-"
+    return ci_text(np.mean(values), ci95(values), digits)
+
+
+def first_reach(curve: list[dict], x: str, reached: Callable[[dict], bool]) -> int | None:
+    """``x`` (epoch, step) of the first curve point that ``reached`` accepts; None if none does."""
+    return next((p[x] for p in curve if reached(p)), None)
+
+
+def reach_text(values: list[float], n: int, digits: int = 1) -> str:
+    """Mean ± CI of the epochs/steps at which the seeds reached a target, and how many of ``n`` did."""
+    if not values:
+        return f"not reached (0/{n})"
+    return mean_ci(values, digits) + ("" if len(values) == n else f" ({len(values)}/{n} reached)")
+
+
+def common_points(cells: list[dict], x: str, y: str) -> list[tuple[int, list[float]]]:
+    """(x, every cell's y there) at each ``x`` that all cells' curves evaluated, in order."""
+    xs = sorted(set.intersection(*[{p[x] for p in c["curve"]} for c in cells]))
+    return [(v, [next(p[y] for p in c["curve"] if p[x] == v) for c in cells]) for v in xs]
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def summarize_rows(
+    rows: list[str],
+    seeds: list[int],
+    cells: dict[tuple[str, int], dict],
+    baseline: Callable[[str], str],
+    summarize: Callable[[str, list[dict], list[int], dict[int, dict]], dict],
+) -> list[dict]:
+    """One entry a row (the asked rows, then any other row that has cells): ``summarize(row, its cells,
+    missing seeds, the baseline row's cells by seed)``, or a stub naming the missing seeds if it has none."""
+    summary = []
+    for row in dict.fromkeys(rows + [k[0] for k in cells]):
+        got = [cells[(row, s)] for s in seeds if (row, s) in cells]
+        missing = [s for s in seeds if (row, s) not in cells]
+        if not got:
+            summary.append({"row": row, "label": row, "n_seeds": 0, "missing_seeds": missing})
+            continue
+        base = {s: cells[(baseline(row), s)] for s in seeds if (baseline(row), s) in cells}
+        summary.append(summarize(row, got, missing, base))
+    return summary
+
+
+def seeds_text(s: dict, n: int) -> str:
+    """'2/3 (missing [2])': a summary entry's seeds out of ``n``."""
+    return f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
+
+
+def hosts(cells: list[dict]) -> list[str]:
+    """The distinct hosts of ``cells`` as sorted JSON (the date left out: it does not make a new host)."""
+    return sorted(
+        {
+            json.dumps({k: v for k, v in c["machine"].items() if k != "date"}, sort_keys=True)
+            for c in cells
+            if "machine" in c
+        }
+    )
+
+
+def hosts_md(host_list: list[str]) -> str:
+    """The report's Hosts section ('' when no cell recorded one)."""
+    return "\n### Hosts\n\n" + "\n".join(f"- `{h}`" for h in host_list) + "\n" if host_list else ""
+
+
+def write_report(out: Path, md: str, payload: dict) -> None:
+    """``report.json`` and ``report.md`` under ``out``."""
+    write_json(out / "report.json", payload)
+    (out / "report.md").write_text(md)

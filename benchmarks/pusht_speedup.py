@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,28 +38,40 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, claim_cell, machine, markdown_table, plot_mean_ci, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    FAST_SAMPLER,
+    RESULTS,
+    ci95,
+    ci_text,
+    common_points,
+    first_reach,
+    git_commit,
+    hosts,
+    hosts_md,
+    load_cells,
+    machine,
+    markdown_table,
+    mean_ci,
+    parse_label,
+    plot_mean_ci,
+    reach_text,
+    row_overrides,
+    run_cells,
+    seeds_text,
+    summarize_rows,
+    write_json,
+    write_report,
+)
+from _common import cell_order as _cell_order  # noqa: E402
+from _common import run_cell as _run_cell  # noqa: E402
 
 OUT = RESULTS / "pusht_speedup"
 THRESHOLDS = (0.8, 0.9)
 FIRST_ROWS = ["epsilon/vanilla", "epsilon/c2ot", "flow/vanilla", "flow/c2ot"]
 REST_ROWS = ["epsilon/knn", "epsilon/linear", "flow/linear"]
-FAST_SAMPLER = {"epsilon": "ddim", "v_prediction": "ddim", "sample": "ddim", "flow": "euler"}
 FAST_STEPS = 16
 FINAL_STEPS = (1, 2, 4, 8, 16)
 EXTRA_FINAL = {"epsilon": [("ddpm", 100)]}
-
-
-def parse_label(label: str) -> tuple[str, dict]:
-    """'knn:k=16,space=full' -> ('knn', {'k': 16, 'space': 'full'})."""
-    name, _, opts = label.partition(":")
-    params = {}
-    for kv in filter(None, opts.split(",")):
-        k, _, v = kv.partition("=")
-        params[k] = (
-            json.loads(v) if v.replace(".", "", 1).lstrip("-").isdigit() or v in ("true", "false") else v
-        )
-    return name, params
 
 
 def split_row(row: str) -> tuple[str, str]:
@@ -75,22 +84,9 @@ def split_row(row: str) -> tuple[str, str]:
 
 
 def overrides_for(row: str) -> list[str]:
-    """Hydra overrides for a row: the assigner (a config group when one exists, else assigner.name=<plugin>),
-    the objective, and that objective's fixed fast evaluation sampler."""
-    objective, label = split_row(row)
-    name, params = parse_label(label)
-    groups = {n: n.replace("-", "_") for n in ("vanilla", "linear", "knn", "knn-pool", "scale", "c2ot")}
-    out = [f"assigner={groups[name]}"] if name in groups else ["assigner=vanilla", f"assigner.name={name}"]
-    out += [f"++assigner.params.{k}={v}" for k, v in params.items()]
-    return out + [
-        f"trainer.objective={objective}",
-        f"trainer.sampler={FAST_SAMPLER[objective]}",
-        f"trainer.num_inference_steps={FAST_STEPS}",
-    ]
-
-
-def cell_name(row: str, seed: int) -> str:
-    return f"{row.replace('/', '-').replace(':', '_').replace(',', '_').replace('=', '')}-s{seed}"
+    """Hydra overrides for a row: its assigner and options, the objective and that objective's fixed fast
+    evaluation sampler at FAST_STEPS (_common.row_overrides)."""
+    return row_overrides(*split_row(row), FAST_STEPS)
 
 
 def final_settings(objective: str) -> list[tuple[str, int]]:
@@ -134,18 +130,8 @@ def final_evals(run_dir: Path, objective: str, seed: int, last_eval: dict) -> di
 
 
 def run_cell(row: str, seed: int, args) -> dict | None:
-    done = args.out / "cells" / f"{cell_name(row, seed)}.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    run_dir = args.out / "runs" / cell_name(row, seed)
-    resume = (run_dir / "checkpoints" / "last").exists()
-    if not claim_cell(run_dir):
-        print(f"[sweep] {row} seed {seed} is being run by another worker; skipping it here", flush=True)
-        return None
-    cmd = [
-        sys.executable,
-        "-c",
-        "import sys; from immiscible_policy.cli.train import main; sys.exit(main())",
+    """The cell's JSON: finished, or trained now (None when another worker has it or training failed)."""
+    overrides = [
         "task=pusht",
         f"model={args.model}",
         *overrides_for(row),
@@ -158,78 +144,35 @@ def run_cell(row: str, seed: int, args) -> dict | None:
         f"task.eval.n_episodes={args.n_episodes}",
         "task.eval.n_video_episodes=0",
         "trainer.progress=false",
-        f"run_dir={run_dir}",
-        "resume=auto",  # continues from the last checkpoint, or starts fresh when there is none
-        *args.override,
     ]
-    print(
-        f"[sweep] {'resuming' if resume else 'starting'} {row} seed {seed}: {' '.join(cmd[3:])}", flush=True
-    )
-    t0 = time.time()
-    proc = subprocess.run(cmd, env={**os.environ})
-    if proc.returncode != 0:
-        print(f"[sweep] cell {row} seed {seed} failed with exit code {proc.returncode}", flush=True)
-        return None
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    evals = [r for r in records if "mean_score" in r]
-    objective, label = split_row(row)
-    cell = {
-        "row": row,
-        "objective": objective,
-        "assigner": label,
-        "seed": seed,
-        "epochs": args.epochs,
-        "model": args.model,
-        "fast_sampler": f"{FAST_SAMPLER[objective]}-{FAST_STEPS}",
-        "curve": [
-            {k: r[k] for k in ("epoch", "step", "train_min", "mean_score", "success_rate", "train_loss")}
-            for r in evals
-        ],
-        "final": final_evals(run_dir, objective, seed, evals[-1]),
-        "condition_leak": float(np.mean([r["condition_leak"] for r in records if "condition_leak" in r])),
-        "noise_norm_ratio": float(
-            np.mean([r["noise_norm_ratio"] for r in records if "noise_norm_ratio" in r])
-        ),
-        "noise_proj_x0": float(np.mean([r["noise_proj_x0"] for r in records if "noise_proj_x0" in r])),
-        "assign_ms": float(np.mean([r["assign_ms"] for r in records if "assign_ms" in r])),
-        "cell_wall_min": (time.time() - t0) / 60,
-        "machine": machine(),
-        "git_commit": git_commit(),
-        "overrides": cmd[3:],
-    }
-    write_json(done, cell)
-    return cell
 
+    def build(run_dir: Path, records: list[dict], wall_min: float, cmd_overrides: list[str]) -> dict:
+        evals = [r for r in records if "mean_score" in r]
+        objective, label = split_row(row)
+        return {
+            "row": row,
+            "objective": objective,
+            "assigner": label,
+            "seed": seed,
+            "epochs": args.epochs,
+            "model": args.model,
+            "fast_sampler": f"{FAST_SAMPLER[objective]}-{FAST_STEPS}",
+            "curve": [
+                {k: r[k] for k in ("epoch", "step", "train_min", "mean_score", "success_rate", "train_loss")}
+                for r in evals
+            ],
+            "final": final_evals(run_dir, objective, seed, evals[-1]),
+            **{
+                k: float(np.mean([r[k] for r in records if k in r]))
+                for k in ("condition_leak", "noise_norm_ratio", "noise_proj_x0", "assign_ms")
+            },
+            "cell_wall_min": wall_min,
+            "machine": machine(),
+            "git_commit": git_commit(),
+            "overrides": cmd_overrides,
+        }
 
-def git_commit() -> str | None:
-    """The code a cell was trained with (cells of one sweep may span sittings and commits)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def ci95(values: list[float]) -> float:
-    """Half-width of a t-based 95% interval of the mean (nan for < 2 values)."""
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}.get(n, 1.96)
-    return t * float(np.std(values, ddof=1)) / math.sqrt(n)
-
-
-def mean_ci(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "-"
-    ci = ci95(values)
-    return f"{np.mean(values):.{digits}f}" + ("" if math.isnan(ci) else f" ± {ci:.{digits}f}")
+    return _run_cell(args.out, row, seed, overrides, args.override, build)
 
 
 def pairing_stats(rows: list[str], batch: int = 256, repeats: int = 20) -> list[dict]:
@@ -265,8 +208,9 @@ def pairing_stats(rows: list[str], batch: int = 256, repeats: int = 20) -> list[
     return out
 
 
-def first_reach(curve: list[dict], thr: float) -> int | None:
-    return next((p["epoch"] for p in curve if p["mean_score"] >= thr), None)
+def epoch_reaching(curve: list[dict], thr: float) -> int | None:
+    """The first evaluated epoch whose score reaches ``thr`` (higher is better)."""
+    return first_reach(curve, "epoch", lambda p: p["mean_score"] >= thr)
 
 
 def median_epoch_minutes(cell: dict) -> float:
@@ -282,24 +226,17 @@ def median_epoch_minutes(cell: dict) -> float:
 
 def summarize_row(row: str, got: list[dict], base: dict[int, dict]) -> dict:
     """Mean/CI over seeds of one row; ratios are per seed against vanilla of the same objective."""
-    common = sorted(set.intersection(*[{p["epoch"] for p in c["curve"]} for c in got]))
-    curve = []
-    for e in common:
-        ps = [next(p for p in c["curve"] if p["epoch"] == e) for c in got]
-        curve.append(
-            {
-                "epoch": e,
-                "mean_score": float(np.mean([p["mean_score"] for p in ps])),
-                "ci95": ci95([p["mean_score"] for p in ps]),
-            }
-        )
+    curve = [
+        {"epoch": e, "mean_score": float(np.mean(v)), "ci95": ci95(v)}
+        for e, v in common_points(got, "epoch", "mean_score")
+    ]
     reach = {}
     for thr in THRESHOLDS:
         per_seed = {}
         for c in got:
-            e = first_reach(c["curve"], thr)
+            e = epoch_reaching(c["curve"], thr)
             b = base.get(c["seed"])
-            be = first_reach(b["curve"], thr) if b else None
+            be = epoch_reaching(b["curve"], thr) if b else None
             per_seed[c["seed"]] = {
                 "epoch": e,
                 "minutes": None if e is None else e * median_epoch_minutes(c),
@@ -341,35 +278,21 @@ def summarize_row(row: str, got: list[dict], base: dict[int, dict]) -> dict:
     }
 
 
-def reach_text(r: dict, n: int, digits: int = 1) -> str:
-    if not r["n_reached"]:
-        return f"not reached (0/{n})"
-    txt = mean_ci([float(e) for e in r["epochs"]], digits)
-    return txt + ("" if r["n_reached"] == n else f" ({r['n_reached']}/{n} reached)")
-
-
 def report(rows: list[str], seeds: list[int], args) -> dict:
-    cells = {}
-    for f in sorted((args.out / "cells").glob("*.json")):
-        c = json.loads(f.read_text())
-        if "row" in c:
-            cells[(c["row"], c["seed"])] = c
-    all_rows = list(dict.fromkeys(rows + [k[0] for k in cells]))
-    summary = []
-    for row in all_rows:
-        got = [cells[(row, s)] for s in seeds if (row, s) in cells]
-        missing = [s for s in seeds if (row, s) not in cells]
-        if not got:
-            summary.append({"row": row, "label": row, "n_seeds": 0, "missing_seeds": missing})
-            continue
-        objective = split_row(row)[0]
-        base = {s: cells[(f"{objective}/vanilla", s)] for s in seeds if (f"{objective}/vanilla", s) in cells}
-        summary.append({"label": row, "missing_seeds": missing, **summarize_row(row, got, base)})
+    cells = load_cells(args.out)
+    summary = summarize_rows(
+        rows,
+        seeds,
+        cells,
+        lambda row: f"{split_row(row)[0]}/vanilla",
+        lambda row, got, missing, base: {
+            "label": row,
+            "missing_seeds": missing,
+            **summarize_row(row, got, base),
+        },
+    )
+    all_rows = [s["row"] for s in summary]
     n = len(seeds)
-
-    def seeds_txt(s):
-        return f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
-
     main_rows, step_rows = [], []
     for s in summary:
         if not s.get("n_seeds"):
@@ -381,11 +304,11 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
         main_rows.append(
             [
                 s["row"],
-                seeds_txt(s),
+                seeds_text(s, n),
                 mean_ci(s["final_scores"]),
-                reach_text(r8, s["n_seeds"]),
+                reach_text(r8["epochs"], s["n_seeds"]),
                 "" if is_base else mean_ci(r8["ratios"], 2),
-                reach_text(r9, s["n_seeds"]),
+                reach_text(r9["epochs"], s["n_seeds"]),
                 "" if is_base else mean_ci(r9["ratios"], 2),
                 mean_ci(r9["minutes"], 1),
                 f"{s['s_per_epoch']:.1f}",
@@ -398,8 +321,8 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
         cols = []
         for sampler, steps in [(FAST_SAMPLER[objective], k) for k in FINAL_STEPS] + [("ddpm", 100)]:
             v = fs.get(f"{sampler}-{steps}")
-            cols.append("" if v is None else mean_ci_from(v))
-        step_rows.append([s["row"], seeds_txt(s), *cols])
+            cols.append("" if v is None else ci_text(v["mean_score"], v["ci95"]))
+        step_rows.append([s["row"], seeds_text(s, n), *cols])
     md = (
         f"### PushT: EMA policy on the 50 standard test starts ({args.model}, batch {args.batch_size}, "
         f"AdamW lr {args.lr:g} cosine, {args.epochs} epochs, "
@@ -456,17 +379,11 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
             ],
         )
         md += "\n\nN(0, I) noise gives ratio ~1, projection ~0 and leak ~0; inference starts from exactly that.\n"
-    hosts = sorted(
-        {
-            json.dumps({k: v for k, v in c["machine"].items() if k != "date"}, sort_keys=True)
-            for c in cells.values()
-            if "machine" in c
-        }
-    )
-    md += "\n### Hosts\n\n" + "\n".join(f"- `{h}`" for h in hosts) + "\n" if hosts else ""
+    host_list = hosts(list(cells.values()))
+    md += hosts_md(host_list)
     payload = {
         "machine": machine(),
-        "hosts": [json.loads(h) for h in hosts],
+        "hosts": [json.loads(h) for h in host_list],
         "seeds": seeds,
         "protocol": {
             "model": args.model,
@@ -484,8 +401,7 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
         "pairing_stats": stats,
         "command": " ".join(sys.argv),
     }
-    write_json(args.out / "report.json", payload)
-    (args.out / "report.md").write_text(md)
+    write_report(args.out, md, payload)
     plot_mean_ci(
         summary,
         args.out / "curves.png",
@@ -524,16 +440,9 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
     return payload
 
 
-def mean_ci_from(v: dict) -> str:
-    ci = v["ci95"]
-    return f"{v['mean_score']:.3f}" + ("" if math.isnan(ci) else f" ± {ci:.3f}")
-
-
 def cell_order(rows: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     """The rows that answer the question (FIRST_ROWS) for every seed before any other row: seed-major."""
-    first = [r for r in rows if r in FIRST_ROWS]
-    rest = [r for r in rows if r not in FIRST_ROWS]
-    return [(r, s) for group in (first, rest) for s in seeds for r in group]
+    return _cell_order(rows, seeds, lambda r: 0 if r in FIRST_ROWS else 1)
 
 
 def main(argv=None) -> int:
@@ -561,13 +470,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     for row in args.rows:
         split_row(row)
-    start = time.time()
     if not args.report_only:
-        for row, seed in cell_order(args.rows, args.seeds):
-            if args.max_minutes and (time.time() - start) / 60 > args.max_minutes:
-                print("[sweep] time budget spent; rerun the same command to continue", flush=True)
-                break
-            run_cell(row, seed, args)
+        run_cells(
+            cell_order(args.rows, args.seeds), lambda row, seed: run_cell(row, seed, args), args.max_minutes
+        )
     report(args.rows, args.seeds, args)
     return 0
 

@@ -38,6 +38,7 @@ from immiscible_policy.noising import (
 from immiscible_policy.video import VIDEO_FORMATS, check_format
 
 KINDS = ("policy", "image")
+OTHER_KIND = {"policy": "image", "image": "policy"}
 # diffusers' get_scheduler names that need nothing beyond warm-up and total steps
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid")
@@ -329,6 +330,25 @@ def _looks_like(values: Mapping[str, Any], other: Mapping[str, Spec], own: Mappi
     return all(k in values for k in theirs) and not all(k in values for k in ours)
 
 
+def _a(kind: str) -> str:
+    """The article of a task kind: an image, a policy."""
+    return "an" if kind == "image" else "a"
+
+
+def _refuse_other_kind(group: str, values: Mapping[str, Any], kind: str, task: Any, subject: str) -> str:
+    """Refuse a ``trainer`` / ``model`` section of the other task kind in one line naming the group to use.
+
+    Why: checked key by key, the other kind's section would fail on its first foreign key, a message that
+    hides the real mistake (the wrong config group). Returns the hint appended to this group's
+    missing-key errors, which name the same remedy.
+    """
+    specs, defaults = {"trainer": (TRAINERS, DEFAULT_TRAINER), "model": (MODELS, DEFAULT_MODEL)}[group]
+    default, is_kind = defaults[kind], f"task {task} is {_a(kind)} {kind} task"
+    if _looks_like(values, specs[OTHER_KIND[kind]], specs[kind]):
+        raise ValueError(f"{subject} but {is_kind}; use {group}={default}.")
+    return f" ({is_kind}: use {group}={default})"
+
+
 def _suggest(name: str, candidates: list[str]) -> str | None:
     near = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return near[0] if near else None
@@ -441,15 +461,9 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
         raise ValueError(f"run_dir={show(run_dir)} is not a path; set run_dir=runs/<name>.")
 
     tr = _resolved(cfg, "trainer")
-    other = "image" if kind == "policy" else "policy"
+    other = OTHER_KIND[kind]
     name = cfg.task.get("name")
-    a_kind = f"an {kind}" if kind == "image" else f"a {kind}"
-    fix = f" (task {name} is {a_kind} task: use trainer={DEFAULT_TRAINER[kind]})"
-    if _looks_like(tr, TRAINERS[other], TRAINERS[kind]):
-        raise ValueError(
-            f"trainer is the {other} trainer's config but task {name} is {a_kind} task; "
-            f"use trainer={DEFAULT_TRAINER[kind]}."
-        )
+    fix = _refuse_other_kind("trainer", tr, kind, name, f"trainer is the {other} trainer's config")
     check_section("trainer", tr, TRAINERS[kind], what=f"the {kind} trainer", fix_missing=fix)
     if tr.get("eval_video"):
         check_format(tr["eval_video"], "trainer.eval_video")  # mp4: imageio-ffmpeg installed
@@ -467,12 +481,9 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
         raise ValueError("trainer.mixed_precision=bf16 needs CUDA; use auto or no on the CPU.")
 
     model = _resolved(cfg, "model")
-    model_fix = f" (task {name} is {a_kind} task: use model={DEFAULT_MODEL[kind]})"
-    if _looks_like(model, MODELS[other], MODELS[kind]):
-        raise ValueError(
-            f"model={model.get('name')} is {'an' if other == 'image' else 'a'} {other} model but task {name} "
-            f"is {a_kind} task; use model={DEFAULT_MODEL[kind]}."
-        )
+    model_fix = _refuse_other_kind(
+        "model", model, kind, name, f"model={model.get('name')} is {_a(other)} {other} model"
+    )
     check_section("model", model, MODELS[kind], what=f"the {kind} model", fix_missing=model_fix)
     if kind == "image":
         lengths = {k: len(model[k]) for k in ("block_out_channels", "down_block_types", "up_block_types")}

@@ -1,7 +1,6 @@
 """The logger setting and the TensorBoard dashboard, through RunLogger with a trainer-shaped record stream.
 
-The wandb dashboard, and both dashboards behind a real trainer, are tested in
-tests/image/test_loggers_train.py (one wandb start-up, ~4 s, for all of it).
+The wandb dashboard (offline, read back from its ``.wandb`` log) is tested in tests/test_loggers_wandb.py.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def test_thresholds_and_ratios_are_per_seed_against_same_objective_vanilla(sweep
     # mean curve over seeds at each common evaluation epoch
     assert [p["epoch"] for p in s["curve"]] == [5, 10, 15, 20]
     assert s["curve"][0]["mean_score"] == pytest.approx(0.55)
-    assert sweep.reach_text(r9, 2).endswith("(1/2 reached)")
+    assert sweep.reach_text(r9["epochs"], 2).endswith("(1/2 reached)")
 
 
 def test_ci_is_a_t_interval(sweep):

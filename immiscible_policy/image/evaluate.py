@@ -38,6 +38,26 @@ def fid_resize(fid_cfg: Any) -> str:
     return check_resize(fid_cfg.get("resize") or DEFAULT_RESIZE, "trainer.fid.resize")
 
 
+def seeded_samples(
+    model: nn.Module, core: NoisingCore, ds: ImageDataset, cfg: Any, **sampling: Any
+) -> Tensor:
+    """``cfg.n_samples`` samples of ``ds``' shape, noise seeded by ``cfg.seed`` (``trainer.fid`` / ``.cfd``).
+
+    Why one place: both metrics draw their samples this way, so a given section and seed always scores the
+    same noise (common random numbers between evaluations and rows). ``sampling``: :func:`generate`'s
+    ``steps``, ``sampler``, ``batch_size``, ``num_classes`` and ``bf16``.
+    """
+    return generate(
+        model,
+        core,
+        int(cfg.n_samples),
+        channels=ds.channels,
+        image_size=ds.image_size,
+        seed=int(cfg.seed),
+        **sampling,
+    )
+
+
 def fid_kid(
     model: nn.Module,
     core: NoisingCore,
@@ -60,19 +80,8 @@ def fid_kid(
 
     resize = fid_resize(fid_cfg)  # checked before sampling, not after it
     t0 = time.time()
-    fake = generate(
-        model,
-        core,
-        int(fid_cfg.n_samples),
-        channels=ds.channels,
-        image_size=ds.image_size,
-        steps=steps,
-        sampler=sampler,
-        seed=int(fid_cfg.seed),
-        batch_size=batch_size,
-        num_classes=num_classes,
-        bf16=bf16,
-    )
+    sampling = dict(steps=steps, sampler=sampler, batch_size=batch_size, num_classes=num_classes, bf16=bf16)
+    fake = seeded_samples(model, core, ds, fid_cfg, **sampling)
     t1 = time.time()
     real, ref_key = reference_images(ds, fid_cfg.n_real)
     res = evaluate_images(
@@ -147,19 +156,8 @@ def cfd_eval(
     ``cfd_sample_seconds`` (sampling).
     """
     t0 = time.time()
-    fake = generate(
-        model,
-        core,
-        int(cfd_cfg.n_samples),
-        channels=ds.channels,
-        image_size=ds.image_size,
-        steps=steps,
-        sampler=sampler,
-        seed=int(cfd_cfg.seed),
-        batch_size=batch_size,
-        num_classes=num_classes,
-        bf16=bf16,
-    )
+    sampling = dict(steps=steps, sampler=sampler, batch_size=batch_size, num_classes=num_classes, bf16=bf16)
+    fake = seeded_samples(model, core, ds, cfd_cfg, **sampling)
     out = metric(fake)
     out["cfd_sample_seconds"] = time.time() - t0 - out["cfd_seconds"]
     return out, fake

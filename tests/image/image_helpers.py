@@ -1,4 +1,8 @@
-"""Shared helpers (imported by name; tests/ has no packages): a small real image task for the trainer tests, and Hydra composition in-process."""
+"""Shared helpers: a small real image task for the trainer tests, and Hydra composition in-process.
+
+Imported by name (tests/ has no packages): pytest puts this folder on sys.path for the image tests;
+tests elsewhere (tests/metrics/test_classifier_fd.py) insert it themselves.
+"""
 
 from __future__ import annotations
 

@@ -9,12 +9,13 @@ tests use a tiny recipe (2000 images, 1 epoch: ~1-2 s); the default recipe's acc
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from immiscible_policy.image.data import default_fashion_mnist_dir
 from immiscible_policy.metrics.classifier_fd import (
     ClassifierFD,
     ClassifierRecipe,
@@ -25,9 +26,12 @@ from immiscible_policy.metrics.classifier_fd import (
     recipe_key,
 )
 
-HAVE_FMNIST = (default_fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").is_file()
+# tests/ has no packages: the image tests' helpers are imported by name from their folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "image"))
+from image_helpers import HAVE_FMNIST, TINY, compose_cfg  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
-TINY = ClassifierRecipe(epochs=3, batch_size=64, holdout=500, max_train=2000)  # ~90 steps
+TINY_RECIPE = ClassifierRecipe(epochs=3, batch_size=64, holdout=500, max_train=2000)  # ~90 steps
 
 
 @pytest.fixture(scope="module")
@@ -42,36 +46,14 @@ def tiny(fmnist_test, tmp_path_factory):
     """(extractor, held-apart real images in [-1, 1]) : trained on the first 5000 test images."""
     ds = fmnist_test
     ext = load_or_train(
-        ds.images[:5000], ds.labels[:5000], 10, TINY, cache_dir=tmp_path_factory.mktemp("cfd"), verbose=False
+        ds.images[:5000],
+        ds.labels[:5000],
+        10,
+        TINY_RECIPE,
+        cache_dir=tmp_path_factory.mktemp("cfd"),
+        verbose=False,
     )
     return ext, ds.images[5000:].float() / 127.5 - 1
-
-
-def compose_cfg(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from immiscible_policy.cli._hydra import config_dir
-
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
-def small_task_overrides() -> list[str]:
-    """Fashion-MNIST's test split at 16x16, 256 images, tiny batches (tests/image/image_helpers.py's TINY)."""
-    return [
-        "task=fashion_mnist",
-        "task.split=test",
-        "task.image_size=16",
-        "task.resize_mode=resize",
-        "task.max_images=256",
-        "trainer.batch_size=32",
-        "trainer.warmup_steps=2",
-        "trainer.num_inference_steps=3",
-        "trainer.n_grid=16",
-        "trainer.sample_batch_size=16",
-        "trainer.progress=false",
-        "trainer.fid.enabled=false",
-    ]
 
 
 def blur(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -144,7 +126,9 @@ def test_trainer_scores_cfd_and_final_steps(tmp_path):
 
     run = tmp_path / "run"
     base = [
-        *small_task_overrides(),
+        "task=fashion_mnist",  # Fashion-MNIST's test split, tiny (image_helpers.TINY)
+        "task.split=test",
+        *TINY,
         "task.class_conditional=true",
         "assigner=c2ot",
         "trainer.objective=flow",
