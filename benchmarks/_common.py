@@ -239,10 +239,15 @@ def run_cell(
 
 
 def run_cells(
-    order: list[tuple[str, int]], run: Callable[[str, int], object], max_minutes: float | None
+    order: list[tuple[str, int]],
+    run: Callable[[str, int], object],
+    max_minutes: float | None,
+    start: float | None = None,
 ) -> None:
-    """Run cells in ``order``; start none after ``max_minutes`` (a rerun of the same command continues)."""
-    start = time.time()
+    """Run cells in ``order``; start none after ``max_minutes`` (a rerun of the same command continues),
+    counted from ``start`` (a ``time.time()``; default now), so that a sweep whose setup before the cells
+    takes long (image_speedup trains its metric's classifier) can count that setup too."""
+    start = time.time() if start is None else start
     for row, seed in order:
         if max_minutes and (time.time() - start) / 60 > max_minutes:
             print("[sweep] time budget spent; rerun the same command to continue", flush=True)

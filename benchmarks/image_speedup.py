@@ -72,7 +72,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -81,10 +80,33 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, claim_cell, markdown_table, plot_mean_ci, write_json  # noqa: E402
-from pusht_speedup import ci95, git_commit, mean_ci, overrides_for  # noqa: E402
+from _common import (  # noqa: E402
+    FAST_SAMPLER,
+    RESULTS,
+    T975,
+    cell_name,  # noqa: F401  (re-exported: this sweep's cell names, e.g. flow_cond-knn_k4-s2)
+    ci95,
+    ci_text,
+    common_points,
+    first_reach,
+    git_commit,
+    hosts,
+    hosts_md,
+    load_cells,
+    machine,
+    markdown_table,
+    mean_ci,
+    plot_mean_ci,
+    reach_text,
+    run_cells,
+    seeds_text,
+    summarize_rows,
+    write_report,
+)
+from _common import cell_order as _cell_order  # noqa: E402
+from _common import row_overrides as _row_overrides  # noqa: E402
+from _common import run_cell as _run_cell  # noqa: E402
 
-FAST_SAMPLER = {"epsilon": "ddim", "v_prediction": "ddim", "sample": "ddim", "flow": "euler"}
 FINAL_STEPS = (1, 2, 4, 8, 16)
 FIRST_ROWS = ["flow/vanilla", "flow/knn:k=4", "flow/linear", "flow+cond/vanilla", "flow+cond/c2ot"]
 REST_ROWS = [
@@ -96,7 +118,6 @@ REST_ROWS = [
     "epsilon/scale",
 ]
 GPU_ROWS = ["flow/vanilla", "flow/knn:k=4", "flow/linear", "flow+cond/vanilla", "flow+cond/c2ot"]
-T975 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -119,26 +140,16 @@ def vanilla_of(row: str) -> str:
     return f"{objective}{'+cond' if cond else ''}/vanilla"
 
 
-def cell_name(row: str, seed: int) -> str:
-    safe = row.replace("/", "-").replace("+", "_").replace(":", "_").replace(",", "_").replace("=", "")
-    return f"{safe}-s{seed}"
-
-
 def row_overrides(row: str, sample_steps: int) -> list[str]:
-    """Hydra overrides of a row: assigner (pusht_speedup's rules), objective, its fast sampler, labels."""
+    """Hydra overrides of a row: _common.row_overrides (assigner, objective, its fast sampler at
+    ``sample_steps``) plus the labels for ``+cond``, the one part PushT rows do not have."""
     objective, cond, label = split_row(row)
-    out = [
-        o for o in overrides_for(f"{objective}/{label}") if not o.startswith("trainer.num_inference_steps")
-    ]
-    out.append(f"trainer.num_inference_steps={sample_steps}")
-    return out + (["task.class_conditional=true"] if cond else [])
+    return _row_overrides(objective, label, sample_steps) + (["task.class_conditional=true"] if cond else [])
 
 
 def cell_order(rows: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     """Vanilla rows first (the power phase), then the paper's question rows, then the rest: seed-major."""
-    rank = {r: (0 if r.endswith("/vanilla") else 1 if r in FIRST_ROWS else 2) for r in rows}
-    groups = [[r for r in rows if rank[r] == g] for g in (0, 1, 2)]
-    return [(r, s) for group in groups for s in seeds for r in group]
+    return _cell_order(rows, seeds, lambda r: 0 if r.endswith("/vanilla") else 1 if r in FIRST_ROWS else 2)
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -185,8 +196,6 @@ def settings(args, seed: int | None = None) -> list[str]:
 
 def cell_from_records(row: str, seed: int, records: list[dict], args) -> dict:
     """The cell JSON from a finished run's metrics.jsonl records (pure: tested on synthetic records)."""
-    from immiscible_policy.host import host_record
-
     objective, cond, label = split_row(row)
     evals = [r for r in records if "cfd" in r]
     last = evals[-1]
@@ -211,50 +220,29 @@ def cell_from_records(row: str, seed: int, records: list[dict], args) -> dict:
             for k in ("noise_norm_ratio", "noise_proj_x0", "assign_ms")
             if any(k in r for r in records)
         },
-        "machine": host_record(),
+        "machine": machine(),
         "git_commit": git_commit(),
     }
 
 
 def run_cell(row: str, seed: int, args) -> dict | None:
-    done = args.out / "cells" / f"{cell_name(row, seed)}.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    run_dir = args.out / "runs" / cell_name(row, seed)
-    if not claim_cell(run_dir):
-        print(f"[sweep] {row} seed {seed} is being run by another worker; skipping it here", flush=True)
-        return None
-    cmd = [
-        sys.executable,
-        "-c",
-        "import sys; from immiscible_policy.cli.train import main; sys.exit(main())",
-        *row_overrides(row, args.sample_steps),
-        *settings(args, seed),
-        f"trainer.seed={seed}",
-        f"run_dir={run_dir}",
-        "resume=auto",  # continues from the last checkpoint, or starts fresh when there is none
-        *args.override,
-    ]
-    state = "resuming" if (run_dir / "checkpoints" / "last").exists() else "starting"
-    print(f"[sweep] {state} {row} seed {seed}: {' '.join(cmd[3:])}", flush=True)
-    t0 = time.time()
-    if subprocess.run(cmd, env={**os.environ}).returncode != 0:
-        print(f"[sweep] cell {row} seed {seed} failed", flush=True)
-        return None
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    cell = cell_from_records(row, seed, records, args)
-    cell["cell_wall_min"] = (time.time() - t0) / 60
-    cell["overrides"] = cmd[3:]
-    write_json(done, cell)
-    return cell
+    """The cell's JSON: finished, or trained now by _common.run_cell (None when another worker has it or
+    training failed)."""
+    overrides = [*row_overrides(row, args.sample_steps), *settings(args, seed), f"trainer.seed={seed}"]
+
+    def build(run_dir: Path, records: list[dict], wall_min: float, cmd_overrides: list[str]) -> dict:
+        cell = cell_from_records(row, seed, records, args)
+        return {**cell, "cell_wall_min": wall_min, "overrides": cmd_overrides}
+
+    return _run_cell(args.out, row, seed, overrides, args.override, build)
 
 
 # ------------------------------------------------------------------------------------------------ report
 
 
-def first_reach(curve: list[dict], target: float) -> int | None:
-    """First evaluated step whose CFD is at or below ``target`` (lower is better)."""
-    return next((p["step"] for p in curve if p["cfd"] <= target), None)
+def step_reaching(curve: list[dict], target: float) -> int | None:
+    """First evaluated step whose CFD is at or below ``target`` (lower is better, unlike PushT's score)."""
+    return first_reach(curve, "step", lambda p: p["cfd"] <= target)
 
 
 def power(finals: list[float], n: int = 3) -> dict:
@@ -294,25 +282,22 @@ def verdict(row: dict, base: dict | None) -> str:
 
 def summarize_row(row: str, got: list[dict], base: dict[int, dict], target: float | None) -> dict:
     """Mean/CI over seeds; steps to ``target`` (vanilla's mean final CFD) per seed, ratios vs vanilla."""
-    common = sorted(set.intersection(*[{p["step"] for p in c["curve"]} for c in got]))
-    curve = []
-    for s in common:
-        vals = [next(p["cfd"] for p in c["curve"] if p["step"] == s) for c in got]
-        curve.append(
-            {
-                "step": s,
-                "cfd": float(np.mean(vals)),
-                "cfd_ci95": ci95(vals),
-                "cfd_min": float(np.min(vals)),
-                "cfd_max": float(np.max(vals)),
-            }
-        )
+    curve = [
+        {
+            "step": s,
+            "cfd": float(np.mean(vals)),
+            "cfd_ci95": ci95(vals),
+            "cfd_min": float(np.min(vals)),
+            "cfd_max": float(np.max(vals)),
+        }
+        for s, vals in common_points(got, "step", "cfd")
+    ]
     reach: dict = {"target": target, "per_seed": {}, "steps": [], "ratios": []}
     if target is not None:
         for c in got:
-            st = first_reach(c["curve"], target)
+            st = step_reaching(c["curve"], target)
             b = base.get(c["seed"])
-            bs = first_reach(b["curve"], target) if b else None
+            bs = step_reaching(b["curve"], target) if b else None
             reach["per_seed"][c["seed"]] = {"step": st, "vanilla_step": bs}
             if st is not None:
                 reach["steps"].append(st)
@@ -358,29 +343,21 @@ def rank_correlation(cells: list[dict]) -> dict:
     return {"n": len(pairs), "spearman": float(rho)}
 
 
-def load_cells(out: Path) -> dict[tuple[str, int], dict]:
-    cells = {}
-    for f in sorted((out / "cells").glob("*.json")):
-        c = json.loads(f.read_text())
-        if "row" in c and "cfd" in (c.get("curve") or [{}])[-1]:
-            cells[(c["row"], c["seed"])] = c
-    return cells
+def has_cfd(cell: dict) -> bool:
+    """Cells scored by CFD; older cells (the v1 sweep's Inception-only format) are left out of the report."""
+    return "cfd" in (cell.get("curve") or [{}])[-1]
 
 
 def build_summary(rows: list[str], seeds: list[int], cells: dict) -> list[dict]:
-    all_rows = list(dict.fromkeys(rows + [k[0] for k in cells]))
-    by_row = {}
-    for row in all_rows:
-        got = [cells[(row, s)] for s in seeds if (row, s) in cells]
-        missing = [s for s in seeds if (row, s) not in cells]
-        if not got:
-            by_row[row] = {"row": row, "label": row, "n_seeds": 0, "missing_seeds": missing}
-            continue
-        vrow = vanilla_of(row)
-        base = {s: cells[(vrow, s)] for s in seeds if (vrow, s) in cells}
+    """_common.summarize_rows with vanilla's mean final CFD as each row's target, then every row's verdict
+    against its vanilla (which needs all rows summarized first)."""
+
+    def summarize(row: str, got: list[dict], missing: list[int], base: dict[int, dict]) -> dict:
         target = float(np.mean([c["curve"][-1]["cfd"] for c in base.values()])) if base else None
-        by_row[row] = {"missing_seeds": missing, **summarize_row(row, got, base, target)}
-    summary = [by_row[r] for r in all_rows]
+        return {"missing_seeds": missing, **summarize_row(row, got, base, target)}
+
+    summary = summarize_rows(rows, seeds, cells, vanilla_of, summarize)
+    by_row = {s["row"]: s for s in summary}
     for s in summary:
         if s.get("n_seeds"):
             s["verdict"] = verdict(s, by_row.get(vanilla_of(s["row"])))
@@ -388,16 +365,9 @@ def build_summary(rows: list[str], seeds: list[int], cells: dict) -> list[dict]:
 
 
 def report(rows: list[str], seeds: list[int], args) -> dict:
-    cells = load_cells(args.out)
+    cells = load_cells(args.out, has_cfd)
     summary = build_summary(rows, seeds, cells)
     n = len(seeds)
-
-    def seeds_txt(s):
-        return f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
-
-    def ci_txt(mean, half, digits=2):
-        return f"{mean:.{digits}f}" + ("" if half is None or math.isnan(half) else f" ± {half:.{digits}f}")
-
     main_rows, step_rows, curve_rows = [], [], []
     eval_steps = sorted({p["step"] for s in summary if s.get("n_seeds") for p in s["curve"]})
     for s in summary:
@@ -405,21 +375,14 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
             main_rows.append([s["row"], f"0/{n} (missing)"] + [""] * 6)
             continue
         r = s["reach"]
-        if r["target"] is None:
-            reach_txt = "no baseline"
-        elif not r["steps"]:
-            reach_txt = f"not reached (0/{s['n_seeds']})"
-        else:
-            reach_txt = mean_ci([float(x) for x in r["steps"]], 0) + (
-                "" if len(r["steps"]) == s["n_seeds"] else f" ({len(r['steps'])}/{s['n_seeds']} reached)"
-            )
+        reach_txt = "no baseline" if r["target"] is None else reach_text(r["steps"], s["n_seeds"], 0)
         is_base = s["row"].endswith("/vanilla")
         main_rows.append(
             [
                 s["row"],
-                seeds_txt(s),
-                ci_txt(s["final_cfd"], s["final_ci95"]),
-                "" if s["final_fid"] is None else ci_txt(s["final_fid"], s["final_fid_ci95"], 1),
+                seeds_text(s, n),
+                ci_text(s["final_cfd"], s["final_ci95"], 2),
+                "" if s["final_fid"] is None else ci_text(s["final_fid"], s["final_fid_ci95"], 1),
                 reach_txt,
                 "" if is_base or not r["ratios"] else mean_ci(r["ratios"], 2),
                 s["verdict"],
@@ -428,12 +391,13 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
         )
         fs = s["final_steps"]
         step_rows.append(
-            [s["row"], seeds_txt(s)]
-            + [ci_txt(fs[str(k)]["cfd"], fs[str(k)]["ci95"]) if str(k) in fs else "" for k in FINAL_STEPS]
+            [s["row"], seeds_text(s, n)]
+            + [ci_text(fs[str(k)]["cfd"], fs[str(k)]["ci95"], 2) if str(k) in fs else "" for k in FINAL_STEPS]
         )
         pts = {p["step"]: p for p in s["curve"]}
         curve_rows.append(
-            [s["row"]] + [ci_txt(pts[e]["cfd"], pts[e]["cfd_ci95"]) if e in pts else "" for e in eval_steps]
+            [s["row"]]
+            + [ci_text(pts[e]["cfd"], pts[e]["cfd_ci95"], 2) if e in pts else "" for e in eval_steps]
         )
     p = args
     md = (
@@ -513,19 +477,12 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
         + ("n/a" if rho["spearman"] is None else f"{rho['spearman']:.2f}")
         + f" over {rho['n']} cells.\n"
     )
-    hosts = sorted(
-        {
-            json.dumps({k: v for k, v in c["machine"].items() if k != "date"}, sort_keys=True)
-            for c in cells.values()
-        }
-    )
-    md += "\n### Hosts\n\n" + "\n".join(f"- `{h}`" for h in hosts) + "\n" if hosts else ""
+    host_list = hosts(list(cells.values()))
+    md += hosts_md(host_list)
     md += f"\nCommand: `python {' '.join(a for a in sys.argv if a != '--report-only')}`\n"
-    from immiscible_policy.host import host_record
-
     payload = {
-        "machine": host_record(),
-        "hosts": [json.loads(h) for h in hosts],
+        "machine": machine(),
+        "hosts": [json.loads(h) for h in host_list],
         "seeds": seeds,
         "protocol": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
         "final_steps": list(FINAL_STEPS),
@@ -534,8 +491,7 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
         "rank_correlation": rho,
         "command": " ".join(sys.argv),
     }
-    write_json(args.out / "report.json", payload)
-    (args.out / "report.md").write_text(md)
+    write_report(args.out, md, payload)
     plot_mean_ci(
         summary,
         args.out / "curves.png",
@@ -769,11 +725,12 @@ def main(argv=None) -> int:
             if any(codes):
                 print(f"[sweep] worker exit codes {codes}", flush=True)
         else:
-            for row, seed in cell_order(args.rows, args.seeds):
-                if args.max_minutes and (time.time() - start) / 60 > args.max_minutes:
-                    print("[sweep] time budget spent; rerun the same command to continue", flush=True)
-                    break
-                run_cell(row, seed, args)
+            run_cells(
+                cell_order(args.rows, args.seeds),
+                lambda row, seed: run_cell(row, seed, args),
+                args.max_minutes,
+                start=start,  # the budget counts prepare_metric's classifier training too, as before
+            )
     if not args.no_report:
         report(args.rows, args.seeds, args)
     return 0

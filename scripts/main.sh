@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's main job: set up, train a PushT diffusion policy on the human demos with the CPU default
-# (small budget), then evaluate the EMA policy on the 50 standard test seeds.
+# The README's main job: set up, train a PushT diffusion policy on the human demos with the quickstart
+# (1.2M-parameter U-Net, rectified flow, 20 epochs), then evaluate the EMA policy on the 50 standard test seeds.
 #   bash scripts/main.sh [PATH/TO/pusht_cchi_v7_replay.zarr] [extra Hydra overrides...]
 # Demos are looked up in $IMMISCIBLE_PUSHT_ZARR, then ../shared/data/pusht/ beside the project.
 set -euo pipefail
@@ -15,7 +15,7 @@ export IMMISCIBLE_PUSHT_ZARR="$zarr"
 bash scripts/setup.sh
 run="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
 start=$(date +%s)
-# The quickstart: the sweep model with trainer=quickstart (20 epochs, lr 1e-3, DDIM-16 evaluation);
+# The quickstart: the sweep model with trainer=quickstart (rectified flow, 20 epochs, lr 1e-3, Euler-16);
 # the bigger CPU default is `model=unet1d_cpu trainer=cpu_default` (append them to this command).
 .venv/bin/immiscible-train task=pusht assigner=vanilla model=unet1d_sweep trainer=quickstart \
   trainer.epochs=${EPOCHS:-20} run_dir="$run" "$@"

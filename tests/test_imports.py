@@ -202,3 +202,18 @@ def test_isolated_imports_catch_a_cycle(tmp_path):
 )
 def test_former_import_paths_still_work(statement):
     exec(statement, {})
+
+
+def test_every_cli_module_is_a_console_script():
+    """Each ``immiscible_policy/cli/<name>.py`` with a ``main`` is installed as ``immiscible-<name>`` (the
+    docs call the commands by that name; ``immiscible-convert`` was once left out)."""
+    import tomllib
+
+    root = PACKAGE_DIR.parent
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    for module in sorted((PACKAGE_DIR / "cli").glob("[!_]*.py")):
+        if "\ndef main(" in module.read_text():
+            name = f"immiscible-{module.stem}"
+            assert scripts.get(name) == f"immiscible_policy.cli.{module.stem}:main", (
+                f"{name} not in pyproject"
+            )
