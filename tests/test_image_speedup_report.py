@@ -162,3 +162,33 @@ def test_gpu_recipe_smoke_runs_on_cpu(tmp_path):
     )
     assert report["rank_correlation"]["n"] == 6  # --gpu scores every seed by Inception FID
     assert (tmp_path / "out" / "curves.png").is_file() and (tmp_path / "out" / "steps.png").is_file()
+
+
+def test_smoke_sweep_trains_two_cells_and_writes_the_report(tmp_path):
+    """``image_speedup.py --smoke`` for real (two tiny cells through ``immiscible-train``, no Inception FID):
+    cells with CFD curves and the final 1..16-step scores, a rerun skips them, and the report files."""
+    import os
+    import subprocess
+
+    from immiscible_policy.image.data import default_fashion_mnist_dir
+
+    if not (default_fashion_mnist_dir() / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST (dataset-fashion-mnist) not installed")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--rows", "flow/vanilla", "flow+cond/c2ot", "--seeds", "0"]
+    cmd += ["--fid-seeds", "1", "--out", str(out)]  # Inception FID only for seed 1, which is not run
+    env = {**os.environ, "IMMISCIBLE_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cells = sorted(p.name for p in (out / "cells").glob("*.json"))
+    assert cells == ["flow-vanilla-s0.json", "flow_cond-c2ot-s0.json"]
+    for name in cells:
+        cell = json.loads((out / "cells" / name).read_text())
+        assert [p["step"] for p in cell["curve"]] == [4, 8] and all(p["cfd"] > 0 for p in cell["curve"])
+        assert set(cell["final"]) == {"1", "2", "4", "8", "16"}
+        assert cell["machine"]["cpu_model"] and cell["overrides"]
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "starting" not in again.stdout  # finished cells are not retrained
+    report = json.loads((out / "report.json").read_text())
+    assert {s["row"] for s in report["summary"] if s.get("n_seeds")} == {"flow/vanilla", "flow+cond/c2ot"}
+    assert (out / "report.md").read_text().count("flow+cond/c2ot") >= 2
