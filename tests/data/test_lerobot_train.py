@@ -83,7 +83,7 @@ def test_bad_lerobot_settings_are_one_line(tmp_path):
 
 
 @needs_pusht
-@pytest.mark.slow  # PushT rollouts (~13 s here); the eval_env=none test keeps the trainer path fast
+# fast on purpose (~13 s): training from a LeRobotDataset and scoring it by PushT rollouts is this family's main path
 def test_converted_pusht_trains_and_rolls_out_in_pusht(tmp_path):
     from immiscible_policy.cli.convert import main
 
