@@ -51,7 +51,7 @@ ROWS = {
 }
 
 
-def overrides(row: str, args) -> list[str]:
+def overrides(row: str, seed: int, args) -> list[str]:
     """The row's task and model, then the protocol every row shares."""
     return [
         *ROWS[row],
@@ -59,7 +59,7 @@ def overrides(row: str, args) -> list[str]:
         f"trainer.epochs={args.epochs}",
         f"trainer.eval_every_epochs={args.eval_every}",
         f"trainer.checkpoint_every_epochs={args.eval_every}",
-        "trainer.seed={seed}",
+        f"trainer.seed={seed}",
         "trainer.progress=false",
     ]
 
@@ -83,14 +83,18 @@ def train(row: str, seed: int, args) -> dict | None:
             "overrides": cmd,
         }
 
-    ov = [o.replace("{seed}", str(seed)) for o in overrides(row, args)]
-    return run_cell(args.out, row, seed, ov, args.override, build)
+    return run_cell(args.out, row, seed, overrides(row, seed, args), args.override, build)
 
 
 def score_at_minutes(cell: dict, minutes: float) -> tuple[int, float] | None:
     """(epoch, score) of the last evaluation whose training minutes are within ``minutes``."""
     done = [p for p in cell["curve"] if p["train_min"] <= minutes + 1e-9]
     return (done[-1]["epoch"], done[-1]["mean_score"]) if done else None
+
+
+def at_text(at: tuple[int, float] | None) -> str:
+    """'10, 0.910' for a score_at_minutes result; '-' when no evaluation fell within the minutes."""
+    return "-" if not at else "{}, {:.3f}".format(*at)
 
 
 def report(args) -> dict:
@@ -119,25 +123,22 @@ def report(args) -> dict:
         "when there are several). Training minutes: wall clock of training only (evaluations excluded).\n"
     )
     same = []
-    pix, key = by_row["pixels"], by_row["keypoints"]
-    if pix and key:
-        for c in pix:
-            budget = c["curve"][-1]["train_min"]
-            for k in key:
-                if k["seed"] == c["seed"]:
-                    at = score_at_minutes(k, budget)
-                    half = score_at_minutes(c, k["curve"][-1]["train_min"])
-                    same.append(
-                        {
-                            "seed": c["seed"],
-                            "pixels_minutes": budget,
-                            "pixels_score": c["curve"][-1]["mean_score"],
-                            "keypoints_at_those_minutes": at,
-                            "keypoints_minutes": k["curve"][-1]["train_min"],
-                            "keypoints_score": k["curve"][-1]["mean_score"],
-                            "pixels_at_keypoints_minutes": half,
-                        }
-                    )
+    for c in by_row["pixels"]:
+        k = cells.get(("keypoints", c["seed"]))  # the same seed's keypoint cell
+        if k is None:
+            continue
+        same.append(
+            {
+                "seed": c["seed"],
+                "pixels_minutes": c["curve"][-1]["train_min"],
+                "pixels_score": c["curve"][-1]["mean_score"],
+                "keypoints_at_those_minutes": score_at_minutes(k, c["curve"][-1]["train_min"]),
+                "keypoints_minutes": k["curve"][-1]["train_min"],
+                "keypoints_score": k["curve"][-1]["mean_score"],
+                "pixels_at_keypoints_minutes": score_at_minutes(c, k["curve"][-1]["train_min"]),
+            }
+        )
+    if same:
         md += (
             "\n### The same minutes\n\n"
             + markdown_table(
@@ -152,13 +153,9 @@ def report(args) -> dict:
                     [
                         s["seed"],
                         f"{s['pixels_minutes']:.1f}, {s['pixels_score']:.3f}",
-                        "-"
-                        if not s["keypoints_at_those_minutes"]
-                        else "{}, {:.3f}".format(*s["keypoints_at_those_minutes"]),
+                        at_text(s["keypoints_at_those_minutes"]),
                         f"{s['keypoints_minutes']:.1f}, {s['keypoints_score']:.3f}",
-                        "-"
-                        if not s["pixels_at_keypoints_minutes"]
-                        else "{}, {:.3f}".format(*s["pixels_at_keypoints_minutes"]),
+                        at_text(s["pixels_at_keypoints_minutes"]),
                     ]
                     for s in same
                 ],
