@@ -174,11 +174,23 @@ def cell_name(row: str, seed: int) -> str:
     return f"{safe}-s{seed}"
 
 
-def cell_order(rows: list[str], seeds: list[int], rank: Callable[[str], int]) -> list[tuple[str, int]]:
+#: seeds of every row, or per row (a row absent from the mapping gets every seed the mapping names)
+Seeds = list[int] | dict[str, list[int]]
+
+
+def row_seeds(seeds: Seeds, row: str) -> list[int]:
+    """The seeds ``row`` is planned with: the list itself, or the row's entry of a per-row plan."""
+    if isinstance(seeds, dict):
+        return seeds.get(row, sorted({s for v in seeds.values() for s in v}))
+    return list(seeds)
+
+
+def cell_order(rows: list[str], seeds: Seeds, rank: Callable[[str], int]) -> list[tuple[str, int]]:
     """Rows grouped by ``rank`` (lowest first), seed-major within a group: every seed of the rows that
     matter most runs before any other row, so a short sitting still answers the question."""
     ranks = sorted({rank(r) for r in rows})
-    return [(r, s) for g in ranks for s in seeds for r in rows if rank(r) == g]
+    every = sorted({s for r in rows for s in row_seeds(seeds, r)})
+    return [(r, s) for g in ranks for s in every for r in rows if rank(r) == g and s in row_seeds(seeds, r)]
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -315,7 +327,7 @@ def common_points(cells: list[dict], x: str, y: str) -> list[tuple[int, list[flo
 
 def summarize_rows(
     rows: list[str],
-    seeds: list[int],
+    seeds: Seeds,
     cells: dict[tuple[str, int], dict],
     baseline: Callable[[str], str],
     summarize: Callable[[str, list[dict], list[int], dict[int, dict]], dict],
@@ -324,18 +336,20 @@ def summarize_rows(
     missing seeds, the baseline row's cells by seed)``, or a stub naming the missing seeds if it has none."""
     summary = []
     for row in dict.fromkeys(rows + [k[0] for k in cells]):
-        got = [cells[(row, s)] for s in seeds if (row, s) in cells]
-        missing = [s for s in seeds if (row, s) not in cells]
+        planned = row_seeds(seeds, row)
+        got = [cells[(row, s)] for s in planned if (row, s) in cells]
+        missing = [s for s in planned if (row, s) not in cells]
         if not got:
             summary.append({"row": row, "label": row, "n_seeds": 0, "missing_seeds": missing})
             continue
-        base = {s: cells[(baseline(row), s)] for s in seeds if (baseline(row), s) in cells}
+        base = {s: cells[(baseline(row), s)] for s in planned if (baseline(row), s) in cells}
         summary.append(summarize(row, got, missing, base))
     return summary
 
 
-def seeds_text(s: dict, n: int) -> str:
-    """'2/3 (missing [2])': a summary entry's seeds out of ``n``."""
+def seeds_text(s: dict) -> str:
+    """'2/3 (missing [2])': a summary entry's seeds out of the seeds planned for its row."""
+    n = s["n_seeds"] + len(s["missing_seeds"])
     return f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
 
 

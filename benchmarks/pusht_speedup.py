@@ -292,19 +292,18 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
         },
     )
     all_rows = [s["row"] for s in summary]
-    n = len(seeds)
     main_rows, step_rows = [], []
     for s in summary:
         if not s.get("n_seeds"):
-            main_rows.append([s["row"], f"0/{n} (missing)"] + [""] * 9)
-            step_rows.append([s["row"], f"0/{n}"] + [""] * (len(FINAL_STEPS) + 1))
+            main_rows.append([s["row"], seeds_text(s)] + [""] * 9)
+            step_rows.append([s["row"], seeds_text(s)] + [""] * (len(FINAL_STEPS) + 1))
             continue
         r8, r9 = s["reach"]["0.8"], s["reach"]["0.9"]
         is_base = s["row"].endswith("/vanilla")
         main_rows.append(
             [
                 s["row"],
-                seeds_text(s, n),
+                seeds_text(s),
                 mean_ci(s["final_scores"]),
                 reach_text(r8["epochs"], s["n_seeds"]),
                 "" if is_base else mean_ci(r8["ratios"], 2),
@@ -322,7 +321,7 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
         for sampler, steps in [(FAST_SAMPLER[objective], k) for k in FINAL_STEPS] + [("ddpm", 100)]:
             v = fs.get(f"{sampler}-{steps}")
             cols.append("" if v is None else ci_text(v["mean_score"], v["ci95"]))
-        step_rows.append([s["row"], seeds_text(s, n), *cols])
+        step_rows.append([s["row"], seeds_text(s), *cols])
     md = (
         f"### PushT: EMA policy on the 50 standard test starts ({args.model}, batch {args.batch_size}, "
         f"AdamW lr {args.lr:g} cosine, {args.epochs} epochs, "

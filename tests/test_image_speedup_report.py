@@ -94,17 +94,50 @@ def test_steps_to_vanilla_final_and_verdicts(sweep):
     assert bad["flow/bad"]["verdict"] == "slower" and bad["flow/bad"]["reach"]["steps"] == []
 
 
-def test_power_uses_the_t_interval_of_three_seeds(sweep):
+def test_power_uses_the_t_interval_of_the_planned_seeds(sweep):
     p = sweep.power([10.0, 11.0, 12.0], n=3)
     assert p["sd"] == pytest.approx(1.0)
     assert p["ci95_half"] == pytest.approx(4.30 / math.sqrt(3))
     assert p["detectable_pct"] == pytest.approx(100 * 4.30 / math.sqrt(3) / 11)
     assert p["disjoint_pct"] == pytest.approx(2 * p["detectable_pct"]) and not p["meets_15pct"]
     assert sweep.power([100.0, 101.0, 100.5], n=3)["meets_15pct"]
+    # CV 4%: 3 seeds put a 15% difference outside both intervals (9.9%) though the intervals still
+    # overlap (19.9%): the criterion is the first
+    p = sweep.power([96.0, 100.0, 104.0], n=3)
+    assert (
+        p["detectable_pct"] == pytest.approx(9.93, abs=0.01) and p["disjoint_pct"] > 15 and p["meets_15pct"]
+    )
+    # CV 8% (the flow rows): 3 seeds detect only ~20%, 5 seeds ~10%
+    spread = [92.0, 100.0, 108.0]
+    assert not sweep.power(spread, n=3)["meets_15pct"] and sweep.power(spread, n=5)["meets_15pct"]
+    assert sweep.power(spread, n=5)["ci95_half"] == pytest.approx(2.78 * 8 / math.sqrt(5))
+
+
+def test_cpu_seed_plan_five_unconditional_three_conditional(sweep, tmp_path):
+    args = sweep.parse(
+        ["--out", str(tmp_path), "--rows", "flow/vanilla", "flow+cond/c2ot", "flow+cond/vanilla"]
+    )
+    assert args.seeds == {
+        "flow/vanilla": [0, 1, 2, 3, 4],
+        "flow+cond/c2ot": [0, 1, 2],
+        "flow+cond/vanilla": [0, 1, 2],
+    }
+    order = sweep.cell_order(args.rows, args.seeds)
+    assert len(order) == 11 and ("flow+cond/c2ot", 3) not in order and ("flow/vanilla", 4) in order
+    assert order[:5] == [("flow/vanilla", 0), ("flow+cond/vanilla", 0), ("flow/vanilla", 1), *order[3:5]]
+    assert sweep.parse(["--rows", "flow+cond/c2ot", "--seeds", "7"]).seeds == [7]
+    assert sweep.parse(["--gpu"]).seeds == [0, 1, 2]
+    cells = {(r, s): make_cell(r, s, [20, 10 + s]) for r, s in order if s < 3}
+    summary = {s["row"]: s for s in sweep.build_summary(args.rows, args.seeds, cells)}
+    assert sweep.seeds_text(summary["flow+cond/c2ot"]) == "3/3"
+    assert sweep.seeds_text(summary["flow/vanilla"]) == "3/5 (missing [3, 4])"
+    # each row's baseline is taken on the row's own seeds
+    assert summary["flow+cond/c2ot"]["reach"]["per_seed"].keys() == {0, 1, 2}
 
 
 def test_report_writes_tables_power_and_plots(sweep, tmp_path):
-    args = sweep.parse(["--out", str(tmp_path), "--rows", "flow/vanilla", "flow/linear", "--report-only"])
+    rows = ["--rows", "flow/vanilla", "flow/linear", "--seeds", "0", "1", "2", "--report-only"]
+    args = sweep.parse(["--out", str(tmp_path), *rows])
     for s in (0, 1, 2):
         for row, base in (("flow/vanilla", 15), ("flow/linear", 10)):
             cell = make_cell(row, s, [base + 10, base + 0.2 * s], fid=base * 4 + s)

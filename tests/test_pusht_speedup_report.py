@@ -120,7 +120,7 @@ def test_report_marks_missing_cells_and_writes_steps_table(sweep, tmp_path):
     args.no_stats, args.override = True, []
     payload = sweep.report(["epsilon/vanilla", "flow/c2ot"], [0, 1, 2], args)
     md = (tmp_path / "report.md").read_text()
-    assert "| flow/c2ot | 0/3 (missing)" in md
+    assert "| flow/c2ot | 0/3 (missing [0, 1, 2])" in md
     assert "| epsilon/vanilla | 2/3 (missing [2])" in md
     row = next(s for s in payload["summary"] if s["row"] == "epsilon/vanilla")
     assert row["final_steps"]["ddpm-100"]["mean_score"] == pytest.approx(0.9)
