@@ -26,6 +26,7 @@ Writes benchmarks/results/pusht_pixels/{report.json, report.md}.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -162,8 +163,9 @@ def report(args) -> dict:
             )
             + "\n"
         )
-    if args.note:
-        md += f"\nConditions: {args.note}\n"
+    note = args.note or previous_note(args.out)
+    if note:
+        md += f"\nConditions: {note}\n"
     host_list = hosts(list(cells.values()))
     md += hosts_md(host_list)
     payload = {
@@ -173,7 +175,7 @@ def report(args) -> dict:
             "rows": ROWS,
             "trainer": "quickstart",
         },
-        "note": args.note,
+        "note": note,
         "cells": [cells[k] for k in sorted(cells)],
         "same_minutes": same,
         "hosts": host_list,
@@ -185,13 +187,26 @@ def report(args) -> dict:
     return payload
 
 
+def previous_note(out: Path) -> str:
+    """The conditions note of the last report: it describes how the cells trained, so a ``--report-only``
+    without ``--note`` keeps it instead of dropping it."""
+    try:
+        return json.loads((out / "report.json").read_text()).get("note", "")
+    except (OSError, ValueError):
+        return ""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--note", default="", help="how the machine was shared while the cells trained")
+    p.add_argument(
+        "--note",
+        default="",
+        help="how the machine was shared while the cells trained (default: the last report's)",
+    )
     p.add_argument("--max-minutes", type=float, default=None, help="start no new cell after this long")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--out", type=Path, default=OUT)

@@ -67,3 +67,8 @@ def test_report_compares_rows_at_the_same_minutes(bench, tmp_path):
         and "| keypoints | 1 | 0.400 | 0.900 | 1.00 | 0 |" in md
     )
     assert "Conditions: quiet" in md and "### Hosts" in md
+    # a later --report-only without --note keeps the conditions the cells trained under; a new note wins
+    bench.report(argparse.Namespace(out=tmp_path, epochs=10, eval_every=5, note=""))
+    assert "Conditions: quiet" in (tmp_path / "report.md").read_text()
+    bench.report(argparse.Namespace(out=tmp_path, epochs=10, eval_every=5, note="shared"))
+    assert "Conditions: shared" in (tmp_path / "report.md").read_text()
