@@ -68,7 +68,7 @@ from _common import run_cell as _run_cell  # noqa: E402
 OUT = RESULTS / "pusht_speedup"
 THRESHOLDS = (0.8, 0.9)
 FIRST_ROWS = ["epsilon/vanilla", "epsilon/c2ot", "flow/vanilla", "flow/c2ot"]
-REST_ROWS = ["epsilon/knn", "epsilon/linear", "flow/linear"]
+REST_ROWS = ["epsilon/knn", "epsilon/linear", "flow/linear", "epsilon/scale", "flow/scale"]
 FAST_STEPS = 16
 FINAL_STEPS = (1, 2, 4, 8, 16)
 EXTRA_FINAL = {"epsilon": [("ddpm", 100)]}
