@@ -592,10 +592,13 @@ def _check_device(tr: Mapping[str, Any]) -> Any:
 
 def _check_assigner(cfg: Any, tr: Mapping[str, Any], kind: str, task: Mapping[str, Any]) -> Any:
     """Build the assigner (its own one-line errors name the name or param) and check its fit."""
+    from immiscible_policy.pairing_schedule import PairingSchedule, check_schedule_fits
     from immiscible_policy.parallel import assigner_distributed
     from immiscible_policy.registry import create_from_config
 
-    assigner = create_from_config(_resolved(cfg, "assigner"))
+    assigner_cfg = _resolved(cfg, "assigner")
+    assigner = create_from_config(assigner_cfg)
+    check_schedule_fits(PairingSchedule.from_config(assigner_cfg), assigner)
     if kind == "image" and assigner.uses_cond and not task.get("class_conditional", False):
         raise ValueError(
             f"assigner {assigner.name!r} pairs noise within conditions, but task {task.get('name')!r} is "

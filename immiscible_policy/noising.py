@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 
 from immiscible_policy.assigners.base import Assigner
+from immiscible_policy.pairing import ScheduledPairing
+from immiscible_policy.pairing_schedule import PairingSchedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 OBJECTIVES = (*PREDICTION_TYPES, "flow")
@@ -130,11 +132,18 @@ class NoisingCore:
         scheduler: a diffusers ``DDPMScheduler``/``DDIMScheduler`` (prediction types epsilon,
             v_prediction, sample) or :class:`RectifiedFlow`.
         assigner: any :class:`~immiscible_policy.assigners.base.Assigner`.
+        schedule: which share of each batch is paired at an epoch
+            (:class:`~immiscible_policy.pairing_schedule.PairingSchedule`; default: all rows, always).
+            The trainer says which epoch a step belongs to with :meth:`set_epoch` (as
+            ``DistributedSampler.set_epoch``); training and validation losses then pair alike.
     """
 
-    def __init__(self, scheduler: Any, assigner: Assigner) -> None:
+    def __init__(self, scheduler: Any, assigner: Assigner, schedule: PairingSchedule | None = None) -> None:
         self.scheduler = scheduler
         self.assigner = assigner
+        self.pairing = ScheduledPairing(assigner, schedule)
+        self.schedule = self.pairing.schedule
+        self.epoch = 0
         self.is_flow = isinstance(scheduler, RectifiedFlow)
         if not self.is_flow:
             ptype = scheduler.config.prediction_type
@@ -161,6 +170,15 @@ class NoisingCore:
         )
         return self.objective
 
+    def set_epoch(self, epoch: int) -> None:
+        """The 0-based epoch the next steps belong to (it decides the paired share)."""
+        self.epoch = int(epoch)
+
+    @property
+    def paired_share(self) -> float:
+        """The share of each batch the assigner pairs at the current epoch (0 = vanilla)."""
+        return self.schedule.share(self.epoch)
+
     def draw_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
         """(B,) timesteps: uniform integers in [0, T) or uniform floats in [0, 1) for flow."""
         if self.is_flow:
@@ -183,15 +201,7 @@ class NoisingCore:
         """
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         start = time.perf_counter()
-        if getattr(self.assigner, "uses_cond", False):
-            if cond is None:
-                raise ValueError(
-                    f"assigner {self.assigner.name!r} pairs noise by condition (uses_cond) but this task "
-                    "gives no condition: use a conditional task or an assigner without uses_cond."
-                )
-            pairing = self.assigner.pair(x0, noise, generator=generator, cond=cond)
-        else:
-            pairing = self.assigner.pair(x0, noise, generator=generator)
+        pairing = self.pairing.pair(x0, noise, epoch=self.epoch, generator=generator, cond=cond)
         assign_ms = (time.perf_counter() - start) * 1e3
         if timesteps is None:
             timesteps = self.draw_timesteps(x0.shape[0], x0.device, generator)
@@ -430,7 +440,8 @@ def build_scheduler(objective: str, *, num_train_timesteps: int, beta_schedule: 
 
 def build_core(tr: Any, assigner_cfg: Any) -> NoisingCore:
     """The noising core of a trainer config (``objective``, ``num_train_timesteps``, ``beta_schedule``)
-    with the configured assigner; used by both trainers, eval, sampling and analysis."""
+    with the configured assigner and its pairing schedule (``assigner.start_epoch`` / ``fraction`` /
+    ``ramp_epochs``); used by both trainers, eval, sampling and analysis."""
     from immiscible_policy.registry import create_from_config
 
     scheduler = build_scheduler(
@@ -438,7 +449,7 @@ def build_core(tr: Any, assigner_cfg: Any) -> NoisingCore:
         num_train_timesteps=int(tr.num_train_timesteps),
         beta_schedule=str(tr.beta_schedule),
     )
-    return NoisingCore(scheduler, create_from_config(assigner_cfg))
+    return NoisingCore(scheduler, create_from_config(assigner_cfg), PairingSchedule.from_config(assigner_cfg))
 
 
 def resolve_sampler(objective: str, sampler: str | None, diffusion_default: str = "ddim") -> str:

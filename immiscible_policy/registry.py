@@ -23,6 +23,7 @@ from importlib import metadata
 from typing import Any
 
 from immiscible_policy.assigners.base import SCOPES, Assigner
+from immiscible_policy.pairing_schedule import SCHEDULE_KEYS
 
 GROUP = "immiscible_policy.assigners"
 BUILTIN_DIST = "immiscible-policy"
@@ -256,17 +257,22 @@ def create(name: str, **params: Any) -> Assigner:
 
 
 def create_from_config(cfg: Any) -> Assigner:
-    """Build from ``{"name": ..., "params": {...}}`` (a dict or an OmegaConf node), as saved in checkpoints."""
+    """Build from ``{"name": ..., "params": {...}}`` (a dict or an OmegaConf node), as saved in checkpoints.
+
+    The pairing schedule's keys (``start_epoch``, ``fraction``, ``ramp_epochs``) may sit beside them: the
+    noising core reads those (:class:`~immiscible_policy.pairing_schedule.PairingSchedule`), not the strategy.
+    """
     if hasattr(cfg, "items") and not isinstance(cfg, dict):
         from omegaconf import OmegaConf
 
         cfg = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise AssignerError(f"Assigner config needs a 'name' key (and optional 'params'), got {cfg!r}.")
-    extra = set(cfg) - {"name", "params"}
+    extra = set(cfg) - {"name", "params", *SCHEDULE_KEYS}
     if extra:
         raise AssignerError(
-            f"Assigner config has unknown key(s) {sorted(extra)}; put strategy options under 'params'."
+            f"Assigner config has unknown key(s) {sorted(extra)}; put strategy options under 'params' "
+            f"(the pairing schedule's keys beside them: {', '.join(SCHEDULE_KEYS)})."
         )
     return create(cfg["name"], **dict(cfg.get("params") or {}))
 

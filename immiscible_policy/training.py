@@ -184,7 +184,8 @@ def run_record(
     device: Any = None,
     **meta: Any,
 ) -> dict[str, Any]:
-    """What ``config.json`` records for a run: resolved config, assigner config, scope and its
+    """What ``config.json`` records for a run: resolved config, assigner config (with its pairing
+    schedule), scope and its
     ``distributed`` mode (None for sample scope), topology (world size, emulated ranks, per-rank and
     global batch; one process with ``batch`` when ``topology`` is None), and the ``host`` it runs on
     (:func:`immiscible_policy.host.host_record` for the training ``device``).
@@ -194,13 +195,15 @@ def run_record(
     """
     from omegaconf import OmegaConf
 
+    from immiscible_policy.pairing_schedule import PairingSchedule
     from immiscible_policy.registry import origin_of
 
+    schedule = PairingSchedule.from_config(cfg.get("assigner")).to_dict()
     topo = dict(topology or {"world_size": 1, "per_rank_batch": int(batch), "global_batch": int(batch)})
     return {
         "cfg": OmegaConf.to_container(cfg, resolve=True),
         **meta,
-        "assigner": assigner.config,
+        "assigner": {**assigner.config, **schedule},  # name, params and the pairing schedule
         "assigner_origin": origin_of(assigner),
         "assigner_scope": assigner.scope,
         "assigner_distributed": assigner_distributed(assigner),
@@ -252,7 +255,7 @@ class StepStats:
     ``add`` keeps everything on the device (no host sync per step: the GPU never waits for Python);
     ``summary()`` moves the sums to the host once per logged record, summed over processes first when
     given ``reduce`` (:meth:`immiscible_policy.parallel.Topology.sum`), and returns ``train_loss``,
-    ``noise_norm_ratio``, ``noise_proj_x0``, ``pair_l2``, ``assign_ms`` and ``loss_t0..loss_t{n-1}`` and
+    ``noise_norm_ratio``, ``noise_proj_x0``, ``pair_l2``, ``assign_ms``, ``paired_share`` and ``loss_t0..loss_t{n-1}`` and
     resets. For a conditional model it also reports ``condition_leak`` (held-out R^2 of the paired
     noise regressed on the condition, :func:`~immiscible_policy.noising.condition_leak`) over the last
     ``leak_rows`` (condition, noise) rows of this process. Sums are float64 (float32 on MPS), the same
@@ -270,6 +273,7 @@ class StepStats:
     def reset(self) -> None:
         self.n = 0
         self.assign_ms = 0.0
+        self.paired_share = 0.0
         self.sums = torch.zeros(len(self.KEYS), dtype=self.dtype, device=self.device)
         self.buckets = torch.zeros(self.n_buckets, device=self.device)
         self.bucket_n = torch.zeros_like(self.buckets)
@@ -299,23 +303,27 @@ class StepStats:
         row = torch.stack([value.float(), *(stats[k].float() for k in self.KEYS[1:])]).to(self.dtype)
         self.sums += row
         self.assign_ms += tp.info["assign_ms"]
+        self.paired_share += float(tp.info.get("paired_share", 1.0))
         self.n += 1
         return value
 
     def summary(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
         """Means since the last summary (over processes too when ``reduce`` sums across them)."""
-        extra = torch.tensor([self.assign_ms, self.n], dtype=self.dtype, device=self.device)
+        extra = torch.tensor(
+            [self.assign_ms, self.paired_share, self.n], dtype=self.dtype, device=self.device
+        )
         packed = torch.cat([self.sums, extra, self.buckets.to(self.dtype), self.bucket_n.to(self.dtype)])
         if reduce is not None:
             packed = reduce(packed)
         k = len(self.KEYS)
-        sums, (assign_ms, n) = packed[:k].tolist(), packed[k : k + 2].tolist()
-        buckets = packed[k + 2 : k + 2 + self.n_buckets].float()
-        bucket_n = packed[k + 2 + self.n_buckets :].float()
+        sums, (assign_ms, paired, n) = packed[:k].tolist(), packed[k : k + 3].tolist()
+        buckets = packed[k + 3 : k + 3 + self.n_buckets].float()
+        bucket_n = packed[k + 3 + self.n_buckets :].float()
         n = max(n, 1)
         out = {"train_loss": sums[0] / n}
         out.update({key: sums[j] / n for j, key in enumerate(self.KEYS) if key != "loss"})
         out["assign_ms"] = assign_ms / n
+        out["paired_share"] = paired / n  # the pairing schedule's share of each batch (1 = all rows)
         means = (buckets / bucket_n.clamp_min(1)).tolist()
         out.update({f"loss_t{j}": float(v) for j, v in enumerate(means)})
         if self.leak_cond and sum(c.shape[0] for c in self.leak_cond) >= 64:

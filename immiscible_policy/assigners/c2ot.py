@@ -21,8 +21,9 @@ so that a sample only takes noise that came with a condition like its own.
   with the same ``cost``; a very large weight keeps every row's own noise (vanilla) when the conditions
   are distinct.
 
-Options: ``cost`` (``l2`` | ``sqeuclidean``, as ``linear``), ``weight``, ``target_r``,
-``condition_cost``, ``space``, ``quantize``, ``distributed`` (``local`` | ``global``).
+Options: ``cost`` (``l2`` | ``sqeuclidean``, as ``linear``), ``standardize`` (as ``linear``: the samples
+standardised over the batch in the distance term), ``weight``, ``target_r``, ``condition_cost``,
+``space``, ``quantize``, ``distributed`` (``local`` | ``global``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ from torch import Tensor
 
 from immiscible_policy.assigners.base import Assigner, Pairing, check_same_batch, mean_l2
 from immiscible_policy.assigners.distributed import check_distributed, permute_globally, world_size
-from immiscible_policy.assigners.linear import assignment_cost, check_quantize, solve_assignment
+from immiscible_policy.assigners.linear import (
+    assignment_cost,
+    check_quantize,
+    check_standardize,
+    solve_assignment,
+)
 from immiscible_policy.assigners.space import check_cost, pairwise_sq_dist, parse_space
 
 CONDITION_COSTS = ("cosine", "sqeuclidean")
@@ -104,8 +110,10 @@ class C2OTAssigner(Assigner):
         space: str = "full",
         quantize: str | None = None,
         distributed: str = "local",
+        standardize: bool = False,
     ) -> None:
         check_cost(cost, "c2ot")
+        check_standardize(standardize, "c2ot")
         parse_space(space)
         check_quantize(quantize, "c2ot")
         if condition_cost not in CONDITION_COSTS:
@@ -121,10 +129,13 @@ class C2OTAssigner(Assigner):
         self.cost, self.space, self.quantize, self.distributed = cost, space, quantize, distributed
         self.weight = None if weight is None else float(weight)
         self.target_r, self.condition_cost = float(target_r), condition_cost
+        self.standardize = standardize
 
     def permutation(self, x0: Tensor, noise: Tensor, cond: Tensor) -> tuple[Tensor, float]:
         """(perm (B,), weight used): row i takes ``noise[perm[i]]``."""
-        m = assignment_cost(x0, noise, space=self.space, quantize=self.quantize, cost=self.cost).float()
+        m = assignment_cost(
+            x0, noise, space=self.space, quantize=self.quantize, cost=self.cost, standardize=self.standardize
+        ).float()
         if is_discrete(cond):
             labels = cond.reshape(cond.shape[0], -1)
             if labels.shape[1] != 1:

@@ -9,6 +9,10 @@ roughly cubically with B (the cost matrix is the only thing that leaves the devi
 Options:
     cost: "l2" (default; the plain L2 distance, as the paper's official code assigns with
         ``torch.linalg.vector_norm``) or "sqeuclidean" (squared L2: the W2 coupling torchcfm's OT-CFM uses).
+    standardize: False (default) or True: measure the cost from the batch's samples standardised per
+        coordinate (minus the batch mean, over the batch's population std clamped at 1e-6) to the raw
+        noise, as *Immiscible Diffusion Policy* (arXiv 2610.09369) does. Only the permutation depends on
+        it: the samples and the noise that get noised are unchanged.
     space: "full" or "pool:N" (distances in a pooled feature space).
     quantize: None or "fp16": compute the distance matrix in half precision (the paper's "quantized
         assignment"); bf16 on CPU, where fp16 matmul is slow.
@@ -39,12 +43,33 @@ def check_quantize(quantize: str | None, who: str) -> str | None:
     return quantize
 
 
-def assignment_cost(x0: Tensor, noise: Tensor, *, space: str, quantize: str | None, cost: str) -> Tensor:
-    """(B, B) sample-to-noise cost in ``space`` (``quantize="fp16"``: half-precision distances)."""
+def check_standardize(standardize: bool, who: str) -> bool:
+    """One-line error unless ``standardize`` is a bool."""
+    if not isinstance(standardize, bool):
+        raise ValueError(f"{who}: standardize must be true or false, got {standardize!r}.")
+    return standardize
+
+
+def standardized(features: Tensor, eps: float = 1e-6) -> Tensor:
+    """(B, F) features minus their batch mean over their population std per coordinate (clamped at ``eps``).
+
+    Constant coordinates (and a batch of one) become 0 rather than NaN."""
+    mean = features.mean(dim=0, keepdim=True)
+    std = features.std(dim=0, unbiased=False, keepdim=True).clamp_min(eps)
+    return (features - mean) / std
+
+
+def assignment_cost(
+    x0: Tensor, noise: Tensor, *, space: str, quantize: str | None, cost: str, standardize: bool = False
+) -> Tensor:
+    """(B, B) sample-to-noise cost in ``space`` (``quantize="fp16"``: half-precision distances;
+    ``standardize``: the samples' features standardised over the batch, the noise's left raw)."""
     dtype = None
     if quantize == "fp16":
         dtype = torch.float16 if x0.device.type == "cuda" else torch.bfloat16
     fx, fn = features(x0.float(), space), features(noise.float(), space)
+    if standardize:
+        fx = standardized(fx)
     return pairwise_cost(fx, fn, cost, dtype=dtype)
 
 
@@ -64,17 +89,26 @@ class LinearAssigner(Assigner):
     preserves_noise_multiset = True
 
     def __init__(
-        self, cost: str = "l2", space: str = "full", quantize: str | None = None, distributed: str = "local"
+        self,
+        cost: str = "l2",
+        space: str = "full",
+        quantize: str | None = None,
+        distributed: str = "local",
+        standardize: bool = False,
     ) -> None:
         check_cost(cost, "linear")
         parse_space(space)
         check_quantize(quantize, "linear")
         check_distributed(distributed, "linear")
+        check_standardize(standardize, "linear")
         super().__init__()
         self.cost, self.space, self.quantize, self.distributed = cost, space, quantize, distributed
+        self.standardize = standardize
 
     def _cost(self, x0: Tensor, noise: Tensor) -> Tensor:
-        return assignment_cost(x0, noise, space=self.space, quantize=self.quantize, cost=self.cost)
+        return assignment_cost(
+            x0, noise, space=self.space, quantize=self.quantize, cost=self.cost, standardize=self.standardize
+        )
 
     def pair(self, x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None) -> Pairing:
         check_same_batch(x0, noise, "linear")

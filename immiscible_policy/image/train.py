@@ -231,6 +231,7 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(n, int(tr.seed), epoch).to(device), epoch
+            core.set_epoch(epoch)  # the pairing schedule's share for this epoch
         idx = topo.rows(order, i)  # this process's slice of global batch i
         x0 = to_unit(images[idx])
         # one noise stream per rank: (seed, rank, step)

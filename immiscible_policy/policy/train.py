@@ -150,6 +150,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
     )
 
     last: dict = {}
+    policy.core.set_epoch(max(start_epoch - 1, 0))  # a replayed evaluation pairs as its epoch did
     if pending is not None:
         record, media = dict(pending["record"]), {}
         if pending.get("evaluate"):
@@ -168,6 +169,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
     stats = StepStats(int(tr.n_loss_buckets), device)
     for epoch in range(start_epoch, stop_epoch):
         model.train()
+        policy.core.set_epoch(epoch)  # the pairing schedule's share for this epoch
         order = epoch_order(n_windows, int(tr.seed), epoch).to(device)
         epoch_start = time.time()
         show = bool(tr.progress) and main
