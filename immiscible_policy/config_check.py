@@ -192,10 +192,14 @@ POLICY_TASK: dict[str, Spec] = {
     "n_obs_steps": _int(2, 1, optional=True),
     "n_action_steps": _int(8, 1, optional=True),
     "max_train_episodes": _int(20, 1, null=True, optional=True, note="null = every episode"),
+    # add each demo's reflection (PushT keypoints/state only: policy/tasks.py task_mirror refuses the rest)
+    "mirror": Spec("bool", True, optional=True),
 }
 POLICY_TASK_EVAL: dict[str, Spec] = {
     "n_episodes": _int(50, 1, optional=True),
     "max_steps": _int(300, 1, optional=True),
+    # PushT: also roll out from the symmetric starts at each evaluation (docs/modes.md)
+    "symmetric_rollouts": _int(50, 0, optional=True, note="0 = off"),
 }
 IMAGE_TASK: dict[str, Spec] = {
     "image_size": _int(32, 1, optional=True),
@@ -497,8 +501,10 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
     if kind == "policy":
         _check_vision(model, task)
         check_section("task", task, POLICY_TASK, what="the task", strict=False)
+        _check_mirror(task)
         if isinstance(task.get("eval"), Mapping):
             check_section("task.eval", task["eval"], POLICY_TASK_EVAL, what="the task", strict=False)
+            _check_symmetric_rollouts(task)
     else:
         check_section("task", task, IMAGE_TASK, what="the task", strict=False)
 
@@ -545,6 +551,28 @@ def _check_vision(model: Mapping[str, Any], task: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"model.vision.crop={crop} exceeds task.image_size={size}; use a crop <= {size}."
             )
+
+
+def _check_mirror(task: Mapping[str, Any]) -> None:
+    """``task.mirror=true`` only where a mirror is defined (PushT keypoints/state), before any data is read."""
+    from immiscible_policy.policy.tasks import task_mirror
+
+    task_mirror(task)
+
+
+def _check_symmetric_rollouts(task: Mapping[str, Any]) -> None:
+    """``task.eval.symmetric_rollouts`` > 0 only where the evaluation rolls out in PushT (the starts are
+    PushT states), before any data is read."""
+    if not task["eval"].get("symmetric_rollouts"):
+        return
+    from immiscible_policy.policy.rollout import is_pusht_task
+
+    if not is_pusht_task(task):
+        raise ValueError(
+            f"task.eval.symmetric_rollouts={task['eval']['symmetric_rollouts']} needs a PushT evaluation "
+            f"(task.env=pusht, or task=lerobot with task.eval_env=pusht), which task {task.get('name')!r} does "
+            "not have; set task.eval.symmetric_rollouts=0."
+        )
 
 
 def _check_cfd(tr: Mapping[str, Any]) -> None:

@@ -757,9 +757,15 @@ class TrainingRun:
             self.logger.close(failed)
 
     def plot(self, **kw: Any) -> None:
-        """``curves.png`` from the log (main process, once there is one); ``kw`` for :func:`plot_curves`."""
+        """``curves.png`` from the log (main process, once there is one); ``kw`` for :func:`plot_curves`.
+        With PushT mode counts in the records (docs/modes.md) also ``modes.png``: the cw / ccw / none shares
+        against epoch, for the standard and the symmetric starts."""
         if self.main and self.logger.jsonl_path.exists():
             plot_curves(self.logger.jsonl_path, self.run_dir / "curves.png", **kw)
+            if any("modes_cw" in r or "sym_modes_cw" in r for r in self.logger.records):
+                from immiscible_policy.analysis.plots import plot_mode_history
+
+                plot_mode_history(self.run_dir / "modes.png", self.logger.records, x=kw.get("x", "epoch"))
 
 
 @contextmanager

@@ -92,6 +92,18 @@ def one_line(err: pytest.ExceptionInfo) -> str:
         ),
         (["task.horizon=0"], r"^task\.horizon=0 is out of range"),
         (["task.eval.n_episodes=0"], r"^task\.eval\.n_episodes=0 is out of range"),
+        (
+            ["task.eval.symmetric_rollouts=-1"],
+            r"^task\.eval\.symmetric_rollouts=-1 is out of range; use an integer >= 0 \(0 = off\)",
+        ),
+        (
+            ["task=robomimic_lift", "+task.eval.symmetric_rollouts=5"],
+            r"^task\.eval\.symmetric_rollouts=5 needs a PushT evaluation .* task 'robomimic_lift' does not",
+        ),
+        (
+            ["task=lerobot", "task.eval.symmetric_rollouts=5"],
+            r"^task\.eval\.symmetric_rollouts=5 needs a PushT evaluation .*task\.eval_env=pusht\)",
+        ),
         (["resume=maybe"], r"^resume=maybe is not supported; use false \| true \| auto"),
         (["resume_force=1"], r"^resume_force=1 is not true/false"),
         (["assigner.name=knnn"], r"Unknown assigner 'knnn'\. Did you mean 'knn'\?"),
@@ -158,6 +170,8 @@ def test_missing_mandatory_value_names_the_key():
         ["task=digits", "assigner=knn", "trainer.objective=flow", "trainer.sampler=heun"],
         ["task=digits", "assigner=c2ot", "task.class_conditional=true", "model=unet2d_tiny"],
         ["resume=auto", "resume_force=true"],
+        ["task.eval.symmetric_rollouts=50"],
+        ["task=lerobot", "task.eval_env=pusht", "task.eval.symmetric_rollouts=50"],
     ],
 )
 def test_shipped_configs_pass(overrides):

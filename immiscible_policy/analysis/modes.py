@@ -1,19 +1,34 @@
-"""PushT approach modes: does a policy still choose *both* sides of the T from one start?
+"""PushT modes: does a policy keep *both* ways of solving PushT, or collapse onto one?
 
-The PushT demos are multimodal: from the same start a human pushes the T either on one half or on the
-mirror half (Diffusion Policy's "left or right" example). A policy that collapsed to one mode would push
-one side every time. Immiscible pairing should not change this if the denoising map stays a bijection.
+The PushT demos are multimodal in two ways, each measured here with one definition (docs/modes.md):
 
-Definition (``approach_side``): the *first contact* is the first step at which the block's pose differs
-from its start pose (the block only moves when the agent touches it). At that step the agent's position
-is expressed in the block's start body frame, where the T is mirror-symmetric about the local y axis
-(its stem; see ``immiscible_envs.pusht.KEYPOINTS_LOCAL``: the bar ends sit at x = -61 and +61). The
-side is ``left`` when local x < -margin, ``right`` when local x > +margin, ``center`` in between (a push
-on the stem's end or the bar's middle, which favours neither half; the agent's radius is 15 px and the
-stem is 30 px wide, so the default 10 px margin separates "end of the stem" from "side of the stem"),
-and ``none`` when the block never moved. "left"/"right" name the halves of the T in its own frame, not
-the screen. Mode share of one start = left / (left + right); its binary entropy H is 1 bit for an even
-split and 0 for a single mode.
+**Rotation** (``rotation_mode``): which way the T is turned, from its net rotation over the rollout
+(angle at the end minus at the start, unwrapped). ``cw`` when it turned clockwise *as the rollout video
+shows it* by at least ``threshold``, ``ccw`` anticlockwise, ``none`` when |net rotation| < threshold.
+Sign: pymunk's block angle grows clockwise on screen, because gym-pusht draws pymunk's coordinates onto
+pygame's screen unflipped (``positive_y_is_up`` is False) and pygame's y points down; so a positive net
+rotation is ``cw`` (tests/envs/test_pusht_modes.py checks it on rendered frames). The default threshold,
+45 degrees, comes from the 206 human demos (``demo_modes``): humans turn the short way whenever the start
+is less than 135 degrees from the goal, and the largest turn the "wrong" way before a committed turn is
+42 degrees (one demo; 5.3 in the next), so a 45-degree net turn is a committed one and not a correction.
+The question "which way" is only open when both ways are about equally long: from the 49 demo starts more
+than 135 degrees from the goal, humans turn the T one way 26 times and the other way 23 times, and at
+the symmetric starts (``immiscible_envs.pusht.SYMMETRIC_STARTS``) both ways are exactly equally good.
+
+**Approach side** (``approach_side``): which half of the T the agent touches first. The *first contact* is
+the first step at which the block's pose differs from its start pose by more than ``tol`` (the block only
+moves when the agent touches it; ``immiscible_envs.pusht.block_moved``). At that step the agent's position
+is expressed in the block's start body frame, where the T is mirror-symmetric about the local y axis (its
+stem; ``immiscible_envs.pusht.KEYPOINTS_LOCAL``: the bar ends sit at x = -61 and +61): ``side_of`` says
+``left`` when local x < -margin, ``right`` when local x > +margin, ``center`` in between (a push on the
+stem's end or the bar's middle, which favours neither half; the agent's radius is 15 px and the stem is
+30 px wide, so the default 10 px margin separates "end of the stem" from "side of the stem"), and
+``none`` when the block never moved. "left"/"right" name the halves of the T in its own frame, not the
+screen. The PushT env computes the same contact point every step (``info["contact_local_x"]``) with the
+same two functions, so evaluation rollouts and recorded trajectories are classified alike.
+
+Shares: dominant share = max(cw, ccw) / (cw + ccw), and the binary entropy H of the cw share (1 bit for an
+even split, 0 for one mode); the left share and its entropy likewise.
 
 ``rollout_modes`` rolls a policy out M times from each of a few fixed test starts (the M rollouts
 differ only in the sampling noise: one seeded generator draws different noise for each row of the batch)
@@ -23,15 +38,30 @@ until first contact, and classifies each rollout.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 SIDES = ("left", "center", "right", "none")
+ROTATION_MODES = ("cw", "ccw", "none")
+#: |net rotation| below this is ``none`` (see the module docstring for why 45 degrees).
+ROTATION_THRESHOLD_DEG = 45.0
+#: Demo starts farther than this from the goal angle are where the turning direction is a real choice.
+FAR_FROM_GOAL_DEG = 135.0
+
+
+def side_of(local_x: float, margin: float = 10.0) -> str:
+    """The half of the T a contact at block-frame x ``local_x`` is on: left / center / right; ``none`` for
+    NaN (no contact)."""
+    if local_x != local_x:
+        return "none"
+    return "left" if local_x < -margin else "right" if local_x > margin else "center"
 
 
 def approach_side(
-    agent_xy: np.ndarray, block_pose: np.ndarray, *, margin: float = 10.0, tol: float = 1e-3
+    agent_xy: np.ndarray, block_pose: np.ndarray, *, margin: float = 10.0, tol: float | None = None
 ) -> tuple[str, int, float]:
     """Classify one trajectory; returns (side, contact step or -1, local x of the agent at contact).
 
@@ -39,22 +69,42 @@ def approach_side(
         agent_xy: (T, 2) agent positions, row k = after step k (row 0 = start).
         block_pose: (T, 3) block body-origin x, y and angle (rad) at the same times.
         margin: half-width (px) of the ``center`` band around the T's mirror axis.
-        tol: pose change (px or rad) that counts as the block having moved.
+        tol: pose change (px or rad) that counts as the block having moved (None: the env's
+            ``CONTACT_TOL``, 1e-3).
     """
+    from immiscible_envs.pusht import CONTACT_TOL, block_frame_x, block_moved
+
     agent_xy, block_pose = np.asarray(agent_xy, float), np.asarray(block_pose, float)
     if agent_xy.ndim != 2 or agent_xy.shape[1] != 2 or block_pose.shape != (len(agent_xy), 3):
         raise ValueError(
             f"agent_xy must be (T, 2) and block_pose (T, 3); got {agent_xy.shape} and {block_pose.shape}."
         )
-    moved = np.abs(block_pose - block_pose[0]).max(axis=1) > tol
+    moved = block_moved(block_pose, block_pose[0], CONTACT_TOL if tol is None else tol)
     if not moved.any():
         return "none", -1, float("nan")
     k = int(np.argmax(moved))
-    x0, y0, theta = block_pose[0]
-    dx, dy = agent_xy[k, 0] - x0, agent_xy[k, 1] - y0
-    local_x = float(np.cos(theta) * dx + np.sin(theta) * dy)  # R(theta)^T (agent - origin), x part
-    side = "left" if local_x < -margin else "right" if local_x > margin else "center"
-    return side, k, local_x
+    local_x = float(block_frame_x(agent_xy[k], block_pose[0]))
+    return side_of(local_x, margin), k, local_x
+
+
+def rotation_mode(net_rotation: float, threshold_deg: float = ROTATION_THRESHOLD_DEG) -> str:
+    """``cw`` / ``ccw`` / ``none`` for a net rotation in rad (positive = clockwise on screen, the sign of
+    pymunk's angle); ``none`` when |net rotation| < ``threshold_deg``; a turn of exactly the threshold counts."""
+    net = float(net_rotation)
+    if not math.isfinite(net):
+        raise ValueError(f"net_rotation={net_rotation!r}: use a finite angle in radians.")
+    if threshold_deg < 0:
+        raise ValueError(f"threshold_deg={threshold_deg}: use a non-negative angle in degrees.")
+    if abs(net) < math.radians(threshold_deg):
+        return "none"
+    return "cw" if net > 0 else "ccw"
+
+
+def net_rotation(angles: np.ndarray) -> float:
+    """End minus start of a recorded angle series (rad), unwrapped: recorded angles may be wrapped to
+    [0, 2 pi) (the PushT demos' are), and a step never turns the block by pi or more."""
+    u = np.unwrap(np.asarray(angles, np.float64))
+    return float(u[-1] - u[0])
 
 
 def binary_entropy(p: float) -> float:
@@ -73,6 +123,131 @@ def summarize(sides: list[str]) -> dict:
         "counts": counts,
         "left_share": share,
         "binary_entropy_bits": binary_entropy(share) if sided else 0.0,
+    }
+
+
+def _share(a: int, b: int) -> tuple[float | None, float | None]:
+    """a / (a + b) and its binary entropy; None for both when a + b = 0 (no evidence either way)."""
+    return (a / (a + b), binary_entropy(a / (a + b))) if a + b else (None, None)
+
+
+def mode_summary(
+    rotations: Sequence[float],
+    sides: Sequence[str],
+    threshold_deg: float = ROTATION_THRESHOLD_DEG,
+) -> dict[str, Any]:
+    """The ``modes`` block of an evaluation (docs/modes.md): rotation counts, dominant share and entropy of
+    the turning direction, the threshold, approach-side counts, left share and its entropy. Shares and
+    entropies are None when no rollout turned (or touched a half of the T): a 0 would read as a collapse."""
+    modes = [rotation_mode(r, threshold_deg) for r in rotations]
+    rot = {m: modes.count(m) for m in ROTATION_MODES}
+    cw_share, entropy = _share(rot["cw"], rot["ccw"])
+    approach = {s: list(sides).count(s) for s in SIDES}
+    left_share, approach_entropy = _share(approach["left"], approach["right"])
+    return {
+        "n_rollouts": len(modes),
+        "rotation": rot,
+        "dominant_share": None if cw_share is None else max(cw_share, 1.0 - cw_share),
+        "entropy_bits": entropy,
+        "threshold_deg": float(threshold_deg),
+        "approach": approach,
+        "approach_left_share": left_share,
+        "approach_entropy_bits": approach_entropy,
+    }
+
+
+def flat_modes(modes: dict[str, Any], prefix: str = "modes_") -> dict[str, float | int | None]:
+    """A ``modes`` block as flat numbers for a training record (loggers, metrics.csv, dashboards):
+    ``<prefix>cw``, ``ccw``, ``none``, ``dominant_share``, ``entropy_bits``, ``approach_left_share``,
+    ``approach_entropy_bits`` (None where the block has None: the dashboards skip it)."""
+    keys = ("dominant_share", "entropy_bits", "approach_left_share", "approach_entropy_bits")
+    return {
+        **{f"{prefix}{m}": int(modes["rotation"][m]) for m in ROTATION_MODES},
+        **{f"{prefix}{k}": modes[k] for k in keys},
+    }
+
+
+def mode_line(record: dict[str, Any], prefix: str = "modes_") -> str:
+    """The console's short form of a record's flat mode keys, e.g. ``" turns cw/ccw/none 30/12/8 (dominant
+    0.71)"``; empty when the record has none (not a PushT evaluation)."""
+    if f"{prefix}cw" not in record:
+        return ""
+    counts = "/".join(str(record[f"{prefix}{m}"]) for m in ROTATION_MODES)
+    dominant = record.get(f"{prefix}dominant_share")
+    return f" turns cw/ccw/none {counts}" + ("" if dominant is None else f" (dominant {dominant:.2f})")
+
+
+def demo_modes(
+    zarr_path: str | os.PathLike | None = None,
+    *,
+    threshold_deg: float = ROTATION_THRESHOLD_DEG,
+    margin: float = 10.0,
+    far_deg: float = FAR_FROM_GOAL_DEG,
+) -> dict[str, Any]:
+    """Classify every PushT demo (``data/state`` (T, 5): agent xy, block xy, angle; ``meta/episode_ends``)
+    by net rotation and approach side with the evaluation's definitions, and report the split.
+
+    Rotation: the recorded angle (wrapped to [0, 2 pi) in the demos) unwrapped, end minus start. Approach
+    side: from the first recorded step at which the block is at rest (moves by at most ``tol`` = 1e-3 to
+    the next step). Why not from step 0: 22 of the 206 recordings begin while the block is still sliding
+    from the episode's reset (with the agent up to 300 px away), which ``approach_side`` would take for a
+    contact; in the other 184 the block is at rest at step 0 and nothing changes.
+
+    Returns ``{"path", "n_episodes", "threshold_deg", "n_sliding_at_start", "all": summary,
+    "far_from_goal": summary with "min_deg" (the starts more than ``far_deg`` from the goal angle: where
+    the direction is a choice), "max_opposite_turn_deg" (the three largest turns against a committed
+    demo's final direction before it: the evidence for the threshold), "episodes": [{"rotation_deg",
+    "start_from_goal_deg", "mode", "approach"}, ...]}`` (summaries as :func:`mode_summary`). ``zarr_path``
+    None: the shared store (``$IMMISCIBLE_PUSHT_ZARR``).
+    """
+    from immiscible_envs.pusht import CONTACT_TOL, GOAL_POSE
+
+    from immiscible_policy.data import ReplayBuffer
+
+    if zarr_path is None:
+        from immiscible_policy.policy.dataset import default_pusht_zarr
+
+        zarr_path = default_pusht_zarr()
+    buf = ReplayBuffer.open(zarr_path, keys=["state"])
+    state = np.asarray(buf.data["state"], np.float64)
+    ends = np.asarray(buf.episode_ends)
+    episodes, nets, from_goal, opposite, sliding = [], [], [], [], 0
+    for lo, hi in zip(np.concatenate([[0], ends[:-1]]), ends):
+        s = state[lo:hi]
+        pose = np.column_stack([s[:, 2:4], np.unwrap(s[:, 4])])
+        net = net_rotation(s[:, 4])
+        still = np.abs(np.diff(pose, axis=0)).max(axis=1) <= CONTACT_TOL
+        rest = int(np.argmax(still)) if still.any() else 0
+        sliding += rest > 0
+        side = approach_side(s[rest:, :2], pose[rest:], margin=margin)[0]
+        from_goal.append(float((s[0, 4] - GOAL_POSE[2] + np.pi) % (2 * np.pi) - np.pi))
+        mode = rotation_mode(net, threshold_deg)
+        nets.append(net)
+        if mode != "none":
+            turned = np.sign(net) * (pose[:, 2] - pose[0, 2])
+            opposite.append(float(np.degrees(max(0.0, -turned.min()))))
+        episodes.append(
+            {
+                "rotation_deg": round(math.degrees(net), 2),
+                "start_from_goal_deg": round(math.degrees(from_goal[-1]), 2),
+                "mode": mode,
+                "approach": side,
+            }
+        )
+    far = [i for i, a in enumerate(from_goal) if abs(a) > math.radians(far_deg)]
+
+    def summary(rows: Sequence[int]) -> dict[str, Any]:
+        return mode_summary([nets[i] for i in rows], [episodes[i]["approach"] for i in rows], threshold_deg)
+
+    return {
+        "path": os.path.normpath(str(zarr_path)),
+        "n_episodes": len(episodes),
+        "threshold_deg": float(threshold_deg),
+        "n_sliding_at_start": int(sliding),
+        "all": summary(range(len(episodes))),
+        "far_from_goal": {"min_deg": float(far_deg), **summary(far)},
+        "max_opposite_turn_deg": [round(d, 2) for d in sorted(opposite)[-3:][::-1]],
+        "episodes": episodes,
     }
 
 
@@ -115,7 +290,7 @@ def rollout_modes(
     still-running rollouts only (the policy's own generator makes each row's noise different).
     Returns the summary plus per-rollout sides, contact steps and local x.
     """
-    from immiscible_envs.pusht import PushTEnv
+    from immiscible_envs.pusht import PushTEnv, block_moved
 
     envs = [PushTEnv(obs_type=obs_type, render_mode=None) for _ in range(n_rollouts)]
     hist, traj = [], []
@@ -134,7 +309,7 @@ def rollout_modes(
                 obs, _, terminated, _, _ = envs[i].step(a)
                 hist[i].append(obs)
                 traj[i].append(envs[i].state)
-                if np.abs(traj[i][-1][2:] - traj[i][0][2:]).max() > 1e-3 or terminated:
+                if block_moved(traj[i][-1][2:], traj[i][0][2:]) or terminated:
                     touched = True
                     break
             if not touched:

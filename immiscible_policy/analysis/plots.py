@@ -10,7 +10,18 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["plot_bijectivity", "plot_lines", "plot_modes", "plot_nearest"]
+__all__ = [
+    "MODE_PREFIXES",
+    "plot_bijectivity",
+    "plot_demo_modes",
+    "plot_lines",
+    "plot_mode_history",
+    "plot_modes",
+    "plot_nearest",
+]
+
+#: The record keys' prefixes of the rotation-mode counts a policy run logs (``<prefix>cw`` ...), with titles.
+MODE_PREFIXES = {"modes_": "standard starts", "sym_modes_": "symmetric starts"}
 
 
 def plot_lines(path: Path, series: dict, xlabel: str, ylabel: str, title: str) -> None:
@@ -116,6 +127,79 @@ def plot_modes(path: Path, payload: dict) -> None:
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_title(f"PushT approach modes ({payload['n_rollouts']} rollouts per start)", fontsize=10)
     ax.legend(fontsize=7, loc="upper center", ncol=min(3, len(runs)), frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def plot_mode_history(path: Path, records: list[dict], x: str = "epoch", title: str | None = None) -> bool:
+    """Rotation-mode shares against ``x`` from a run's records: one panel for the standard starts
+    (``modes_cw`` / ``modes_ccw`` / ``modes_none``) and one for the symmetric starts (``sym_modes_*``), each
+    share = count / rollouts. Returns False (and writes nothing) when no record has mode counts."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = []
+    for prefix, name in MODE_PREFIXES.items():
+        rows = [r for r in records if isinstance(r.get(x), int | float) and f"{prefix}cw" in r]
+        if rows:
+            panels.append((prefix, name, rows))
+    if not panels:
+        return False
+    fig = Figure(figsize=(6.5, 2.6 * len(panels)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, (prefix, name, rows) in zip(axes, panels):
+        xs = [r[x] for r in rows]
+        totals = [max(1, sum(int(r[f"{prefix}{m}"]) for m in ("cw", "ccw", "none"))) for r in rows]
+        for mode, color in (("cw", "C0"), ("ccw", "C1"), ("none", "0.6")):
+            ys = [int(r[f"{prefix}{mode}"]) / n for r, n in zip(rows, totals)]
+            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, color=color, label=mode)
+        ax.set_ylim(-0.03, 1.03)
+        ax.axhline(0.5, color="k", lw=0.6, ls=":")
+        ax.set_ylabel(f"share of rollouts\n({name}, n={totals[-1]})", fontsize="small")
+        ax.legend(loc="best", fontsize="small", ncol=3)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel(x)
+    fig.suptitle(title or "PushT rotation modes (cw / ccw as the video shows them)", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def plot_demo_modes(path: Path, payload: dict) -> None:
+    """Each demo's net rotation against its start's angle from the goal (``demo_modes``'s payload), coloured
+    by rotation mode: the shortest turn is the line y = -x, the threshold band is shaded, and the starts
+    beyond +-``far_deg`` (where the direction is a choice) lie outside the dotted lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    eps, thr = payload["episodes"], payload["threshold_deg"]
+    far = payload["far_from_goal"]["min_deg"]
+    fig = Figure(figsize=(6.5, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.axhspan(-thr, thr, color="0.92", label=f"none: |turn| < {thr:g} deg")
+    ax.plot([-180, 180], [180, -180], color="0.5", lw=0.8, ls="--", label="shortest turn to the goal")
+    for x in (-far, far):
+        ax.axvline(x, color="k", lw=0.6, ls=":")
+    for mode, color in (("cw", "C0"), ("ccw", "C1"), ("none", "0.4")):
+        pts = [(e["start_from_goal_deg"], e["rotation_deg"]) for e in eps if e["mode"] == mode]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.scatter(xs, ys, s=12, color=color, label=f"{mode} ({len(pts)})")
+    rot = payload["far_from_goal"]["rotation"]
+    ax.set(
+        xlabel="start angle - goal angle (deg, wrapped)",
+        ylabel="net rotation (deg, + = clockwise on screen)",
+        xlim=(-185, 185),
+        title=f"PushT demos ({payload['n_episodes']}): starts > {far:g} deg from the goal turn "
+        f"cw {rot['cw']} / ccw {rot['ccw']}",
+    )
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -7,6 +7,7 @@
     immiscible-analyze modes checkpoint=RUN[,RUN...] [labels=a,b n_states=5 n_rollouts=16 max_steps=200
                              seeds=100000,... margin=10 sampler=ddpm num_inference_steps=100
                              allow_import=false out=DIR]
+    immiscible-analyze demo_modes [data=PATH threshold_deg=45 margin=10 far_deg=135 out=DIR]
 
 Each writes a JSON and a PNG into ``out`` (default ``analysis/``). ``bijectivity`` reads the checkpoint
 kind from its config.json: policy (n=16 samples per observation, ``conditions`` observations) or image
@@ -17,7 +18,10 @@ checkpoint's data comes from its own task family and split (``task.env``: PushT 
 ``val_ratio`` / ``split_seed`` / ``max_train_episodes`` as recorded): observations from its validation
 episodes, nearest chunks from its training episodes.
 ``modes`` rolls PushT policies out from fixed test starts and classifies each rollout's first contact
-as the left or right half of the T (see ``immiscible_policy.analysis.modes``).
+as the left or right half of the T (see ``immiscible_policy.analysis.modes``). ``demo_modes`` classifies
+the PushT demos (``data``: a zarr store, default the shared one) by rotation mode and approach side with
+the evaluation's definitions (docs/modes.md): ``demo_modes_pusht.json`` and a scatter of each demo's turn
+against its start's angle from the goal.
 ``allow_import=true`` (or ``IMMISCIBLE_ALLOW_IMPORT=1``) trusts checkpoints whose assigner is a
 ``module:Class`` path rather than a registered strategy; without it they are refused before anything
 is imported. The computations live in ``immiscible_policy.analysis.runs``, the figures in
@@ -220,7 +224,37 @@ def cmd_modes(argv: list[str]) -> dict:
     return payload
 
 
-COMMANDS = {"mixing": cmd_mixing, "losses": cmd_losses, "bijectivity": cmd_bijectivity, "modes": cmd_modes}
+def cmd_demo_modes(argv: list[str]) -> dict:
+    from immiscible_policy.analysis.modes import demo_modes
+    from immiscible_policy.analysis.plots import plot_demo_modes
+
+    opts, _ = _opts(argv, ("data", "threshold_deg", "margin", "far_deg", "out"))
+    numbers = {}
+    for key, default in (("threshold_deg", 45.0), ("margin", 10.0), ("far_deg", 135.0)):
+        try:
+            numbers[key] = float(opts.get(key, default))
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}={opts[key]!r}: use a number of degrees (margin: pixels).") from None
+    payload = demo_modes(opts.get("data"), **numbers)
+    out = Path(opts.get("out", "analysis"))
+    _write(out / "demo_modes_pusht.json", payload)
+    plot_demo_modes(out / "demo_modes_pusht.png", payload)
+    for name in ("all", "far_from_goal"):
+        m = payload[name]
+        print(
+            f"{name:13s} n={m['n_rollouts']:3d} rotation {m['rotation']} approach {m['approach']} "
+            f"(threshold {payload['threshold_deg']:g} deg)"
+        )
+    return payload
+
+
+COMMANDS = {
+    "mixing": cmd_mixing,
+    "losses": cmd_losses,
+    "bijectivity": cmd_bijectivity,
+    "modes": cmd_modes,
+    "demo_modes": cmd_demo_modes,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,11 @@ checkpoint's objective), num_inference_steps (>= 1), seed (sampling noise, 0),
 n_video_episodes (2), video_format (mp4, the default, or gif: the video is output_dir/rollout.<format>),
 allow_import (false: a checkpoint whose assigner is a ``module:Class`` path rather than a registered
 strategy is refused, since loading it imports that module; true, or IMMISCIBLE_ALLOW_IMPORT=1, to trust
-it).
+it), modes (PushT: ``standard``, the default: the test starts, whose metrics include which way each
+rollout turned the T, ``modes``; ``symmetric``: also ``symmetric_rollouts`` rollouts (default the task's
+``eval.symmetric_rollouts``, else 50) from the symmetric starts, where turning either way is equally good,
+written as a ``symmetric`` block beside the standard metrics, video output_dir/rollout_symmetric.<format>;
+docs/modes.md).
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ OPTIONS = (
     "n_video_episodes",
     "video_format",
     "allow_import",
+    "modes",
+    "symmetric_rollouts",
 )
+#: ``modes=``: the standard test starts only, or also the symmetric starts (docs/modes.md).
+MODES = ("standard", "symmetric")
+DEFAULT_SYMMETRIC_ROLLOUTS = 50
 
 
 def parse(argv: list[str]) -> dict:
@@ -45,6 +54,7 @@ def parse(argv: list[str]) -> dict:
         ("n_video_episodes", 0),
         ("start_seed", None),
         ("seed", None),
+        ("symmetric_rollouts", 1),
     ):
         if key in opts:
             opts[key] = int_option(opts, key, 0, minimum)
@@ -52,6 +62,16 @@ def parse(argv: list[str]) -> dict:
         if key in opts:
             opts[key] = bool_option(opts, key, False)
     opts["video_format"] = check_format(str(opts.get("video_format", DEFAULT_FORMAT)))
+    opts["modes"] = str(opts.get("modes", "standard"))
+    if opts["modes"] not in MODES:
+        raise ValueError(
+            f"modes={opts['modes']!r} is not supported; use standard (the test starts) or symmetric "
+            "(also the symmetric starts)."
+        )
+    if "symmetric_rollouts" in opts and opts["modes"] != "symmetric":
+        raise ValueError(
+            "symmetric_rollouts is read only with modes=symmetric; add modes=symmetric or drop it."
+        )
     return opts
 
 
@@ -59,6 +79,7 @@ def evaluate_checkpoint(opts: dict) -> dict:
     from immiscible_policy.noising import resolve_sampler
     from immiscible_policy.policy.evaluate import rollout
     from immiscible_policy.policy.load import load_policy
+    from immiscible_policy.policy.rollout import is_pusht_task
 
     model, policy, cfg, ck = load_policy(
         opts["checkpoint"],
@@ -66,6 +87,11 @@ def evaluate_checkpoint(opts: dict) -> dict:
         use_ema=bool(opts.get("use_ema", True)),
         allow_import=opts.get("allow_import"),
     )
+    symmetric = opts.get("modes", "standard") == "symmetric"
+    if symmetric and not is_pusht_task(cfg.task):
+        raise ValueError(
+            f"{ck.path} is a {cfg.task.get('name')} checkpoint; modes=symmetric needs a PushT policy checkpoint."
+        )
     if "sampler" in opts:
         policy.sampler = resolve_sampler(policy.core.objective, str(opts["sampler"]))
     if "num_inference_steps" in opts:
@@ -83,6 +109,17 @@ def evaluate_checkpoint(opts: dict) -> dict:
     if "n_episodes" in opts:
         kw["n_episodes"] = int(opts["n_episodes"])
     metrics = rollout(policy, model, cfg.task, seed=int(opts.get("seed", 0)), **kw)
+    if symmetric:
+        n = (
+            opts.get("symmetric_rollouts")
+            or cfg.task.eval.get("symmetric_rollouts")
+            or DEFAULT_SYMMETRIC_ROLLOUTS
+        )
+        kw["video_path"] = out_dir / f"rollout_symmetric.{opts.get('video_format', DEFAULT_FORMAT)}"
+        kw["n_episodes"] = int(n)
+        metrics["symmetric"] = rollout(
+            policy, model, cfg.task, seed=int(opts.get("seed", 0)), starts="symmetric", **kw
+        )
     metrics.update(
         checkpoint=str(ck.path),
         step=ck.step,
@@ -97,12 +134,26 @@ def evaluate_checkpoint(opts: dict) -> dict:
     return metrics
 
 
+def _modes(m: dict) -> str:
+    """``turns cw/ccw/none a/b/c (dominant d)`` of one block of metrics (empty without PushT modes)."""
+    from immiscible_policy.analysis.modes import flat_modes, mode_line
+
+    return mode_line(flat_modes(m["modes"]), "modes_") if "modes" in m else ""
+
+
 def _work(argv: list[str]) -> str:
     m = evaluate_checkpoint(parse(argv))
-    return (
+    line = (
         f"mean_score {m['mean_score']:.3f}  success_rate {m['success_rate']:.2f}  "
-        f"episodes {m['n_episodes']}  -> {m['output_dir']}"
+        f"episodes {m['n_episodes']}{_modes(m)}"
     )
+    sym = m.get("symmetric")
+    if sym is not None:
+        line += (
+            f"  | symmetric starts: mean_score {sym['mean_score']:.3f}  success_rate {sym['success_rate']:.2f}  "
+            f"episodes {sym['n_episodes']}{_modes(sym)}"
+        )
+    return f"{line}  -> {m['output_dir']}"
 
 
 def main(argv: list[str] | None = None) -> int:

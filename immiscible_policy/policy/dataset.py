@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from immiscible_policy.data import ReplayBuffer
+from immiscible_policy.data.pusht_mirror import mirror_demos
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
 
 __all__ = [
@@ -166,14 +167,23 @@ class LowdimWindowDataset(torch.utils.data.Dataset):
         val_ratio: float,
         seed: int,
         max_train_episodes: int | None,
+        n_copies: int = 1,
     ) -> None:
+        """``n_copies`` > 1: the episodes are that many tiled copies of the same demos (PushT's mirroring:
+        the originals, then their reflections). The split and ``max_train_episodes`` are drawn over the demos
+        and shared by every copy, so no copy of a validation demo is trained on and the originals' split is
+        the one ``n_copies=1`` draws."""
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
         self.val_ratio, self.seed, self.max_train_episodes = val_ratio, seed, max_train_episodes
         self.obs, self.action = obs, action
         self.episode_ends = np.asarray(episode_ends, dtype=np.int64)
-        n = len(self.episode_ends)
-        self.val_mask = get_val_mask(n, val_ratio, seed)
-        self.train_mask = downsample_mask(~self.val_mask, max_train_episodes, seed)
+        n_demos, rest = divmod(len(self.episode_ends), n_copies)
+        if rest:
+            raise ValueError(f"{len(self.episode_ends)} episodes are not {n_copies} copies of the same demos")
+        val_mask = get_val_mask(n_demos, val_ratio, seed)
+        train_mask = downsample_mask(~val_mask, max_train_episodes, seed)
+        self.n_copies = n_copies
+        self.val_mask, self.train_mask = np.tile(val_mask, n_copies), np.tile(train_mask, n_copies)
         self._select(self.train_mask)
 
     def _select(self, episode_mask: np.ndarray) -> None:
@@ -251,7 +261,12 @@ def default_pusht_zarr() -> str:
 
 
 class PushTLowdimDataset(LowdimWindowDataset):
-    """Windows of (obs, action) from the PushT demos (actions in pixels), split train/val by episode."""
+    """Windows of (obs, action) from the PushT demos (actions in pixels), split train/val by episode.
+
+    ``mirror=True`` appends every demo's reflection about the goal T's axis (:mod:`~immiscible_policy.data.
+    pusht_mirror`, ``task.mirror``) before the windows and the normaliser are built; a demo and its
+    reflection share their split, and ``max_train_episodes`` counts demos (each brings its reflection).
+    """
 
     #: the obs types this class builds, with their obs_dim (``"image"`` is :class:`PushTImageDataset`'s)
     obs_types = OBS_TYPES
@@ -266,31 +281,54 @@ class PushTLowdimDataset(LowdimWindowDataset):
         val_ratio: float = 0.02,
         seed: int = 42,
         max_train_episodes: int | None = None,
+        mirror: bool = False,
     ):
         _check_obs_type(obs_type, self.obs_types)
+        if mirror and obs_type not in OBS_TYPES:
+            raise ValueError(
+                f"mirror=True: obs_type {obs_type!r} has no mirror; mirroring is defined for PushT "
+                f"{'/'.join(OBS_TYPES)} demos: use obs_type keypoints or state, or mirror=False"
+            )
         self.zarr_path = str(zarr_path) if zarr_path is not None else default_pusht_zarr()
         self.obs_type = obs_type
+        self.mirror = bool(mirror)
         keys = ["state", "action"] + (["keypoint"] if obs_type == "keypoints" else [])
         self.buffer = buf = ReplayBuffer.open(self.zarr_path, keys=keys)
         self._init_windows(
-            self._observations(buf, obs_type),
-            np.asarray(buf["action"], dtype=np.float32),
-            buf.episode_ends,
+            *self._arrays(buf, obs_type),
             horizon=horizon,
             n_obs_steps=n_obs_steps,
             n_action_steps=n_action_steps,
             val_ratio=val_ratio,
             seed=seed,
             max_train_episodes=max_train_episodes,
+            n_copies=2 if self.mirror else 1,
+        )
+
+    def _arrays(self, buf: ReplayBuffer, obs_type: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(obs, float32 action, episode_ends) of the store, followed by their reflections when mirrored."""
+        if not self.mirror:
+            return self._observations(buf, obs_type), np.asarray(buf["action"], np.float32), buf.episode_ends
+        keypoint = buf["keypoint"] if obs_type == "keypoints" else None
+        demos = mirror_demos(buf["state"], buf["action"], buf.episode_ends, keypoint)
+        return (
+            pusht_obs(demos.state, demos.keypoint, obs_type),
+            demos.action.astype(np.float32),
+            demos.episode_ends,
         )
 
     def _observations(self, buf: ReplayBuffer, obs_type: str) -> np.ndarray:
         """(T, obs_dim) float32 observations from the store (:func:`pusht_obs`)."""
         return pusht_obs(buf["state"], buf["keypoint"] if obs_type == "keypoints" else None, obs_type)
 
+    def _episodes_text(self) -> str:
+        """``202`` or, mirrored, ``404 (202 + 202 mirrored)``."""
+        n = len(self.episodes)
+        return f"{n} ({n // 2} + {n // 2} mirrored)" if self.mirror else str(n)
+
     def __repr__(self) -> str:
         return (
-            f"PushTLowdimDataset(obs_type={self.obs_type!r}, episodes={len(self.episodes)}, "
+            f"PushTLowdimDataset(obs_type={self.obs_type!r}, episodes={self._episodes_text()}, "
             f"windows={len(self)}, horizon={self.horizon})"
         )
 

@@ -145,7 +145,8 @@ class VectorEnvs:
 
     A vector env steps every env, so the finished episodes of a wave (and the spare envs of a short last
     wave, which re-run its last seed) get ``idle_action(obs)`` (e.g. hold the agent where it is) and
-    their outputs are ignored.
+    their outputs are ignored. ``reset_options`` go to every env's ``reset`` with its seed (gymnasium's
+    vector envs pass one ``options`` to all), e.g. PushT's ``{"starts": "symmetric"}``.
     """
 
     def __init__(
@@ -153,8 +154,10 @@ class VectorEnvs:
         venv: gym.vector.VectorEnv,
         idle_action: Callable[[np.ndarray], np.ndarray],
         action_meaning: str = "action_dim",
+        reset_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.venv, self.idle_action, self.action_meaning = venv, idle_action, action_meaning
+        self.reset_options = None if reset_options is None else dict(reset_options)
         self.n_envs = int(venv.num_envs)
         self.action_shape = tuple(venv.single_action_space.shape)
         self._obs: np.ndarray | None = None
@@ -162,7 +165,8 @@ class VectorEnvs:
     def reset(self, seeds: Sequence[int], record: Sequence[bool]) -> np.ndarray:
         seeds, pad = list(seeds), self.n_envs - len(seeds)
         self.venv.set_attr("record_video", list(record) + [False] * pad)
-        self._obs, _ = self.venv.reset(seed=seeds + [seeds[-1]] * pad)
+        options = None if self.reset_options is None else dict(self.reset_options)
+        self._obs, _ = self.venv.reset(seed=seeds + [seeds[-1]] * pad, options=options)
         return self._obs[: len(seeds)]
 
     def step(self, idx: np.ndarray, actions: np.ndarray):

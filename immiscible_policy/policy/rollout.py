@@ -16,6 +16,11 @@ Policy contract::
 where n is the number of still-running episodes (it shrinks as episodes finish). With
 ``obs_type="image"`` obs_dim is 3 * 96 * 96 + 2 (the camera frame CHW, 0..255, then the agent xy; the
 image policy splits it) and the video shows the camera frame beside the usual view.
+
+Every evaluation also reports which way each rollout turned the T and which half it touched first
+(``modes``; definitions in :mod:`immiscible_policy.analysis.modes`, docs/modes.md), from the env's own
+per-step tracking (``info["net_rotation"]``, ``info["contact_local_x"]``): no trajectory is kept.
+``starts="symmetric"`` rolls out from the symmetric starts instead of the legacy test starts.
 """
 
 from __future__ import annotations
@@ -36,9 +41,21 @@ from immiscible_policy.policy.episodes import (
     run_episodes,
 )
 
-__all__ = ["ActionChunkWrapper", "PushTScore", "evaluate", "make_pusht_env"]
+__all__ = ["STARTS", "ActionChunkWrapper", "PushTScore", "evaluate", "is_pusht_task", "make_pusht_env"]
 
 SUCCESS_COVERAGE = 0.95
+#: ``evaluate(starts=...)``: the legacy test starts (seed s -> diffusion_policy's start s) or the symmetric
+#: ones (seed s -> ``immiscible_envs.pusht.SYMMETRIC_STARTS[s % K]``).
+STARTS = ("standard", "symmetric")
+
+
+def is_pusht_task(task: Any) -> bool:
+    """Whether a task config's evaluation rolls out in this PushT env (``task.env: pusht``, or a LeRobot task
+    with ``eval_env: pusht``): where the mode metrics and the symmetric starts exist."""
+    from immiscible_policy.policy.tasks import task_env
+
+    family = task_env(task)
+    return family.name == "pusht" or (family.name == "lerobot" and family.eval_env(task) == "pusht")
 
 
 def make_pusht_env(
@@ -64,20 +81,37 @@ def make_pusht_env(
 
 class PushTScore:
     """Per episode: the best step score (``max_score``), the final and the best coverage; success is
-    coverage >= 0.95 at some step."""
+    coverage >= 0.95 at some step. Modes: the latest ``net_rotation`` and ``contact_local_x`` the env
+    reported (both are running values: the rotation so far, the contact point once there was one), so the
+    last chunk of an episode gives its whole-episode numbers."""
 
-    def __init__(self, n_episodes: int) -> None:
+    def __init__(
+        self, n_episodes: int, *, rotation_threshold_deg: float | None = None, margin: float = 10.0
+    ) -> None:
+        from immiscible_policy.analysis.modes import ROTATION_THRESHOLD_DEG
+
         self.scores = np.zeros(n_episodes)
         self.final_cov = np.zeros(n_episodes)
         self.max_cov = np.zeros(n_episodes)
+        self.rotation = np.zeros(n_episodes)
+        self.contact_x = np.full(n_episodes, np.nan)
+        self.threshold_deg = (
+            ROTATION_THRESHOLD_DEG if rotation_threshold_deg is None else rotation_threshold_deg
+        )
+        self.margin = margin
 
     def update(self, episode: int, info: Mapping[str, Any]) -> None:
         self.scores[episode] = info["max_score"]
         self.final_cov[episode] = info["coverage"]
         self.max_cov[episode] = max(self.max_cov[episode], info["coverage"])
+        self.rotation[episode] = info["net_rotation"]
+        self.contact_x[episode] = info["contact_local_x"]
 
     def metrics(self) -> dict[str, Any]:
+        from immiscible_policy.analysis.modes import mode_summary, rotation_mode, side_of
+
         success = self.max_cov >= SUCCESS_COVERAGE
+        sides = [side_of(float(x), self.margin) for x in self.contact_x]
         return {
             "mean_score": float(self.scores.mean()),
             "success_rate": float(success.mean()),
@@ -85,6 +119,10 @@ class PushTScore:
             "final_coverage": self.final_cov.tolist(),
             "max_coverage": self.max_cov.tolist(),
             "success": success.tolist(),
+            "rotation": self.rotation.tolist(),
+            "rotation_mode": [rotation_mode(r, self.threshold_deg) for r in self.rotation],
+            "approach_side": sides,
+            "modes": mode_summary(self.rotation, sides, self.threshold_deg),
         }
 
 
@@ -103,8 +141,14 @@ def evaluate(
     n_video_episodes: int = 2,
     render_size: int = 256,
     progress: bool = True,
+    starts: str = "standard",
 ) -> dict[str, Any]:
     """Roll ``policy_fn`` out on test seeds ``start_seed .. start_seed + n_episodes - 1``.
+
+    ``starts="standard"``: seed s starts from diffusion_policy's legacy test start s; ``"symmetric"``: from
+    ``SYMMETRIC_STARTS[s % K]`` (K = 5; the default start_seed 100000 is 0 mod 5, so n episodes cycle
+    through the starts in order), where turning the T either way is equally good and only the sampling
+    noise differs between the rollouts of one start.
 
     Episodes run ``n_envs`` at a time (default: all at once, so the policy sees one batch) in a gymnasium
     ``SyncVectorEnv`` (``vector="sync"``, the default: faster on 2 cores, where the simulation is cheap next
@@ -112,8 +156,13 @@ def evaluate(
     episodes hold the agent where it is until their wave ends.
 
     Returns: {"mean_score", "success_rate", "scores" (list, per episode), "seeds", "final_coverage",
-    "max_coverage", "success", "n_steps", "n_episodes", "seconds", "video_path"}.
+    "max_coverage", "success", "rotation" (net rotation, rad, + = clockwise on screen), "rotation_mode"
+    (cw | ccw | none), "approach_side" (left | center | right | none), "modes" (their summary:
+    :func:`immiscible_policy.analysis.modes.mode_summary`), "starts", "n_steps", "n_episodes", "seconds",
+    "video_path"} (lists per episode).
     """
+    if starts not in STARTS:
+        raise ValueError(f"unknown starts {starts!r}; valid: {', '.join(STARTS)}")
     plan = plan_episodes(n_episodes, start_seed, n_envs, video_path, n_video_episodes)
     if vector not in ("sync", "async"):
         raise ValueError(f"unknown vector {vector!r}; valid: 'async', 'sync'")
@@ -132,13 +181,15 @@ def evaluate(
         vec_cls([make] * plan.n_envs),
         idle_action=lambda obs: obs[:, -1:, agent],  # hold still: target the agent's current position
         action_meaning="xy in pixels",
+        reset_options={"starts": "symmetric"} if starts == "symmetric" else None,
     )
-    return run_episodes(
+    metrics = run_episodes(
         policy_fn,
         envs,
         plan,
         PushTScore(n_episodes),
         video_path=video_path,
-        desc=f"eval {obs_type}",
+        desc=f"eval {obs_type}" + (" symmetric" if starts == "symmetric" else ""),
         progress=progress,
     )
+    return {**metrics, "starts": starts}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TASK_ENVS", "LeRobotTask", "PushTTask", "RobomimicTask", "rolls_out", "task_env"]
+__all__ = ["TASK_ENVS", "LeRobotTask", "PushTTask", "RobomimicTask", "rolls_out", "task_env", "task_mirror"]
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
 
@@ -41,6 +41,7 @@ class PushTTask:
             val_ratio=float(task.val_ratio),
             seed=int(task.split_seed),
             max_train_episodes=task.max_train_episodes,
+            mirror=task_mirror(task),  # each demo's reflection too (data/pusht_mirror.py)
         )
 
     def evaluate(self, policy_fn: PolicyFn, task: Any, **kw: Any) -> dict:
@@ -73,6 +74,7 @@ class RobomimicTask:
     def make_dataset(self, task: Any):
         from immiscible_policy.policy.robomimic_dataset import RobomimicLowdimDataset
 
+        task_mirror(task)  # refuses task.mirror=true: no mirror is defined for robomimic demos
         dataset = RobomimicLowdimDataset(
             task.dataset_path,
             list(task.obs_keys),
@@ -158,6 +160,7 @@ class LeRobotTask:
         from immiscible_policy.policy.lerobot_dataset import LeRobotLowdimDataset
 
         env = self.eval_env(task)
+        task_mirror(task)  # refuses task.mirror=true: no mirror is defined for LeRobot folders
         if not task.get("root"):
             raise ValueError("task.root is not set: pass task.root=PATH of a LeRobotDataset folder")
         if env == "none" and float(task.val_ratio) <= 0:
@@ -217,6 +220,32 @@ def rolls_out(task: Any) -> bool:
     """Whether the task's evaluation is a rollout in an env (every family but ``lerobot`` with ``eval_env: none``)."""
     family = task_env(task)
     return bool(getattr(family, "rolls_out", lambda _task: True)(task))
+
+
+#: the PushT observation types whose demos can be mirrored (data/pusht_mirror.py recomputes them)
+MIRROR_OBS_TYPES = ("keypoints", "state")
+
+
+def task_mirror(task: Any) -> bool:
+    """``task.mirror`` (absent = false): true only for PushT keypoints/state demos; a one-line error elsewhere.
+
+    Why refuse rather than ignore: a mirror that is silently not applied would make a run look augmented
+    when it is not. Image observations would need the frames reflected too; robomimic and LeRobot demos
+    have no symmetry defined here.
+    """
+    value = task.get("mirror", False)
+    if value is False:
+        return False
+    if value is not True:
+        raise ValueError(f"task.mirror={value} is not true/false; use task.mirror=true or task.mirror=false.")
+    family, obs_type = task_env(task).name, task.get("obs_type")
+    if family != "pusht" or obs_type not in MIRROR_OBS_TYPES:
+        what = f"task.obs_type={obs_type}" if family == "pusht" else f"{family} demos"
+        raise ValueError(
+            f"task.mirror=true: task {task.get('name')} ({what}) has no mirror; mirroring is defined for "
+            "PushT keypoints/state demos: use task=pusht (task.obs_type=keypoints or state) or task.mirror=false."
+        )
+    return True
 
 
 def task_env(task: Any):

@@ -110,7 +110,11 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
     def evaluate(record: dict[str, Any]) -> dict[str, str]:
         """Roll out the EMA model on the fixed test seeds into ``record``; the global RNG is untouched.
         Returns the dashboards' media: the rollout video (``trainer.eval_video``) of the first
-        ``task.eval.n_video_episodes`` episodes, in ``run_dir/videos/epoch_NNNN.<format>``."""
+        ``task.eval.n_video_episodes`` episodes, in ``run_dir/videos/epoch_NNNN.<format>``. PushT adds the
+        rotation modes (``modes_*``) and, with ``task.eval.symmetric_rollouts`` > 0, the symmetric starts'
+        score and modes (``sym_*``; docs/modes.md)."""
+        from immiscible_policy.analysis.modes import flat_modes
+
         if not rolls_out(task):  # task=lerobot task.eval_env=none: no env, the validation loss instead
             record.update(validation_loss(policy, ema_module(opt.ema, model), dataset, seed=int(tr.seed)))
             return {}
@@ -124,14 +128,38 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
             )
         record.update(mean_score=metrics["mean_score"], success_rate=metrics["success_rate"])
         record["eval_seconds"] = metrics["seconds"]
+        if "modes" in metrics:  # PushT: which way the T turned, flat for the loggers (docs/modes.md)
+            record.update(flat_modes(metrics["modes"], "modes_"))
+        n_symmetric = int(task.eval.get("symmetric_rollouts", 0) or 0)
+        if n_symmetric:  # task.eval.symmetric_rollouts: the same policy from the symmetric starts, no video
+            with preserve_rng():
+                sym = rollout(
+                    policy,
+                    ema_module(opt.ema, model),
+                    task,
+                    seed=int(tr.seed),
+                    progress=bool(tr.progress),
+                    starts="symmetric",
+                    n_episodes=n_symmetric,
+                )
+            record.update(sym_mean_score=sym["mean_score"], sym_success_rate=sym["success_rate"])
+            record.update(flat_modes(sym["modes"], "sym_modes_"), sym_eval_seconds=sym["seconds"])
         return {"rollout": metrics["video_path"]} if metrics.get("video_path") else {}
 
     def report(record: dict[str, Any]) -> None:
+        from immiscible_policy.analysis.modes import mode_line
+
         score = (
             f" score {record['mean_score']:.3f} success {record['success_rate']:.2f}"
             if "mean_score" in record
             else ""
         )
+        score += mode_line(record, "modes_")
+        if "sym_mean_score" in record:
+            score += (
+                f" | symmetric score {record['sym_mean_score']:.3f} success {record['sym_success_rate']:.2f}"
+                + mode_line(record, "sym_modes_")
+            )
         if "val_loss" in record:
             score += f" val_loss {record['val_loss']:.4f}"
         print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}{score}", flush=True)

@@ -54,7 +54,14 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 )
 def test_train_writes_checkpoint_and_eval_runs(tmp_path, assigner):
     run = tmp_path / "run"
-    cli("train", f"assigner={assigner}", "trainer.epochs=1", f"run_dir={run}", *TINY)
+    proc = cli(
+        "train",
+        f"assigner={assigner}",
+        "trainer.epochs=1",
+        f"run_dir={run}",
+        "task.eval.symmetric_rollouts=2",
+        *TINY,
+    )
     last = run / "checkpoints" / "last"
     files = {p.name for p in last.iterdir()}
     assert {
@@ -70,6 +77,14 @@ def test_train_writes_checkpoint_and_eval_runs(tmp_path, assigner):
     assert log[-1]["step"] == 3 and "mean_score" in log[-1] and "loss_t9" in log[-1]
     assert (run / "metrics.csv").read_text().startswith("epoch,step")
     assert (run / "curves.png").stat().st_size > 1000
+    # rotation modes (docs/modes.md): flat numbers for the loggers, standard and symmetric starts, a plot
+    rec = log[-1]
+    assert rec["modes_cw"] + rec["modes_ccw"] + rec["modes_none"] == 2  # task.eval.n_episodes
+    assert rec["sym_modes_cw"] + rec["sym_modes_ccw"] + rec["sym_modes_none"] == 2  # symmetric_rollouts
+    assert 0.0 <= rec["sym_mean_score"] <= 1.0 and "sym_success_rate" in rec and "modes_entropy_bits" in rec
+    assert "sym_modes_dominant_share" in (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "turns cw/ccw/none" in proc.stdout and "| symmetric score" in proc.stdout
+    assert (run / "modes.png").stat().st_size > 1000
 
     from immiscible_policy.policy import Policy
 
