@@ -1,0 +1,616 @@
+"""Does pairing keep a PushT policy multimodal, and what does it cost? Resumable sweep over recipe x seed.
+
+The question comes from *Immiscible Diffusion Policy* (arXiv 2610.09369, Table I): on PushT, plain
+Diffusion Policy turns the T one way in 97.6 ± 1.6% of rollouts, Hungarian pairing after a warm-up keeps
+both (65 / 35) at equal score. Each cell trains the sweep model (``model=unet1d_sweep``, batch 256, AdamW
+lr 1e-3 cosine, the PushT speed grid's protocol) for ``--epochs`` epochs with ``immiscible-train`` and
+evaluates the EMA policy every ``--eval-every`` epochs on the 50 standard test starts *and* on the
+symmetric starts (``task.eval.symmetric_rollouts``: block upside down on the goal T's symmetry axis, both
+rotation directions exactly equally good; 50 rollouts differing only in their sampling noise), with the
+rotation mode of every rollout (``cw`` / ``ccw`` / ``none``, docs/modes.md). At the end it scores the final
+checkpoint at 1 / 2 / 4 / 16 sampling steps, standard and symmetric starts.
+
+Rows are ``<objective>[+mirror]/<recipe>``: ``epsilon`` scores with DDPM-100 (the paper's setting), ``flow``
+with Euler-16; ``+mirror`` trains on the demos plus their reflections (``task.mirror=true``). Recipes
+(``W`` = ``--warmup`` epochs of independent noise first):
+
+    vanilla               independent noise (the baseline)
+    published             linear, standardize=true, start_epoch=W  (the paper's recipe)
+    published-nowarmup    the same from epoch 0
+    published-f0.5        the published matching on a random half of each batch (f0.25: a quarter)
+    published-f0.5-ramp   ... the share grown linearly over W epochs after the start
+    c2ot                  condition-aware OT (standardized cost), start_epoch=W
+    knn                   knn (k=4), start_epoch=W
+    c2ot-f0.5-ramp        ours: condition-aware, half the batch, ramped (keeps p(noise | obs) Gaussian
+                          and leaves half of each batch's noise untouched)
+
+A finished cell writes ``cells/<cell>.json``; reruns skip finished cells and resume interrupted ones (and
+their finished final evaluations); several workers share the list (one per core, ``OMP_NUM_THREADS=1``).
+Order: the pilot (seeds 0-1 of vanilla / published / published-f0.5, both objectives), then priority (a)
+(epsilon vanilla + published to 10 seeds), (b) (flow to 5 seeds, mirrored vanilla + ours), (c) the rest.
+
+Usage:
+    OMP_NUM_THREADS=1 python benchmarks/pusht_modes.py &   # one worker per core
+    OMP_NUM_THREADS=1 python benchmarks/pusht_modes.py
+    python benchmarks/pusht_modes.py --report-only         # report.{md,json}, modes.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    RESULTS,
+    ci95,
+    ci_text,
+    git_commit,
+    hosts,
+    hosts_md,
+    load_cells,
+    machine,
+    markdown_table,
+    plot_mean_ci,
+    run_cells,
+    summarize_rows,
+    write_report,
+)
+from _common import run_cell as _run_cell  # noqa: E402
+
+OUT = RESULTS / "pusht_modes"
+#: training evaluation sampler per objective: the paper's DDPM-100 for epsilon, Euler-16 for flow
+EVAL_SAMPLER = {"epsilon": ("ddpm", 100), "flow": ("euler", 16)}
+#: the final checkpoint's extra scoring: sampler per objective at these step counts
+FINAL_SAMPLER = {"epsilon": "ddim", "flow": "euler"}
+FINAL_STEPS = (1, 2, 4, 16)
+SYMMETRIC_ROLLOUTS = 50
+
+PILOT = [f"{o}/{r}" for o in ("epsilon", "flow") for r in ("vanilla", "published", "published-f0.5")]
+PRIORITY = {
+    "a": {"epsilon/vanilla": 10, "epsilon/published": 10},
+    "b": {
+        "flow/vanilla": 5,
+        "flow/published": 5,
+        "flow+mirror/vanilla": 5,
+        "flow+mirror/c2ot-f0.5-ramp": 5,
+    },
+    "c": {
+        "epsilon/published-f0.25": 5,
+        "epsilon/published-f0.5": 5,
+        "epsilon/published-f0.25-ramp": 5,
+        "epsilon/published-f0.5-ramp": 5,
+        "epsilon/published-nowarmup": 5,
+        "epsilon/c2ot": 5,
+        "epsilon/knn": 5,
+        "epsilon/c2ot-f0.5-ramp": 5,
+    },
+}
+
+#: Immiscible Diffusion Policy, Table I, PushT (10 seeds x 50 rollouts; their counts: a share is of the
+#: rollouts that turned, ordered by each seed's Diffusion Policy frequency)
+PAPER = [
+    {"row": "Diffusion Policy (paper)", "dominant": "97.6 ± 1.6%", "score": "95.16 ± 0.30"},
+    {"row": "Immiscible DP, Hungarian + warm-up (paper)", "dominant": "65 / 35", "score": "95.39 ± 0.10"},
+    {"row": "expert demos (paper)", "dominant": "43.1 / 56.9", "score": "-"},
+]
+
+
+def parse_row(row: str) -> tuple[str, bool, str]:
+    """'flow+mirror/published-f0.5' -> ('flow', True, 'published-f0.5'); one-line exit on a bad row."""
+    head, _, recipe = row.partition("/")
+    objective, _, extra = head.partition("+")
+    if objective not in EVAL_SAMPLER or extra not in ("", "mirror") or not recipe:
+        raise SystemExit(f"row {row!r}: use <epsilon|flow>[+mirror]/<recipe>, e.g. flow+mirror/vanilla.")
+    recipe_overrides(recipe, 10)  # the recipe must parse
+    return objective, extra == "mirror", recipe
+
+
+def recipe_overrides(recipe: str, warmup: int) -> list[str]:
+    """Hydra overrides of a recipe name (module docstring); ``-f<share>`` and ``-ramp`` suffixes."""
+    base, *mods = recipe.split("-")
+    fraction, ramp, start = None, False, warmup
+    for m in mods:
+        if m == "ramp":
+            ramp = True
+        elif m == "nowarmup":
+            start = 0
+        elif m.startswith("f") and m[1:].replace(".", "", 1).isdigit():
+            fraction = float(m[1:])
+        else:
+            raise SystemExit(f"recipe {recipe!r}: unknown part {m!r} (use -f<share>, -ramp, -nowarmup).")
+    if base == "vanilla":
+        if mods:
+            raise SystemExit(f"recipe {recipe!r}: vanilla takes no options.")
+        return ["assigner=vanilla"]
+    groups = {
+        "published": ["assigner=linear", "assigner.params.standardize=true"],
+        "c2ot": ["assigner=c2ot", "assigner.params.standardize=true"],
+        "knn": ["assigner=knn", "++assigner.params.k=4"],
+    }
+    if base not in groups:
+        raise SystemExit(f"recipe {recipe!r}: unknown base {base!r}; use vanilla, {', '.join(groups)}.")
+    out = [*groups[base], f"assigner.start_epoch={start}"]
+    if fraction is not None:
+        out.append(f"assigner.fraction={fraction}")
+    if ramp:
+        out.append(f"assigner.ramp_epochs={warmup}")
+    return out
+
+
+def planned_seeds(rows: list[str], seeds: int | None) -> dict[str, list[int]]:
+    """Seeds per row: the priority table's count (5 for a row it does not name), or ``--seeds N`` for all."""
+    table = {r: n for group in PRIORITY.values() for r, n in group.items()}
+    return {r: list(range(seeds if seeds is not None else table.get(r, 5))) for r in rows}
+
+
+def cell_order(rows: list[str], plan: dict[str, list[int]]) -> list[tuple[str, int]]:
+    """The pilot (seeds 0-1 of PILOT), then (a), (b), (c) seed-major within each, then any other row."""
+    order: list[tuple[str, int]] = []
+    groups = [[r for r in PILOT if r in rows]] + [[r for r in g if r in rows] for g in PRIORITY.values()]
+    groups.append([r for r in rows if not any(r in g for g in groups)])
+    for i, group in enumerate(groups):
+        seeds = sorted({s for r in group for s in plan[r]})
+        for s in seeds if i else [0, 1]:
+            order += [(r, s) for r in group if s in plan[r] and (r, s) not in order]
+    for r in rows:
+        order += [(r, s) for s in plan[r] if (r, s) not in order]
+    return order
+
+
+# ------------------------------------------------------------------------------------------------ cells
+
+
+def final_evals(run_dir: Path, objective: str, seed: int) -> dict:
+    """The final checkpoint at each of FINAL_STEPS (standard and symmetric starts); saved as each finishes."""
+    from immiscible_policy.cli.eval import evaluate_checkpoint
+
+    out = {}
+    for steps in FINAL_STEPS:
+        key = f"{FINAL_SAMPLER[objective]}-{steps}"
+        path = run_dir / "final" / key / "metrics.json"
+        if not path.exists():
+            t0 = time.time()
+            evaluate_checkpoint(
+                {
+                    "checkpoint": str(run_dir),
+                    "sampler": FINAL_SAMPLER[objective],
+                    "num_inference_steps": steps,
+                    "seed": seed,
+                    "modes": "symmetric",
+                    "symmetric_rollouts": SYMMETRIC_ROLLOUTS,
+                    "n_video_episodes": 0,
+                    "output_dir": str(path.parent),
+                }
+            )
+            print(f"[sweep]   final {key}: {time.time() - t0:.0f} s", flush=True)
+        m = json.loads(path.read_text())
+        out[key] = {"standard": slim(m), "symmetric": slim(m["symmetric"])}
+    return out
+
+
+def slim(m: dict) -> dict:
+    """Score, success and the rotation split of an evaluation's metrics (per-episode lists dropped)."""
+    rot = m["modes"]["rotation"]
+    return {"mean_score": m["mean_score"], "success_rate": m["success_rate"], **{k: rot[k] for k in rot}}
+
+
+CURVE_KEYS = ("epoch", "step", "train_min", "train_loss", "mean_score", "success_rate", "paired_share")
+
+
+def run_cell(row: str, seed: int, args) -> dict | None:
+    """The cell's JSON: finished, or trained now (None when another worker has it or training failed)."""
+    objective, mirror, recipe = parse_row(row)
+    sampler, steps = EVAL_SAMPLER[objective]
+    overrides = [
+        "task=pusht",
+        f"model={args.model}",
+        *recipe_overrides(recipe, args.warmup),
+        f"trainer.objective={objective}",
+        f"trainer.sampler={sampler}",
+        f"trainer.num_inference_steps={steps}",
+        f"trainer.seed={seed}",
+        f"trainer.lr={args.lr}",
+        f"trainer.batch_size={args.batch_size}",
+        f"trainer.epochs={args.epochs}",
+        f"trainer.eval_every_epochs={args.eval_every}",
+        f"trainer.checkpoint_every_epochs={args.eval_every}",
+        f"task.eval.symmetric_rollouts={SYMMETRIC_ROLLOUTS}",
+        "task.eval.n_video_episodes=0",
+        "trainer.progress=false",
+    ] + (["task.mirror=true"] if mirror else [])
+
+    def build(run_dir: Path, records: list[dict], wall_min: float, cmd_overrides: list[str]) -> dict:
+        evals = [r for r in records if "mean_score" in r]
+        curve = []
+        for r in evals:
+            point = {k: r[k] for k in CURVE_KEYS if k in r}
+            point.update({k: v for k, v in r.items() if k.startswith(("modes_", "sym_"))})
+            curve.append(point)
+        return {
+            "row": row,
+            "objective": objective,
+            "mirror": mirror,
+            "recipe": recipe,
+            "seed": seed,
+            "epochs": args.epochs,
+            "warmup": args.warmup,
+            "model": args.model,
+            "eval_sampler": f"{sampler}-{steps}",
+            "curve": curve,
+            "final": final_evals(run_dir, objective, seed),
+            "cell_wall_min": wall_min,
+            "machine": machine(),
+            "git_commit": git_commit(),
+            "overrides": cmd_overrides,
+        }
+
+    return _run_cell(args.out, row, seed, overrides, args.override, build)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def split_of(point: dict, prefix: str) -> tuple[int, int, int]:
+    """(cw, ccw, none) counts of an evaluation point (record keys ``<prefix>cw`` ...)."""
+    return tuple(int(point.get(f"{prefix}{k}") or 0) for k in ("cw", "ccw", "none"))
+
+
+def share_of(cw: int, ccw: int, direction: str) -> float:
+    """The share of ``direction`` among the rollouts that turned (NaN when none turned)."""
+    n = cw + ccw
+    return float("nan") if n == 0 else (cw if direction == "cw" else ccw) / n
+
+
+def entropy_bits(p: float) -> float:
+    if not 0.0 < p < 1.0:
+        return 0.0
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def vanilla_direction(cell: dict | None) -> str | None:
+    """The direction a seed's vanilla policy prefers at the symmetric starts (its final checkpoint)."""
+    if cell is None:
+        return None
+    cw, ccw, _ = split_of(cell["curve"][-1], "sym_modes_")
+    return "cw" if cw >= ccw else "ccw"
+
+
+def mode_stats(cw: int, ccw: int, none: int, direction: str, demo_cw: float) -> dict:
+    """One symmetric-start evaluation: the share of ``direction``, TV to the demos, entropy, none share."""
+    p_cw = share_of(cw, ccw, "cw")
+    return {
+        "dominant_share": share_of(cw, ccw, direction),
+        "tv_to_demos": abs(p_cw - demo_cw) if not math.isnan(p_cw) else float("nan"),
+        "entropy_bits": entropy_bits(p_cw) if not math.isnan(p_cw) else 0.0,
+        "none_share": none / max(cw + ccw + none, 1),
+    }
+
+
+def finite(values: list[float]) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
+def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) -> dict:
+    """Per row: the final symmetric-start mode statistics and scores (mean and 95% CI over seeds, the
+    dominant direction of each seed taken from that seed's vanilla of the same objective and data), the
+    same per evaluation epoch, and the final checkpoint at each sampling step count."""
+    demo_cw = demo["mirrored_cw_share"] if parse_row(row)[1] else demo["cw_share"]
+
+    def per_seed(point: dict, cell: dict, prefix: str = "sym_modes_") -> dict:
+        direction = vanilla_direction(base.get(cell["seed"])) or vanilla_direction(cell)
+        return mode_stats(*split_of(point, prefix), direction, demo_cw)
+
+    def agg(values: list[float]) -> dict:
+        v = finite(values)
+        return {"mean": float(np.mean(v)) if v else float("nan"), "ci95": ci95(v), "n": len(v)}
+
+    finals = [per_seed(c["curve"][-1], c) for c in got]
+    epochs = sorted(set.intersection(*[{p["epoch"] for p in c["curve"]} for c in got]))
+    curve = []
+    for e in epochs:
+        pts = [(next(p for p in c["curve"] if p["epoch"] == e), c) for c in got]
+        stats = [per_seed(p, c) for p, c in pts]
+        curve.append(
+            {
+                "epoch": e,
+                "dominant_share": agg([s["dominant_share"] for s in stats]),
+                "tv_to_demos": agg([s["tv_to_demos"] for s in stats]),
+                "mean_score": agg([p["mean_score"] for p, _ in pts]),
+                "sym_mean_score": agg([p.get("sym_mean_score") for p, _ in pts]),
+                "paired_share": float(np.mean([p.get("paired_share", 1.0) for p, _ in pts])),
+            }
+        )
+    steps = {}
+    for key in dict.fromkeys(k for c in got for k in c["final"]):
+        cells = [c for c in got if key in c["final"]]
+        sym = [c["final"][key]["symmetric"] for c in cells]
+        stats = [
+            mode_stats(s["cw"], s["ccw"], s["none"], vanilla_direction(base.get(c["seed"])) or "cw", demo_cw)
+            for s, c in zip(sym, cells)
+        ]
+        steps[key] = {
+            "score": agg([c["final"][key]["standard"]["mean_score"] for c in cells]),
+            "sym_score": agg([s["mean_score"] for s in sym]),
+            "dominant_share": agg([s["dominant_share"] for s in stats]),
+            "tv_to_demos": agg([s["tv_to_demos"] for s in stats]),
+        }
+    last = [c["curve"][-1] for c in got]
+    return {
+        "row": row,
+        "label": row,
+        "n_seeds": len(got),
+        "final": {
+            "dominant_share": agg([f["dominant_share"] for f in finals]),
+            "tv_to_demos": agg([f["tv_to_demos"] for f in finals]),
+            "entropy_bits": agg([f["entropy_bits"] for f in finals]),
+            "none_share": agg([f["none_share"] for f in finals]),
+            "mean_score": agg([p["mean_score"] for p in last]),
+            "sym_mean_score": agg([p.get("sym_mean_score") for p in last]),
+            "sym_success": agg([p.get("sym_success_rate") for p in last]),
+            "per_seed": [
+                {"seed": c["seed"], **f, "split": split_of(c["curve"][-1], "sym_modes_")}
+                for c, f in zip(got, finals)
+            ],
+        },
+        "curve": curve,
+        "final_steps": steps,
+        "s_per_epoch": 60
+        * float(np.median([c["curve"][-1]["train_min"] / c["curve"][-1]["epoch"] for c in got])),
+    }
+
+
+def pct(a: dict) -> str:
+    return (
+        "-" if not a["n"] else ci_text(100 * a["mean"], None if math.isnan(a["ci95"]) else 100 * a["ci95"], 1)
+    )
+
+
+def num(a: dict, digits: int = 3) -> str:
+    return "-" if not a["n"] else ci_text(a["mean"], a["ci95"], digits)
+
+
+def verdict(s: dict, van: dict | None) -> str:
+    """Keeps both modes / collapses / not distinguishable vs its vanilla, from the symmetric-start
+    dominant share's interval; plus the standard-start score it costs (interval overlap)."""
+    f = s["final"]
+    d = f["dominant_share"]
+    if not d["n"] or van is None or not van["final"]["dominant_share"]["n"] or s["row"] == van["row"]:
+        return ""
+    v = van["final"]["dominant_share"]
+    if d["n"] < 2 or v["n"] < 2:
+        return "too few seeds"
+    lo, hi = d["mean"] - d["ci95"], d["mean"] + d["ci95"]
+    vlo, vhi = v["mean"] - v["ci95"], v["mean"] + v["ci95"]
+    modes = (
+        "keeps both modes better than vanilla"
+        if hi < vlo
+        else "more collapsed than vanilla"
+        if lo > vhi
+        else "not distinguishable from vanilla"
+    )
+    sc, vs = f["mean_score"], van["final"]["mean_score"]
+    cost = sc["mean"] - vs["mean"]
+    apart = abs(cost) > sc["ci95"] + vs["ci95"]
+    return f"{modes}; score {cost:+.3f}" + (" (intervals apart)" if apart else " (overlapping)")
+
+
+def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
+    cells = load_cells(args.out)
+    demo = demo_split(args.zarr)
+    summary = summarize_rows(
+        rows,
+        plan,
+        cells,
+        lambda row: row.split("/")[0] + "/vanilla",
+        lambda row, got, missing, base: {"missing_seeds": missing, **summarize_row(row, got, base, demo)},
+    )
+    by_row = {s["row"]: s for s in summary}
+    table = []
+    for s in summary:
+        n = s["n_seeds"] + len(s["missing_seeds"])
+        seeds = f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
+        if not s["n_seeds"]:
+            table.append([s["row"], seeds] + [""] * 7)
+            continue
+        f = s["final"]
+        van = by_row.get(s["row"].split("/")[0] + "/vanilla")
+        table.append(
+            [
+                s["row"],
+                seeds,
+                pct(f["dominant_share"]),
+                num(f["tv_to_demos"], 2),
+                num(f["entropy_bits"], 2),
+                num(f["sym_mean_score"]),
+                num(f["mean_score"]),
+                pct(f["none_share"]),
+                verdict(s, van),
+            ]
+        )
+    md = (
+        f"### PushT modes: EMA policy after {args.epochs} epochs ({args.model}, batch {args.batch_size}, "
+        f"AdamW lr {args.lr:g} cosine; warm-up {args.warmup} epochs; epsilon scored with DDPM-100, flow with "
+        f"Euler-16; {SYMMETRIC_ROLLOUTS} rollouts at the symmetric starts)\n\n"
+    )
+    md += markdown_table(
+        [
+            "row",
+            "seeds",
+            "dominant share % (symmetric)",
+            "TV to demos",
+            "entropy (bits)",
+            "score (symmetric)",
+            "score (50 standard)",
+            "no turn %",
+            "verdict",
+        ],
+        table,
+    )
+    md += (
+        "\n\nMean ± 95% t-interval over seeds. Dominant share = share of the direction that seed's vanilla "
+        "policy (same objective and data) prefers, among the symmetric-start rollouts that turned the T "
+        "(the paper's ordering); 50% is balanced. TV to demos = |cw share - the demos' cw share| "
+        f"(raw demos turned more than 135°: cw {demo['cw']} / ccw {demo['ccw']}; mirrored demos: 50/50). "
+        "Verdict: the dominant share's interval against vanilla's, and the standard-start score difference.\n"
+    )
+    md += "\n### The paper's Table I PushT row, beside ours\n\n"
+    md += markdown_table(
+        ["row", "dominant mode", "score"], [[p["row"], p["dominant"], p["score"]] for p in PAPER]
+    )
+    md += "\n\n### Per evaluation epoch (dominant share % / standard score)\n\n"
+    epochs = sorted({p["epoch"] for s in summary for p in s.get("curve", [])})
+    md += markdown_table(
+        ["row", *[f"epoch {e}" for e in epochs]],
+        [
+            [s["row"]]
+            + [
+                next(
+                    (
+                        f"{pct(p['dominant_share'])} / {num(p['mean_score'], 2)}"
+                        for p in s["curve"]
+                        if p["epoch"] == e
+                    ),
+                    "",
+                )
+                for e in epochs
+            ]
+            for s in summary
+            if s["n_seeds"]
+        ],
+    )
+    keys = sorted(
+        {k for s in summary for k in s.get("final_steps", {})}, key=lambda k: (k[0], int(k.split("-")[1]))
+    )
+    md += "\n\n### Final checkpoint vs sampling steps (standard score / symmetric dominant share %)\n\n"
+    md += markdown_table(
+        ["row", *keys],
+        [
+            [s["row"]]
+            + [
+                (
+                    f"{num(v['score'], 2)} / {pct(v['dominant_share'])}"
+                    if (v := s["final_steps"].get(k))
+                    else ""
+                )
+                for k in keys
+            ]
+            for s in summary
+            if s["n_seeds"]
+        ],
+    )
+    md += "\n\n### The demos, classified with the same code\n\n"
+    md += (
+        f"All {demo['all']['n']} demos: cw {demo['all']['cw']}, ccw {demo['all']['ccw']}, "
+        f"none {demo['all']['none']}; started more than 135° from the goal ({demo['n']}): cw {demo['cw']}, "
+        f"ccw {demo['ccw']}, none {demo['none']}.\n"
+    )
+    host_list = hosts(list(cells.values()))
+    md += hosts_md(host_list)
+    payload = {
+        "machine": machine(),
+        "hosts": [json.loads(h) for h in host_list],
+        "seeds": plan,
+        "protocol": {
+            "model": args.model,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "eval_every": args.eval_every,
+            "warmup": args.warmup,
+            "eval_sampler": {k: f"{a}-{b}" for k, (a, b) in EVAL_SAMPLER.items()},
+            "final_steps": list(FINAL_STEPS),
+            "symmetric_rollouts": SYMMETRIC_ROLLOUTS,
+            "overrides": args.override,
+        },
+        "demos": demo,
+        "paper": PAPER,
+        "summary": summary,
+        "command": " ".join(sys.argv),
+    }
+    write_report(args.out, md, payload)
+    plot_mean_ci(
+        [
+            {
+                "label": s["row"],
+                "n_seeds": s["n_seeds"],
+                "curve": [
+                    {
+                        "epoch": p["epoch"],
+                        "share": p["dominant_share"]["mean"],
+                        "ci95": p["dominant_share"]["ci95"],
+                    }
+                    for p in s["curve"]
+                ],
+            }
+            for s in summary
+            if s["n_seeds"]
+        ],
+        args.out / "modes.png",
+        x="epoch",
+        y="share",
+        ci="ci95",
+        xlabel="epoch",
+        ylabel="dominant share at the symmetric starts",
+        title="PushT: does the policy keep both rotation modes? (0.5 = balanced)",
+        ylim=(0.4, 1.02),
+    )
+    print(md)
+    return payload
+
+
+def demo_split(zarr: str | None) -> dict:
+    """The demos' rotation split (all demos, and those started > 135° from the goal)."""
+    from immiscible_policy.analysis.modes import demo_modes
+
+    d = demo_modes(zarr)
+    far, every = d["far_from_goal"], d["all"]
+    out = {
+        "all": {"n": every["n_rollouts"], **every["rotation"]},
+        "n": far["n_rollouts"],
+        **far["rotation"],
+        "cw_share": far["rotation"]["cw"] / max(far["rotation"]["cw"] + far["rotation"]["ccw"], 1),
+        "mirrored_cw_share": 0.5,
+        "threshold_deg": d["threshold_deg"],
+        "far_from_goal_deg": far["min_deg"],
+    }
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--rows", nargs="+", default=list(dict.fromkeys(PILOT + [r for g in PRIORITY.values() for r in g]))
+    )
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 for every row (default: the plan)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=10, help="start_epoch of the warm-up recipes")
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--model", default="unet1d_sweep")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="start no new cell after this many minutes"
+    )
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--zarr", default=None, help="the PushT demos (default: the task's lookup)")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("override", nargs="*", help="extra Hydra overrides for every cell")
+    args = p.parse_args(argv)
+    for row in args.rows:
+        parse_row(row)
+    plan = planned_seeds(args.rows, args.seeds)
+    if not args.report_only:
+        run_cells(cell_order(args.rows, plan), lambda row, seed: run_cell(row, seed, args), args.max_minutes)
+    report(args.rows, plan, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

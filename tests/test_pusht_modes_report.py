@@ -1,0 +1,154 @@
+"""The modes sweep's bookkeeping (benchmarks/pusht_modes.py) on synthetic cells, without training.
+
+Why: the sweep takes many hours and its report is the README's multimodality evidence. A dominant share
+read off the row itself instead of each seed's vanilla, a TV distance against the wrong demo split, a recipe
+that silently drops its warm-up, or a cell order that runs the secondary rows first would only show after
+the sweep. Training and rollouts are not exercised here (that is the sweep).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pusht_modes.py"
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("pusht_modes_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_cell(row, seed, sym_split, score=0.9):
+    cw, ccw, none = sym_split
+    point = {
+        "epoch": 30,
+        "train_min": 15.0,
+        "mean_score": score,
+        "sym_mean_score": 0.5,
+        "sym_success_rate": 0.1,
+        "sym_modes_cw": cw,
+        "sym_modes_ccw": ccw,
+        "sym_modes_none": none,
+        "paired_share": 1.0,
+    }
+    early = {**point, "epoch": 15, "sym_modes_cw": 25, "sym_modes_ccw": 25}
+    sample = {"mean_score": score, "success_rate": 0.0, "cw": cw, "ccw": ccw, "none": none}
+    return {
+        "row": row,
+        "seed": seed,
+        "curve": [early, point],
+        "final": {"ddim-1": {"standard": sample, "symmetric": sample}},
+        "machine": {"cpu_model": "test"},
+    }
+
+
+def test_recipes_become_the_schedule_overrides(sweep):
+    assert sweep.recipe_overrides("vanilla", 10) == ["assigner=vanilla"]
+    assert sweep.recipe_overrides("published", 7) == [
+        "assigner=linear",
+        "assigner.params.standardize=true",
+        "assigner.start_epoch=7",
+    ]
+    assert sweep.recipe_overrides("published-f0.25-ramp", 10)[-2:] == [
+        "assigner.fraction=0.25",
+        "assigner.ramp_epochs=10",
+    ]
+    assert "assigner.start_epoch=0" in sweep.recipe_overrides("published-nowarmup", 10)
+    assert sweep.parse_row("flow+mirror/vanilla") == ("flow", True, "vanilla")
+    for bad in ("flw/vanilla", "flow+flip/vanilla", "flow/published-x", "flow/vanilla-f0.5", "flow/"):
+        with pytest.raises(SystemExit):
+            sweep.parse_row(bad)
+
+
+def test_pilot_first_then_the_paper_rows_to_ten_seeds(sweep):
+    rows = list(dict.fromkeys(sweep.PILOT + [r for g in sweep.PRIORITY.values() for r in g]))
+    plan = sweep.planned_seeds(rows, None)
+    order = sweep.cell_order(rows, plan)
+    assert order[:12] == [(r, s) for s in (0, 1) for r in sweep.PILOT]
+    assert plan["epsilon/vanilla"] == list(range(10)) and plan["flow+mirror/vanilla"] == list(range(5))
+    assert len(order) == len(set(order)) == sum(len(v) for v in plan.values())
+    a_done = max(i for i, (r, _) in enumerate(order) if r in sweep.PRIORITY["a"])
+    assert all(r not in sweep.PRIORITY["c"] for r, _ in order[12 : a_done + 1])  # after the pilot
+
+
+def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(sweep, tmp_path, monkeypatch):
+    demo = {
+        "all": {"n": 206, "cw": 60, "ccw": 70, "none": 76},
+        "n": 49,
+        "cw": 26,
+        "ccw": 23,
+        "none": 0,
+        "cw_share": 26 / 49,
+        "mirrored_cw_share": 0.5,
+        "threshold_deg": 45.0,
+        "far_from_goal_deg": 135.0,
+    }
+    monkeypatch.setattr(sweep, "demo_split", lambda zarr: demo)
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    # seed 0's vanilla prefers cw, seed 1's ccw: the recipe's dominant share is read in those directions
+    made = [
+        make_cell("epsilon/vanilla", 0, (45, 5, 0)),
+        make_cell("epsilon/vanilla", 1, (10, 40, 0)),
+        make_cell("epsilon/published", 0, (30, 20, 0), score=0.8),
+        make_cell("epsilon/published", 1, (20, 30, 0), score=0.8),
+        make_cell("flow+mirror/vanilla", 0, (25, 25, 0)),
+    ]
+    for c in made:
+        (cells / f"{c['row'].replace('/', '-').replace('+', '_')}-s{c['seed']}.json").write_text(
+            json.dumps(c)
+        )
+    args = SimpleNamespace(
+        out=tmp_path,
+        epochs=30,
+        model="m",
+        batch_size=256,
+        lr=1e-3,
+        warmup=10,
+        eval_every=5,
+        override=[],
+        zarr=None,
+    )
+    rows = ["epsilon/vanilla", "epsilon/published", "flow+mirror/vanilla"]
+    payload = sweep.report(rows, {r: [0, 1] for r in rows}, args)
+    by = {s["row"]: s for s in payload["summary"]}
+    assert by["epsilon/vanilla"]["final"]["dominant_share"]["mean"] == pytest.approx((0.9 + 0.8) / 2)
+    assert by["epsilon/published"]["final"]["dominant_share"]["mean"] == pytest.approx(0.6)
+    # TV: raw rows against the raw demos' far-from-goal split, mirrored rows against 50/50
+    assert by["epsilon/published"]["final"]["per_seed"][0]["tv_to_demos"] == pytest.approx(abs(0.6 - 26 / 49))
+    assert by["flow+mirror/vanilla"]["final"]["tv_to_demos"]["mean"] == pytest.approx(0.0)
+    assert by["flow+mirror/vanilla"]["missing_seeds"] == [1]
+    assert by["epsilon/vanilla"]["curve"][0]["dominant_share"]["mean"] == pytest.approx(0.5)  # epoch 15
+    md = (tmp_path / "report.md").read_text()
+    # vanilla's two seeds disagree (0.9, 0.8): its interval is wide, so no verdict on the modes
+    assert "not distinguishable from vanilla; score -0.100 (intervals apart)" in md
+    assert "97.6 ± 1.6%" in md and "cw 26 / ccw 23" in md
+    assert json.loads((tmp_path / "report.json").read_text())["demos"]["cw"] == 26
+    assert (tmp_path / "modes.png").stat().st_size > 1000
+
+
+def test_verdict_needs_disjoint_intervals(sweep):
+    def row(name, share, ci, score=0.9, score_ci=0.01):
+        agg = lambda m, c: {"mean": m, "ci95": c, "n": 5}  # noqa: E731
+        return {"row": name, "final": {"dominant_share": agg(share, ci), "mean_score": agg(score, score_ci)}}
+
+    van = row("epsilon/vanilla", 0.95, 0.03)
+    assert sweep.verdict(row("epsilon/x", 0.6, 0.1, 0.89), van).startswith(
+        "keeps both modes better than vanilla"
+    )
+    assert sweep.verdict(row("epsilon/x", 0.9, 0.1), van).startswith("not distinguishable from vanilla")
+    assert (
+        sweep.verdict(row("epsilon/x", 0.99, 0.005, 0.5), van)
+        == "more collapsed than vanilla; score -0.400 (intervals apart)"
+    )
+    assert sweep.verdict(van, van) == ""
