@@ -33,6 +33,7 @@ Usage:
     OMP_NUM_THREADS=1 python benchmarks/pusht_modes.py &   # one worker per core
     OMP_NUM_THREADS=1 python benchmarks/pusht_modes.py
     python benchmarks/pusht_modes.py --report-only         # report.{md,json}, modes.png
+    python benchmarks/pusht_modes.py --report-only --video flow/vanilla   # one rollout of each mode
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     RESULTS,
+    cell_name,
     ci95,
     ci_text,
     git_commit,
@@ -60,6 +62,7 @@ from _common import (  # noqa: E402
     plot_mean_ci,
     run_cells,
     summarize_rows,
+    write_json,
     write_report,
 )
 from _common import run_cell as _run_cell  # noqa: E402
@@ -583,6 +586,68 @@ def demo_split(zarr: str | None) -> dict:
     return out
 
 
+def mode_examples(run_dir: Path, path: Path, seed: int, n: int = SYMMETRIC_ROLLOUTS) -> dict:
+    """A video with one rollout of each rotation mode at the symmetric starts (first ``cw``, then ``ccw``).
+
+    The ``n`` rollouts run as the evaluation runs them (one batch, one seeded generator, rollout i from
+    symmetric start i); each rollout's actions are recorded, and the first of each mode is replayed with
+    rendering (the physics is deterministic: the replay is the rollout). Returns the modes and starts."""
+    import torch
+    from immiscible_envs.pusht import MAX_EPISODE_STEPS, PushTEnv
+
+    from immiscible_policy.analysis.modes import rotation_mode
+    from immiscible_policy.policy.load import load_policy
+    from immiscible_policy.video import write_video
+
+    model, policy, cfg, _ = load_policy(run_dir, device="cpu")
+    gen = torch.Generator().manual_seed(int(seed))
+    envs = [PushTEnv(obs_type=str(cfg.task.obs_type), render_mode=None) for _ in range(n)]
+    hist, actions, info = [], [[] for _ in range(n)], [None] * n
+    start_seed = int(cfg.task.eval.start_seed)
+    for i, env in enumerate(envs):
+        obs, info[i] = env.reset(seed=start_seed + i, options={"starts": "symmetric"})
+        hist.append([obs] * policy.n_obs_steps)
+    active, steps = list(range(n)), 0
+    while active and steps < MAX_EPISODE_STEPS:
+        chunk = policy.predict_action(
+            model, np.stack([np.stack(hist[i][-policy.n_obs_steps :]) for i in active]), gen
+        )
+        still = []
+        for row, i in enumerate(active):
+            done = False
+            for a in chunk[row][: MAX_EPISODE_STEPS - steps]:
+                obs, _, done, _, info[i] = envs[i].step(a)
+                hist[i].append(obs)
+                actions[i].append(a)
+                if done:
+                    break
+            if not done:
+                still.append(i)
+        steps += chunk.shape[1]
+        active = still
+    modes = [rotation_mode(inf["net_rotation"]) for inf in info]
+    frames, shown = [], {}
+    for mode in ("cw", "ccw"):
+        if mode not in modes:
+            continue
+        i = modes.index(mode)
+        shown[mode] = i
+        env = PushTEnv(obs_type=str(cfg.task.obs_type), render_mode="rgb_array")
+        env.reset(seed=start_seed + i, options={"starts": "symmetric"})
+        frames.append(env.render())
+        for a in actions[i]:
+            env.step(a)
+            frames.append(env.render())
+        frames += [frames[-1]] * 10  # hold the end a second before the next mode
+    if frames:
+        write_video(path, frames, fps=10)
+    return {
+        "modes": {m: modes.count(m) for m in ("cw", "ccw", "none")},
+        "shown_rollouts": shown,
+        "path": str(path),
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -599,6 +664,12 @@ def main(argv=None) -> int:
         "--max-minutes", type=float, default=None, help="start no new cell after this many minutes"
     )
     p.add_argument("--report-only", action="store_true")
+    p.add_argument(
+        "--video",
+        metavar="ROW",
+        default=None,
+        help="with --report-only: one rollout of each mode of ROW's seed-0 cell",
+    )
     p.add_argument("--zarr", default=None, help="the PushT demos (default: the task's lookup)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("override", nargs="*", help="extra Hydra overrides for every cell")
@@ -609,6 +680,12 @@ def main(argv=None) -> int:
     if not args.report_only:
         run_cells(cell_order(args.rows, plan), lambda row, seed: run_cell(row, seed, args), args.max_minutes)
     report(args.rows, plan, args)
+    if args.video:
+        run_dir = args.out / "runs" / cell_name(args.video, 0)
+        name = cell_name(args.video, 0)
+        out = mode_examples(run_dir, args.out / "video" / f"{name}.mp4", seed=0)
+        write_json(args.out / "video" / f"{name}.json", out)
+        print(f"[video] {out}")
     return 0
 
 
