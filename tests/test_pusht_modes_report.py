@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pusht_modes.py"
 
@@ -152,3 +153,59 @@ def test_verdict_needs_disjoint_intervals(sweep):
         == "more collapsed than vanilla; score -0.400 (intervals apart)"
     )
     assert sweep.verdict(van, van) == ""
+
+
+def test_headline_is_the_final_checkpoint_at_the_papers_sampler(sweep):
+    cell = make_cell("epsilon/vanilla", 0, (40, 10, 0))
+    cell["final"]["ddpm-100"] = {
+        "standard": {"mean_score": 0.7, "success_rate": 0.0},
+        "symmetric": {"mean_score": 0.4, "success_rate": 0.0, "cw": 5, "ccw": 45, "none": 0},
+    }
+    assert sweep.headline(cell)["mean_score"] == 0.7 and sweep.vanilla_direction(cell) == "ccw"
+    del cell["final"]["ddpm-100"]
+    assert sweep.headline(cell) is cell["curve"][-1] and sweep.vanilla_direction(cell) == "cw"
+
+
+def test_a_warmup_cell_forked_from_its_vanilla_twin_equals_training_it(sweep, tmp_path):
+    """The sweep starts warm-up cells from vanilla's checkpoint at the warm-up epoch: exactly the same run."""
+    from hydra import compose, initialize_config_dir
+    from safetensors.torch import load_file
+
+    from immiscible_policy.cli._hydra import config_dir
+    from immiscible_policy.policy.train import train_policy
+
+    def cfg_of(*overrides):
+        with initialize_config_dir(config_dir(), version_base="1.3"):
+            return compose("train", overrides=list(overrides))
+
+    tiny = [
+        "model=unet1d_sweep",
+        "trainer.objective=flow",
+        "trainer.sampler=euler",
+        "trainer.batch_size=32",
+        "trainer.max_steps_per_epoch=2",
+        "trainer.warmup_steps=1",
+        "trainer.epochs=2",
+        "trainer.eval_every_epochs=0",
+        "trainer.eval_at_end=false",
+        "trainer.checkpoint_every_epochs=1",
+        "trainer.progress=false",
+        "task.max_train_episodes=5",
+    ]
+    recipe = sweep.recipe_overrides("published", 1)
+    twin = tmp_path / "runs" / sweep.cell_name("flow/vanilla", 0)
+    train_policy(cfg_of(*tiny, "assigner=vanilla", f"run_dir={twin}"), twin)
+    assert sweep.fork_warmup(tmp_path, "flow/vanilla", 0, warmup=1) is None  # vanilla never forks
+    scratch = tmp_path / "scratch"
+    train_policy(cfg_of(*tiny, *recipe, f"run_dir={scratch}"), scratch)
+    forked = tmp_path / "runs" / sweep.cell_name("flow/published", 0)
+    assert sweep.fork_warmup(tmp_path, "flow/published", 0, warmup=1).name == "00000002"
+    train_policy(cfg_of(*tiny, *recipe, f"run_dir={forked}", "resume=true", "resume_force=true"), forked)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(scratch / "checkpoints" / "last" / name)
+        b = load_file(forked / "checkpoints" / "last" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    recs = [json.loads(x) for x in (forked / "metrics.jsonl").read_text().splitlines()]
+    want = [json.loads(x) for x in (scratch / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in recs] == [r["train_loss"] for r in want]
+    assert [r["paired_share"] for r in recs] == [0.0, 1.0]
