@@ -84,7 +84,7 @@ FINAL = {
 }
 SYMMETRIC_ROLLOUTS = 50
 
-PILOT = [f"{o}/{r}" for o in ("epsilon", "flow") for r in ("vanilla", "published", "published-f0.5")]
+PILOT = [f"{o}/{r}" for r in ("vanilla", "published", "published-f0.5") for o in ("epsilon", "flow")]
 PRIORITY = {
     "a": {"epsilon/vanilla": 10, "epsilon/published": 10},
     "b": {
@@ -163,16 +163,30 @@ def planned_seeds(rows: list[str], seeds: int | None) -> dict[str, list[int]]:
 
 
 def cell_order(rows: list[str], plan: dict[str, list[int]]) -> list[tuple[str, int]]:
-    """The pilot (seeds 0-1 of PILOT), then (a), (b), (c) seed-major within each, then any other row."""
+    """The pilot (seeds 0-1 of PILOT), then (a), (b), (c) seed-major within each, then any other row.
+
+    Within a group the vanilla cells run one seed ahead of the others (vanilla s0, vanilla s1, the rest of
+    s0, vanilla s2, the rest of s1, ...), so that with two workers a warm-up cell finds its vanilla twin's
+    checkpoint to fork from (:func:`fork_warmup`) instead of training the same warm-up again.
+    """
     order: list[tuple[str, int]] = []
     groups = [[r for r in PILOT if r in rows]] + [[r for r in g if r in rows] for g in PRIORITY.values()]
     groups.append([r for r in rows if not any(r in g for g in groups)])
+
+    def add(cells: list[tuple[str, int]]) -> None:
+        order.extend(c for c in cells if c not in order)
+
     for i, group in enumerate(groups):
-        seeds = sorted({s for r in group for s in plan[r]})
-        for s in seeds if i else [0, 1]:
-            order += [(r, s) for r in group if s in plan[r] and (r, s) not in order]
+        seeds = [0, 1] if i == 0 else sorted({s for r in group for s in plan[r]})
+        vanillas = {s: [(r, s) for r in group if r.endswith("/vanilla") and s in plan[r]] for s in seeds}
+        rest = {s: [(r, s) for r in group if not r.endswith("/vanilla") and s in plan[r]] for s in seeds}
+        for k, s in enumerate(seeds):
+            add(vanillas[s] if k else vanillas[s] + (vanillas[seeds[1]] if len(seeds) > 1 else []))
+            if k + 1 < len(seeds):
+                add(vanillas[seeds[k + 1]])
+            add(rest[s])
     for r in rows:
-        order += [(r, s) for s in plan[r] if (r, s) not in order]
+        add([(r, s) for s in plan[r]])
     return order
 
 
