@@ -16,7 +16,13 @@ from immiscible_policy.testing import ConformanceError, check_assigner
 # One non-default construction per built-in (every option changed where the strategy allows it).
 NON_DEFAULT: dict[str, dict] = {
     "vanilla": {},
-    "linear": {"cost": "sqeuclidean", "space": "pool:2", "quantize": "fp16", "distributed": "global"},
+    "linear": {
+        "cost": "sqeuclidean",
+        "space": "pool:2",
+        "quantize": "fp16",
+        "distributed": "global",
+        "solver": "scipy",
+    },
     "knn": {"k": 7, "space": "pool:4", "max_chunk_elements": 4096},
     "knn-pool": {"ratio": 3, "n_neighbors": 5, "space": "pool:2", "distributed": "global"},
     "scale": {"s": 0.5},
@@ -28,6 +34,7 @@ NON_DEFAULT: dict[str, dict] = {
         "space": "pool:2",
         "quantize": "fp16",
         "distributed": "global",
+        "solver": "scipy",
     },
 }
 

@@ -23,7 +23,8 @@ so that a sample only takes noise that came with a condition like its own.
 
 Options: ``cost`` (``l2`` | ``sqeuclidean``, as ``linear``), ``standardize`` (as ``linear``: the samples
 standardised over the batch in the distance term), ``weight``, ``target_r``, ``condition_cost``,
-``space``, ``quantize``, ``distributed`` (``local`` | ``global``).
+``space``, ``quantize``, ``distributed`` (``local`` | ``global``), ``solver`` (``auto`` | ``lapjv`` |
+``scipy``, as ``linear``: exact either way; with labels, one solve per label block).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from immiscible_policy.assigners.linear import (
     check_standardize,
     solve_assignment,
 )
+from immiscible_policy.assigners.solvers import check_solver, label_groups, solve_blocks, solver_repr
 from immiscible_policy.assigners.space import check_cost, pairwise_sq_dist, parse_space
 
 CONDITION_COSTS = ("cosine", "sqeuclidean")
@@ -111,6 +113,7 @@ class C2OTAssigner(Assigner):
         quantize: str | None = None,
         distributed: str = "local",
         standardize: bool = False,
+        solver: str = "auto",
     ) -> None:
         check_cost(cost, "c2ot")
         check_standardize(standardize, "c2ot")
@@ -125,11 +128,15 @@ class C2OTAssigner(Assigner):
         if not isinstance(target_r, int | float) or not 0.0 < target_r < 1.0:
             raise ValueError(f"c2ot: target_r must be in (0, 1), got {target_r!r}.")
         check_distributed(distributed, "c2ot")
+        self.solver_used = check_solver(solver, "c2ot")  # what auto resolved to, shown in the repr
         super().__init__()
         self.cost, self.space, self.quantize, self.distributed = cost, space, quantize, distributed
         self.weight = None if weight is None else float(weight)
         self.target_r, self.condition_cost = float(target_r), condition_cost
-        self.standardize = standardize
+        self.standardize, self.solver = standardize, solver
+
+    def __repr__(self) -> str:
+        return solver_repr(super().__repr__(), self.solver, self.solver_used)
 
     def permutation(self, x0: Tensor, noise: Tensor, cond: Tensor) -> tuple[Tensor, float]:
         """(perm (B,), weight used): row i takes ``noise[perm[i]]``."""
@@ -142,15 +149,14 @@ class C2OTAssigner(Assigner):
                 raise ValueError(
                     f"c2ot: discrete conditions must be one label per row (B,), got shape {tuple(cond.shape)}."
                 )
-            labels = labels[:, 0]
-            perm = torch.empty(x0.shape[0], dtype=torch.long, device=x0.device)
-            for value in torch.unique(labels):
-                rows = torch.nonzero(labels == value).flatten()
-                perm[rows] = rows[solve_assignment(m[rows][:, rows])]
-            return perm, float("inf")
+            # one transfer to the host, then one exact solve per label block (solvers.solve_blocks; each
+            # block becomes float64 there, so the whole matrix is never converted)
+            groups = label_groups(labels[:, 0].cpu().numpy())
+            perm = solve_blocks(m.detach().cpu().numpy(), groups, self.solver_used)
+            return torch.from_numpy(perm).to(x0.device), float("inf")
         c = condition_cost(cond, self.condition_cost)
         w = self.weight if self.weight is not None else adaptive_weight(m, c, self.target_r)
-        return solve_assignment(m + w * c if w else m), w
+        return solve_assignment(m + w * c if w else m, self.solver_used), w
 
     def pair(
         self,

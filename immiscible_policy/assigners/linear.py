@@ -1,7 +1,8 @@
 """``linear``: batch linear assignment (Immiscible Diffusion, NeurIPS 2024).
 
-Within a batch, permute the noise so the total sample-to-noise distance is minimal (Hungarian /
-Jonker-Volgenant via ``scipy.optimize.linear_sum_assignment``). Because the noise is only permuted, the
+Within a batch, permute the noise so the total sample-to-noise distance is minimal (an exact
+Jonker-Volgenant solve: ``lapx``'s ``lapjvr`` or ``scipy.optimize.linear_sum_assignment``, the ``solver``
+option, see :mod:`~immiscible_policy.assigners.solvers`). Because the noise is only permuted, the
 batch's noise marginal stays exactly N(0, I): the sampler at inference starts from the same distribution
 the model was trained on. Cost: an (B, B) distance matrix on the device, then a CPU solve that grows
 roughly cubically with B (the cost matrix is the only thing that leaves the device).
@@ -18,19 +19,20 @@ Options:
         assignment"); bf16 on CPU, where fp16 matmul is slow.
     distributed: "local" (each rank solves its own sub-batch) or "global" (with torch.distributed
         initialised: gather every rank's batch, solve once on rank 0, send each rank its noise).
+    solver: "auto" (default: "lapjv" when the lapx package is installed, else "scipy"), "lapjv" or
+        "scipy". Every solver is exact: the choice changes the time of the solve, not the optimal cost.
 """
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from immiscible_policy.assigners.base import Assigner, Pairing, check_same_batch, mean_l2
 from immiscible_policy.assigners.distributed import check_distributed, permute_globally, world_size
+from immiscible_policy.assigners.solvers import check_solver, solve, solver_repr
 from immiscible_policy.assigners.space import check_cost, features, pairwise_cost, parse_space
 
 QUANTIZE = (None, "fp16")
@@ -73,11 +75,12 @@ def assignment_cost(
     return pairwise_cost(fx, fn, cost, dtype=dtype)
 
 
-def solve_assignment(cost: Tensor) -> Tensor:
-    """Optimal permutation ``perm`` (B,) minimising sum_i cost[i, perm[i]] (cost moved to the CPU)."""
-    c = cost.detach().float().cpu().numpy().astype(np.float64)
-    _, cols = linear_sum_assignment(c)
-    return torch.from_numpy(cols).to(cost.device)
+def solve_assignment(cost: Tensor, solver: str = "auto") -> Tensor:
+    """Optimal permutation ``perm`` (B,) minimising sum_i cost[i, perm[i]] (cost moved to the CPU).
+
+    ``solver``: ``auto`` | ``lapjv`` | ``scipy`` (:mod:`~immiscible_policy.assigners.solvers`)."""
+    c = cost.detach().float().cpu().double().numpy()
+    return torch.from_numpy(solve(c, check_solver(solver, "solve_assignment"))).to(cost.device)
 
 
 class LinearAssigner(Assigner):
@@ -85,7 +88,7 @@ class LinearAssigner(Assigner):
 
     name = "linear"
     scope = "batch"
-    description = "Batch linear assignment (scipy): permute noise to minimise total L2 or squared L2 (keeps noise Gaussian)."
+    description = "Batch linear assignment (exact; lapx or scipy): permute noise to minimise total L2 or squared L2 (keeps noise Gaussian)."
     preserves_noise_multiset = True
 
     def __init__(
@@ -95,28 +98,36 @@ class LinearAssigner(Assigner):
         quantize: str | None = None,
         distributed: str = "local",
         standardize: bool = False,
+        solver: str = "auto",
     ) -> None:
         check_cost(cost, "linear")
         parse_space(space)
         check_quantize(quantize, "linear")
         check_distributed(distributed, "linear")
         check_standardize(standardize, "linear")
+        self.solver_used = check_solver(solver, "linear")  # what auto resolved to, shown in the repr
         super().__init__()
         self.cost, self.space, self.quantize, self.distributed = cost, space, quantize, distributed
-        self.standardize = standardize
+        self.standardize, self.solver = standardize, solver
+
+    def __repr__(self) -> str:
+        return solver_repr(super().__repr__(), self.solver, self.solver_used)
 
     def _cost(self, x0: Tensor, noise: Tensor) -> Tensor:
         return assignment_cost(
             x0, noise, space=self.space, quantize=self.quantize, cost=self.cost, standardize=self.standardize
         )
 
+    def _solve(self, cost: Tensor) -> Tensor:
+        return solve_assignment(cost, self.solver_used)
+
     def pair(self, x0: Tensor, noise: Tensor, *, generator: torch.Generator | None = None) -> Pairing:
         check_same_batch(x0, noise, "linear")
         start = time.perf_counter()
         if self.distributed == "global" and world_size() > 1:  # one solve of the gathered batch
-            paired = permute_globally(lambda gx, gn: solve_assignment(self._cost(gx, gn)), x0, noise)
+            paired = permute_globally(lambda gx, gn: self._solve(self._cost(gx, gn)), x0, noise)
         else:
-            paired = noise[solve_assignment(self._cost(x0, noise))]
+            paired = noise[self._solve(self._cost(x0, noise))]
         solver_ms = (time.perf_counter() - start) * 1e3
         info = {"l2_before": mean_l2(x0, noise), "l2_after": mean_l2(x0, paired), "solver_ms": solver_ms}
         return Pairing(x0=x0, noise=paired, info=info)
