@@ -2,16 +2,22 @@
 # The README's main job: set up, train a PushT diffusion policy on the human demos with the quickstart
 # (1.2M-parameter U-Net, rectified flow, 20 epochs), then evaluate the EMA policy on the 50 standard test seeds.
 #   bash scripts/main.sh [PATH/TO/pusht_cchi_v7_replay.zarr] [extra Hydra overrides...]
-# Demos are looked up in $IMMISCIBLE_PUSHT_ZARR, then ../shared/data/pusht/ beside the project.
+# Demos: the path given, else $IMMISCIBLE_PUSHT_ZARR, else ../shared/data/pusht/ beside the project, else the
+# low-dim copy inside the package (immiscible_policy/data/PUSHT_LOWDIM.md: no download needed); the
+# trainer's first line and the run's config.json name which (data=PATH or data=embedded:sha256=...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -gt 0 ] && [[ "$1" != *=* ]]; then export IMMISCIBLE_PUSHT_ZARR="$1"; shift; fi
-zarr=${IMMISCIBLE_PUSHT_ZARR:-../shared/data/pusht/pusht_cchi_v7_replay.zarr}
-if [ ! -d "$zarr" ]; then
-  echo "error: PushT demos not found at $zarr; download pusht_cchi_v7_replay.zarr (Diffusion Policy project) and pass its path as the first argument." >&2
-  exit 2
+if [ $# -gt 0 ] && [[ "$1" != *=* ]]; then
+  if [ "$1" != embedded ] && [ ! -e "$1" ]; then  # `embedded`: the copy in the package, even where a store exists
+    echo "error: $1: no such path; pass a pusht_cchi_v7_replay.zarr, or no path to use the default demos." >&2
+    exit 2
+  fi
+  export IMMISCIBLE_PUSHT_ZARR="$1"
+  shift
 fi
-export IMMISCIBLE_PUSHT_ZARR="$zarr"
+if [ -z "${IMMISCIBLE_PUSHT_ZARR:-}" ] && [ ! -e ../shared/data/pusht/pusht_cchi_v7_replay.zarr ]; then
+  echo "note: no PushT zarr found; training on the low-dim demos embedded in the package (the same arrays)."
+fi
 bash scripts/setup.sh
 run="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
 start=$(date +%s)

@@ -18,19 +18,25 @@ import os
 import numpy as np
 import torch
 
-from immiscible_policy.data import ReplayBuffer
+from immiscible_policy.data import ReplayBuffer, ReplayBufferError
+from immiscible_policy.data.pusht_lowdim import EMBEDDED_PUSHT, embedded_sha256, open_embedded_pusht
 from immiscible_policy.data.pusht_mirror import mirror_demos
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
 
 __all__ = [
+    "EMBEDDED",
     "OBS_TYPES",
     "LowdimWindowDataset",
     "PushTImageDataset",
     "PushTLowdimDataset",
     "SequenceSampler",
+    "default_pusht_zarr",
+    "describe_source",
     "downsample_mask",
     "get_val_mask",
     "pusht_obs",
+    "resolve_pusht_source",
+    "shared_pusht_zarr",
 ]
 
 #: obs_type -> obs_dim. keypoints: 9 block keypoints (x, y) flattened + agent xy (diffusion_policy's
@@ -243,21 +249,80 @@ class LowdimWindowDataset(torch.utils.data.Dataset):
         return MinMaxNormalizer().fit({"obs": self.obs[rows], "action": self.action[rows]})
 
 
-def default_pusht_zarr() -> str:
-    """The shared store, or ``$IMMISCIBLE_PUSHT_ZARR`` when set."""
-    return os.environ.get(
-        "IMMISCIBLE_PUSHT_ZARR",
-        os.path.join(
-            os.path.dirname(os.path.abspath(__file__)),
-            "..",
-            "..",
-            "..",
-            "shared",
-            "data",
-            "pusht",
-            "pusht_cchi_v7_replay.zarr",
-        ),
+#: the environment variable naming the PushT zarr store
+PUSHT_ZARR_ENV = "IMMISCIBLE_PUSHT_ZARR"
+#: :attr:`PushTLowdimDataset.source` when the demos come from the copy inside the package
+EMBEDDED = "embedded"
+#: where to get the full store (frames included): Diffusion Policy's training data
+PUSHT_ZIP_URL = "https://diffusion-policy.cs.columbia.edu/data/training/pusht.zip"
+
+
+_NO_FRAMES = (
+    "task=pusht_image needs the full PushT demos with frames (data/img), which the embedded low-dim copy "
+    "lacks ({where}): download " + PUSHT_ZIP_URL + " (Diffusion Policy's training data), unzip it and pass "
+    "task.dataset_path=PATH/pusht_cchi_v7_replay.zarr or set " + PUSHT_ZARR_ENV + "=PATH"
+)
+
+
+def shared_pusht_zarr() -> str:
+    """``../shared/data/pusht/pusht_cchi_v7_replay.zarr`` beside the project (the development machines' copy)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.normpath(
+        os.path.join(here, "..", "..", "..", "shared", "data", "pusht", "pusht_cchi_v7_replay.zarr")
     )
+
+
+def default_pusht_zarr() -> str:
+    """The full zarr store to look for: ``$IMMISCIBLE_PUSHT_ZARR`` when set, else the shared one.
+
+    Tests that need the frames (or the store itself) skip when this path is absent; the low-dim tasks
+    fall back to the embedded copy instead (:func:`resolve_pusht_source`).
+    """
+    return os.environ.get(PUSHT_ZARR_ENV) or shared_pusht_zarr()
+
+
+def resolve_pusht_source(dataset_path: str | os.PathLike | None = None, *, frames: bool = False) -> str:
+    """Where the PushT demos come from: a zarr path, or :data:`EMBEDDED` (the low-dim copy in the package).
+
+    Order: an explicit ``dataset_path`` (``task.dataset_path``), then ``$IMMISCIBLE_PUSHT_ZARR``, then the
+    shared store beside the project, then the embedded copy; either of the first two may also say
+    ``embedded`` to pick that copy where a store exists. Why a path that is named but does not exist is
+    never replaced by the embedded copy: a typo would silently train on other data than asked for. An
+    explicit path is opened as given (a missing one is the store's one-line error naming it); a missing
+    ``$IMMISCIBLE_PUSHT_ZARR`` is refused here. ``frames=True`` (``task=pusht_image``): the embedded copy
+    has no frames, so a missing store is a one-line error saying where to get it.
+    """
+    if dataset_path is not None:
+        path, named = str(dataset_path), "task.dataset_path"
+    elif os.environ.get(PUSHT_ZARR_ENV):
+        path, named = os.environ[PUSHT_ZARR_ENV], PUSHT_ZARR_ENV
+    else:
+        shared = shared_pusht_zarr()
+        if os.path.exists(shared):
+            return shared
+        if frames:
+            raise ReplayBufferError(_NO_FRAMES.format(where=f"no store at {shared}"))
+        return EMBEDDED
+    if path == EMBEDDED:
+        if frames:
+            raise ReplayBufferError(_NO_FRAMES.format(where=f"{named}={EMBEDDED}"))
+        return EMBEDDED
+    if not os.path.exists(path):
+        if frames:
+            raise ReplayBufferError(_NO_FRAMES.format(where=f"{named}={path}: no such path"))
+        if named == PUSHT_ZARR_ENV:
+            raise ReplayBufferError(
+                f"{PUSHT_ZARR_ENV}={path}: no such path; point it at pusht_cchi_v7_replay.zarr, or unset it "
+                "to use the shared store or, without one, the low-dim demos embedded in the package"
+            )
+    return path
+
+
+def describe_source(source: dict[str, str]) -> str:
+    """One word for the run log: the zarr path, or ``embedded:sha256=<hex>``."""
+    if source.get("source") == EMBEDDED:
+        return f"{EMBEDDED}:sha256={source['sha256']}"
+    return str(source.get("path"))
 
 
 class PushTLowdimDataset(LowdimWindowDataset):
@@ -270,6 +335,8 @@ class PushTLowdimDataset(LowdimWindowDataset):
 
     #: the obs types this class builds, with their obs_dim (``"image"`` is :class:`PushTImageDataset`'s)
     obs_types = OBS_TYPES
+    #: whether the frames are read (then the embedded low-dim copy cannot stand in for the zarr)
+    needs_frames = False
 
     def __init__(
         self,
@@ -289,11 +356,16 @@ class PushTLowdimDataset(LowdimWindowDataset):
                 f"mirror=True: obs_type {obs_type!r} has no mirror; mirroring is defined for PushT "
                 f"{'/'.join(OBS_TYPES)} demos: use obs_type keypoints or state, or mirror=False"
             )
-        self.zarr_path = str(zarr_path) if zarr_path is not None else default_pusht_zarr()
+        #: the zarr path, or :data:`EMBEDDED` (``zarr_path`` None: :func:`resolve_pusht_source`'s lookup)
+        self.source = resolve_pusht_source(zarr_path, frames=self.needs_frames)
+        self.zarr_path = None if self.source == EMBEDDED else self.source
         self.obs_type = obs_type
         self.mirror = bool(mirror)
         keys = ["state", "action"] + (["keypoint"] if obs_type == "keypoints" else [])
-        self.buffer = buf = ReplayBuffer.open(self.zarr_path, keys=keys)
+        if self.zarr_path is None:
+            self.buffer = buf = open_embedded_pusht(keys)
+        else:
+            self.buffer = buf = ReplayBuffer.open(self.zarr_path, keys=keys)
         self._init_windows(
             *self._arrays(buf, obs_type),
             horizon=horizon,
@@ -304,6 +376,14 @@ class PushTLowdimDataset(LowdimWindowDataset):
             max_train_episodes=max_train_episodes,
             n_copies=2 if self.mirror else 1,
         )
+
+    @property
+    def data_source(self) -> dict[str, str]:
+        """What the run records (``config.json``'s ``data_source``): ``{"source": "zarr", "path"}`` or
+        ``{"source": "embedded", "file", "sha256"}`` (the sha256 of the file as read, so a changed copy shows)."""
+        if self.zarr_path is None:
+            return {"source": EMBEDDED, "file": EMBEDDED_PUSHT.name, "sha256": embedded_sha256()}
+        return {"source": "zarr", "path": os.path.abspath(self.zarr_path)}
 
     def _arrays(self, buf: ReplayBuffer, obs_type: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(obs, float32 action, episode_ends) of the store, followed by their reflections when mirrored."""
@@ -347,6 +427,7 @@ class PushTImageDataset(PushTLowdimDataset):
     """
 
     obs_types = {"image": 2}  # the low-dim part: the agent xy
+    needs_frames = True
 
     def __init__(self, zarr_path: str | os.PathLike | None = None, image_size: int = 96, **kw) -> None:
         kw.setdefault("obs_type", "image")

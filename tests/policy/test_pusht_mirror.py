@@ -27,6 +27,7 @@ from immiscible_policy.data.pusht_mirror import (
     tile_episode_mask,
 )
 from immiscible_policy.policy.dataset import (
+    EMBEDDED,
     PushTImageDataset,
     PushTLowdimDataset,
     SequenceSampler,
@@ -37,8 +38,8 @@ from immiscible_policy.policy.dataset import (
 from immiscible_policy.policy.tasks import TASK_ENVS, task_mirror
 
 PUSHT_ZARR = Path(default_pusht_zarr())
-NO_STORE = f"PushT store not found at {PUSHT_ZARR} (set IMMISCIBLE_PUSHT_ZARR)"
-needs_pusht = pytest.mark.skipif(not PUSHT_ZARR.exists(), reason=NO_STORE)
+#: the full store when present, else the same arrays embedded in the package (nothing here needs frames)
+PUSHT_DEMOS = str(PUSHT_ZARR) if PUSHT_ZARR.exists() else EMBEDDED
 VAL_RATIO, SEED = 0.1, 42
 #: demos replayed both ways (full length, ~0.3 s each); every one of them mirrors to 1e-11 px
 REPLAYED = (0, 1, 2)
@@ -122,11 +123,11 @@ def test_the_T_outline_reflects_but_the_keypoints_are_recomputed(env):
 
 @pytest.fixture(scope="module")
 def store():
-    if not PUSHT_ZARR.exists():
-        pytest.skip(NO_STORE)
     from immiscible_policy.data import ReplayBuffer
+    from immiscible_policy.data.pusht_lowdim import open_embedded_pusht
 
-    return ReplayBuffer.open(PUSHT_ZARR, keys=["state", "action", "keypoint"])
+    keys = ["state", "action", "keypoint"]
+    return open_embedded_pusht(keys) if PUSHT_DEMOS == EMBEDDED else ReplayBuffer.open(PUSHT_ZARR, keys=keys)
 
 
 def _replay(env, start: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -145,7 +146,6 @@ def _both_ways(env, store, episode: int) -> tuple[np.ndarray, np.ndarray]:
     return _replay(env, state0, actions), _replay(env, mirror_state(state0), mirror_action(actions))
 
 
-@needs_pusht
 @pytest.mark.parametrize("episode", REPLAYED)
 def test_env_replay_of_a_mirrored_demo_is_the_mirrored_replay(env, store, episode):
     original, mirrored = _both_ways(env, store, episode)
@@ -156,7 +156,6 @@ def test_env_replay_of_a_mirrored_demo_is_the_mirrored_replay(env, store, episod
     assert abs(turn) > 0.5 and np.sign(mirrored_turn) == -np.sign(turn), (turn, mirrored_turn)
 
 
-@needs_pusht
 def test_the_one_wall_asymmetry_explains_the_demos_that_do_not_mirror(env, store, monkeypatch):
     """gym-pusht's walls lie at x, y = 5 and 506, which the reflection maps to 507 and 6: 1 px off. Demo 65
     starts with the block 11.5 px inside a wall (10.5 px in the reflection), the first step pushes it out
@@ -186,13 +185,10 @@ def test_the_one_wall_asymmetry_explains_the_demos_that_do_not_mirror(env, store
 
 @pytest.fixture(scope="module")
 def datasets():
-    if not PUSHT_ZARR.exists():
-        pytest.skip(NO_STORE)
     kw = {"val_ratio": VAL_RATIO, "seed": SEED}
-    return PushTLowdimDataset(**kw), PushTLowdimDataset(mirror=True, **kw)
+    return PushTLowdimDataset(PUSHT_DEMOS, **kw), PushTLowdimDataset(PUSHT_DEMOS, mirror=True, **kw)
 
 
-@needs_pusht
 def test_mirror_false_gives_todays_windows(datasets, store):
     plain, _ = datasets
     ends = store.episode_ends
@@ -206,7 +202,6 @@ def test_mirror_false_gives_todays_windows(datasets, store):
     assert repr(plain).startswith(f"PushTLowdimDataset(obs_type='keypoints', episodes={(~val).sum()}, ")
 
 
-@needs_pusht
 def test_split_keeps_each_demo_with_its_reflection(datasets):
     plain, mirrored = datasets
     n = len(plain.episode_ends)
@@ -226,11 +221,12 @@ def test_split_keeps_each_demo_with_its_reflection(datasets):
     )
 
 
-@needs_pusht
 def test_max_train_episodes_keeps_pairs_together():
-    plain = PushTLowdimDataset(val_ratio=VAL_RATIO, seed=SEED, max_train_episodes=20, obs_type="state")
+    plain = PushTLowdimDataset(
+        PUSHT_DEMOS, val_ratio=VAL_RATIO, seed=SEED, max_train_episodes=20, obs_type="state"
+    )
     mirrored = PushTLowdimDataset(
-        val_ratio=VAL_RATIO, seed=SEED, max_train_episodes=20, obs_type="state", mirror=True
+        PUSHT_DEMOS, val_ratio=VAL_RATIO, seed=SEED, max_train_episodes=20, obs_type="state", mirror=True
     )
     n = len(plain.episode_ends)
     assert plain.train_mask.sum() == 20 and mirrored.train_mask.sum() == 40  # 20 demos, each with its mirror
@@ -239,7 +235,6 @@ def test_max_train_episodes_keeps_pairs_together():
     assert not (mirrored.train_mask[n:] & mirrored.val_mask[:n]).any()  # no reflection of a val demo trained
 
 
-@needs_pusht
 def test_reflected_windows_are_the_reflected_demos(datasets, store, env):
     plain, mirrored = datasets
     half = len(plain)
@@ -255,7 +250,6 @@ def test_reflected_windows_are_the_reflected_demos(datasets, store, env):
         np.testing.assert_allclose(mirrored.obs[n_steps + row], obs, atol=1e-3)
 
 
-@needs_pusht
 def test_normaliser_is_fitted_on_both(datasets):
     plain, mirrored = datasets
     fitted = mirrored.get_normalizer().params["action"]
