@@ -17,6 +17,7 @@ step name. Stale ``.tmp-*`` dirs left by a killed writer are ignored by readers 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -31,8 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
+from immiscible_policy.finite import non_finite
 from immiscible_policy.run_log import normal_mode
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -63,8 +66,8 @@ class Checkpoint:
 
     @property
     def step(self) -> int:
-        """The step number this checkpoint was saved at (from its directory name)."""
-        return int(self.path.name)
+        """The step number this checkpoint was saved at (its directory name, else its config's ``step``)."""
+        return step_of(self.path, self.config)
 
     def select_weights(self, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
         """(state dict, where it came from for messages): the EMA weights when asked for and present."""
@@ -107,6 +110,35 @@ def _write_json(path: Path, value: Mapping[str, Any], what: str) -> None:
     path.write_text(text + "\n")
 
 
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write through Python's own file I/O: a full disk or a read-only folder is then an ``OSError``
+    naming ``path`` (safetensors and ``torch.save`` report it as their own exception types)."""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _save_tensors(path: Path, state: Mapping[str, torch.Tensor], what: str) -> None:
+    _write_bytes(path, save_safetensors(_tensor_dict(state, what), metadata={"format": "pt"}))
+
+
+def _save_torch(path: Path, value: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    _write_bytes(path, buffer.getvalue())
+
+
+def _refuse_non_finite(step: int, parts: Mapping[str, Any]) -> None:
+    """Never save a diverged state: ``keep_last`` prunes only after a save, so the newest checkpoint (the
+    one pruning keeps) is then always a finite one."""
+    for what, value in parts.items():
+        found = non_finite(value) if value is not None else None
+        if found:
+            raise CheckpointError(
+                f"refusing to save checkpoint {step}: {what}: {found} (a diverged run); the checkpoints "
+                "already saved stay as they are."
+            )
+
+
 def _fsync(path: Path) -> None:
     """Flush a file or directory to disk (so a power loss after the rename cannot leave empty files)."""
     fd = os.open(path, os.O_RDONLY)
@@ -147,19 +179,28 @@ def save_checkpoint(
         raise CheckpointError(f"step must be a non-negative int, got {step!r}")
     if keep_last is not None and keep_last < 1:
         raise CheckpointError(f"keep_last must be >= 1 or None, got {keep_last}")
+    _refuse_non_finite(
+        int(step),
+        {
+            "model_state": model_state,
+            "ema_state": ema_state,
+            "normalizer": normalizer,
+            "training_state": training_state,
+        },
+    )
     ckpt_dir = Path(run_dir) / CHECKPOINTS_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale_temp(ckpt_dir)
     name = f"{int(step):08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-", dir=ckpt_dir))
     try:
-        save_file(_tensor_dict(model_state, "model_state"), tmp / MODEL_FILE, metadata={"format": "pt"})
+        _save_tensors(tmp / MODEL_FILE, model_state, "model_state")
         if ema_state is not None:
-            save_file(_tensor_dict(ema_state, "ema_state"), tmp / EMA_FILE, metadata={"format": "pt"})
+            _save_tensors(tmp / EMA_FILE, ema_state, "ema_state")
         _write_json(tmp / CONFIG_FILE, config, "config")
         if normalizer is not None:
             _write_json(tmp / NORMALIZER_FILE, normalizer, "normalizer")
-        torch.save(dict(training_state), tmp / TRAINING_STATE_FILE)
+        _save_torch(tmp / TRAINING_STATE_FILE, dict(training_state))
         try:
             torch.load(tmp / TRAINING_STATE_FILE, weights_only=True, map_location="cpu", mmap=True)
         except Exception as err:
@@ -189,11 +230,17 @@ def save_checkpoint(
 
 
 def _point_last_at(ckpt_dir: Path, name: str) -> None:
-    """Replace ``last`` by a relative symlink to ``name`` in one ``os.replace`` (no moment without it)."""
+    """Replace ``last`` by a relative symlink to ``name`` in one ``os.replace`` (no moment without it).
+
+    A ``last`` that is a real directory (a run copied with ``cp -rL``, which copies the link's target)
+    is a copy of a step dir: it is moved aside as a temp dir (removed by the next clean-up) first."""
+    last = ckpt_dir / LAST
+    if last.is_dir() and not last.is_symlink():
+        os.rename(last, Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}copied-last-", dir=ckpt_dir)) / LAST)
     tmp_link = ckpt_dir / f"{_TMP_PREFIX}last-{os.getpid()}"
     tmp_link.unlink(missing_ok=True)
     os.symlink(name, tmp_link)
-    os.replace(tmp_link, ckpt_dir / LAST)
+    os.replace(tmp_link, last)
 
 
 def _step_dirs(ckpt_dir: Path) -> list[Path]:
@@ -215,11 +262,38 @@ def _missing_files(step_dir: Path) -> list[str]:
     return [f for f in REQUIRED_FILES if not (step_dir / f).is_file()]
 
 
+def step_of(step_dir: Path, config: Mapping[str, Any]) -> int:
+    """A checkpoint's step: its directory's name, or (a directory not named by its step, e.g. a ``last``
+    copied as a real directory by ``cp -rL``) the ``step`` its config.json records; one line otherwise."""
+    if step_dir.name.isdigit():
+        return int(step_dir.name)
+    step = config.get("step")
+    if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+        return step
+    raise CheckpointError(
+        f"checkpoint {step_dir}: cannot tell its step (the folder is not named by a step number and "
+        f"{CONFIG_FILE} records none); pass its step folder, {CHECKPOINTS_DIR}/<step>."
+    )
+
+
+def _copied_last(last: Path) -> Path:
+    """The step dir a real-directory ``last`` (a ``cp -rL`` copy) stands for, by its config's step: that
+    step dir when present and complete, else the copy itself."""
+    try:
+        step = json.loads((last / CONFIG_FILE).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return last.resolve()
+    twin = last.parent / f"{step:08d}" if isinstance(step, int) else None
+    return (
+        twin.resolve() if twin is not None and twin.is_dir() and not _missing_files(twin) else last.resolve()
+    )
+
+
 def _latest_in(ckpt_dir: Path) -> Path | None:
     """``last``'s target when it is complete, else the highest complete step dir, else None."""
     last = ckpt_dir / LAST
     if last.is_dir() and not _missing_files(last):
-        return last.resolve()
+        return last.resolve() if last.is_symlink() else _copied_last(last)
     for path in reversed(_step_dirs(ckpt_dir)):
         if not _missing_files(path):
             return path.resolve()
@@ -295,7 +369,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     def read_state(p: Path) -> Any:
         return torch.load(p, weights_only=True, map_location="cpu")
 
-    return Checkpoint(
+    ck = Checkpoint(
         model_state=_read(step_dir / MODEL_FILE, load_file, "model weights"),
         ema_state=_read(ema_path, load_file, "EMA weights") if ema_path.exists() else None,
         config=_read_config(step_dir),
@@ -303,6 +377,27 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         training_state=_read(step_dir / TRAINING_STATE_FILE, read_state, "training state"),
         path=step_dir,
     )
+    step_of(step_dir, ck.config)  # a copied `last` without a recorded step fails here, before any use
+    _check_finite(ck)
+    return ck
+
+
+def _check_finite(ck: Checkpoint) -> None:
+    """Refuse NaN / inf weights, normaliser or optimiser state at load time (resume, eval, sample,
+    analyze), before they become a run that trains on nan or a rollout that scores 0."""
+    parts = {
+        MODEL_FILE: ck.model_state,
+        EMA_FILE: ck.ema_state,
+        NORMALIZER_FILE: ck.normalizer,
+        TRAINING_STATE_FILE: ck.training_state,
+    }
+    for name, value in parts.items():
+        found = non_finite(value) if value is not None else None
+        if found:
+            raise CheckpointError(
+                f"checkpoint {ck.path} holds non-finite numbers ({name}: {found}); it comes from a diverged "
+                f"run or is damaged: use an earlier checkpoint ({ck.path.parent}/<step>) or train again."
+            )
 
 
 # ------------------------------------------------------------------------------------- checks before use

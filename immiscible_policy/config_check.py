@@ -192,6 +192,8 @@ POLICY_TASK: dict[str, Spec] = {
     "n_obs_steps": _int(2, 1, optional=True),
     "n_action_steps": _int(8, 1, optional=True),
     "max_train_episodes": _int(20, 1, null=True, optional=True, note="null = every episode"),
+    # the share of episodes held out; 1.0 used to train on a handful of windows without a word
+    "val_ratio": _num(0.02, 0, hi=1, optional=True),
     # add each demo's reflection (PushT keypoints/state only: policy/tasks.py task_mirror refuses the rest)
     "mirror": Spec("bool", True, optional=True),
 }
@@ -421,6 +423,22 @@ def _resolved(cfg: Any, key: str) -> Any:
         raise ValueError(f"{key}: cannot resolve its value ({first}); fix the interpolation.") from err
 
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+
+
+def check_plain_name(
+    key: str, value: Any, used_in: str = "run directory names", example: str = "pusht_small"
+) -> None:
+    """A name that becomes part of a path (``task.name`` in ``runs/<task>-<assigner>-<time>``) is a plain
+    name: letters, digits, ``_ . + -``, no ``/`` and no ``..``; ``task.name=../../../outside`` used to
+    write the run outside ``runs/``."""
+    if not isinstance(value, str) or not _PLAIN_NAME.match(value) or ".." in value:
+        raise ValueError(
+            f"{key}={show(value)} is used in {used_in}; use a plain name (letters, digits, '_', '.', '-'; "
+            f"no '/' and no '..'), e.g. {key}={example}."
+        )
+
+
 def task_kind(cfg: Any) -> str:
     """``task.type`` checked: policy or image."""
     task = cfg.get("task") if hasattr(cfg, "get") else None
@@ -467,6 +485,7 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
     tr = _resolved(cfg, "trainer")
     other = OTHER_KIND[kind]
     name = cfg.task.get("name")
+    check_plain_name("task.name", name)
     fix = _refuse_other_kind("trainer", tr, kind, name, f"trainer is the {other} trainer's config")
     check_section("trainer", tr, TRAINERS[kind], what=f"the {kind} trainer", fix_missing=fix)
     if tr.get("eval_video"):

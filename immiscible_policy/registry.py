@@ -9,6 +9,7 @@ Modelled on Gymnasium's and pytest/pluggy's registries (see docs/architecture.md
 * A plugin whose import fails is listed with its error and fails only when selected (error chained).
 * Two distributions claiming one name: creating it raises an error naming both (never a silent overwrite).
 * ``IMMISCIBLE_DISABLE_PLUGINS=1`` keeps only this package's built-ins.
+* A plugin that ends the process at import (``sys.exit``, ``os._exit``) is reported, never obeyed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import difflib
 import importlib
 import inspect
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -162,10 +165,37 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
+class PluginExitError(RuntimeError):
+    """A plugin called ``os._exit`` while being imported (see :func:`_no_os_exit`)."""
+
+
+@contextmanager
+def _no_os_exit() -> Iterator[None]:
+    """While a plugin is imported, ``os._exit`` in this process and thread raises instead of ending it.
+
+    Why: ``sys.exit`` at import is an exception we catch, but ``os._exit(0)`` ends the process at once,
+    with status 0 and no output: ``immiscible-assigners`` printed nothing, and training would stop
+    without a word. Catching it here costs nothing (no subprocess per plugin); a call from another
+    thread or a forked child (whose end calls ``os._exit``) still exits as usual."""
+    real, pid, thread = os._exit, os.getpid(), threading.get_ident()
+
+    def refuse(status: int) -> None:
+        if os.getpid() != pid or threading.get_ident() != thread:
+            real(status)
+        raise PluginExitError(f"called os._exit({status}) while being imported")
+
+    os._exit = refuse
+    try:
+        yield
+    finally:
+        os._exit = real
+
+
 def _import_target(target: str, label: str) -> type:
     module_name, _, attr = target.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        with _no_os_exit():
+            obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except KeyboardInterrupt:

@@ -44,6 +44,7 @@ from immiscible_policy.checkpoint import (
 )
 from immiscible_policy.config_check import check_config, resume_mode, show
 from immiscible_policy.ema import EMAModel, ema_resume_state, ema_state_dict_for_model, make_ema, restore_ema
+from immiscible_policy.finite import NonFiniteGuard
 from immiscible_policy.host import host_record
 from immiscible_policy.loggers import DEFAULT_LOGGER, logger_names, open_dashboards
 from immiscible_policy.noising import (
@@ -92,15 +93,20 @@ def make_optimization(model: nn.Module, tr: Any, total_steps: int) -> Optimizati
     return Optimization(optimizer, lr_scheduler, make_ema(model, power=float(tr.ema_power)))
 
 
-def optimizer_step(model: nn.Module, opt: Optimization, loss: Tensor, grad_clip: float | None) -> None:
-    """backward, optional grad-norm clip, AdamW step, lr schedule step, EMA update (in that order)."""
+def optimizer_step(
+    model: nn.Module, opt: Optimization, loss: Tensor, grad_clip: float | None
+) -> Tensor | None:
+    """backward, optional grad-norm clip, AdamW step, lr schedule step, EMA update (in that order).
+
+    Returns the total gradient norm before clipping (a device tensor, no host sync) when clipping, else
+    None, for :meth:`TrainingRun.after_step`'s finite check."""
     opt.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip)) if grad_clip else None
     opt.optimizer.step()
     opt.lr_scheduler.step()
     opt.ema.step(model.parameters())
+    return norm
 
 
 def restore_training(
@@ -446,6 +452,36 @@ def plan_resume(cfg: Any, run_dir: str | Path, *, check_lock: bool = False) -> b
     return True
 
 
+def nothing_to_do(cfg: Any, run_dir: str | Path) -> str | None:
+    """One line when resuming ``run_dir`` would train nothing: its newest checkpoint is already at (or
+    past) the budget (``trainer.epochs`` for a policy, ``trainer.max_steps`` for an image model) and its
+    record reached the log (else the resumed run still has that evaluation to do); None otherwise.
+
+    Why a line and exit status 0 (not an error): ``resume=auto`` scripts rerun finished cells and must go
+    on; but ``resume=true trainer.epochs=12`` on a run at epoch 28 used to end without a word."""
+    from immiscible_policy.run_log import read_jsonl
+
+    latest = find_latest(run_dir)
+    try:
+        saved = json.loads((latest / "config.json").read_text()) if latest is not None else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(saved, Mapping):
+        return None
+    image = cfg.task.get("type") == "image"
+    key, unit = ("trainer.max_steps", "step") if image else ("trainer.epochs", "epoch")
+    done, budget = saved.get(unit), int(cfg.trainer.max_steps if image else cfg.trainer.epochs)
+    if not isinstance(done, int) or done < budget:
+        return None
+    log = Path(run_dir) / JSONL_NAME
+    if pending_record(Path(run_dir), int(saved.get("step", -1)), read_jsonl(log) if log.exists() else []):
+        return None
+    return (
+        f"[immiscible] nothing to do: run_dir={run_dir} is already at {unit} {done} and {key}={budget}; "
+        f"raise {key} to train on."
+    )
+
+
 @contextmanager
 def claim_run(cfg: Any, run_dir: Path, topo: Any) -> Iterator[bool]:
     """Lock ``run_dir`` for this run (main process) and decide resume; yields whether to restore.
@@ -641,6 +677,7 @@ class TrainingRun:
     opt: Optimization | None = None
     config_record: dict[str, Any] | None = None
     logger: RunLogger | None = None
+    guard: NonFiniteGuard | None = None
 
     @property
     def tr(self) -> Any:
@@ -676,6 +713,12 @@ class TrainingRun:
         """
         topo, tr = self.topo, self.tr
         topo.check(assigner)
+        self.guard = NonFiniteGuard(
+            self.device,
+            eager=self.device.type == "cpu" and topo.world_size == 1,  # no queue to wait for: every step
+            describe=self._diverged_fix,
+            reduce=topo.sum if topo.world_size > 1 else None,
+        )
         model.to(self.device)
         train_model = topo.wrap(model)  # DDP under several processes; ``model`` stays the bare module
         self.opt = make_optimization(model, tr, total_steps)
@@ -705,6 +748,27 @@ class TrainingRun:
             )
         return train_model, epoch, step
 
+    def after_step(self, step: int, loss: Tensor, grad_norm: Tensor | None) -> None:
+        """The finite check of step ``step`` (:class:`~immiscible_policy.finite.NonFiniteGuard`): at once
+        on the CPU, else recorded on the device and raised by :meth:`check_finite`."""
+        self.guard.update(step, loss, grad_norm)
+
+    def check_finite(self, model: nn.Module, step: int) -> None:
+        """Before a record or a checkpoint: raise one line if a step so far, or the weights, went
+        non-finite (so a diverged state is never logged as numbers nor saved)."""
+        self.guard.check(model, step)
+
+    def _diverged_fix(self) -> str:
+        """The end of the divergence message: what was kept, and what to change."""
+        latest = find_latest(self.run_dir)
+        fix = f"lower trainer.lr (now {self.tr.lr}) or set trainer.grad_clip"
+        if latest is None:
+            return f"no checkpoint was saved; {fix} and start a new run_dir."
+        return (
+            f"the last finite checkpoint, {latest}, is kept (nothing later was saved); {fix} and resume "
+            "from it (resume=true), or start a new run_dir."
+        )
+
     def pending(self, step: int) -> dict[str, Any] | None:
         """The record of the checkpoint resumed from, when its evaluation failed or the run died before
         logging it (main process, resuming only; see :func:`pending_record`)."""
@@ -733,7 +797,9 @@ class TrainingRun:
     ) -> None:
         """Checkpoint ``step`` with its not yet logged record and due evaluations under ``pending``
         (before evaluating: a failing evaluation loses no training); every process calls it, the main
-        one writes, all wait for it (:func:`save_then_barrier`)."""
+        one writes, all wait for it (:func:`save_then_barrier`). A diverged state is refused first
+        (:meth:`check_finite`), so the checkpoints ``keep_last`` keeps are all finite."""
+        self.check_finite(model, step)
         save_then_barrier(
             self.topo,
             self.run_dir,
@@ -779,6 +845,9 @@ def training_run(cfg: Any, run_dir: str | Path, kind: str) -> Iterator[TrainingR
     topo = make_topology(tr, resolve_device(str(tr.device)))
     run_dir = Path(topo.broadcast(str(run_dir)))  # one run directory for all ranks: the main one's
     with claim_run(cfg, run_dir, topo) as restore:
+        done = nothing_to_do(cfg, run_dir) if restore and topo.is_main else None
+        if done:
+            print(done, flush=True)
         torch.manual_seed(int(tr.seed))
         run = TrainingRun(cfg, run_dir, topo, restore)
         try:

@@ -56,17 +56,28 @@ def require_checkpoint(opts: dict) -> None:
         raise ValueError("missing checkpoint=PATH (a run dir, its checkpoints/ dir, 'last' or a step dir).")
 
 
+def error_line(exc: BaseException) -> str:
+    """``error: ...`` for one of our one-line errors, or for an ``OSError`` (disk full, read-only,
+    permission: ``cannot write PATH: <reason>``, see :func:`immiscible_policy.outputs.os_error_line`)."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        from immiscible_policy.outputs import os_error_line
+
+        return f"error: {os_error_line(exc)}"
+    return f"error: {exc}"
+
+
 def run_kv_cli(doc: str, argv: list[str] | None, work: Callable[[list[str]], str]) -> int:
     """Shared ``main``: ``-h`` prints ``doc``; ``work(argv)`` returns the line to print; our one-line
-    errors (ValueError / FileNotFoundError) go to stderr with exit code 2, never as a traceback."""
+    errors (ValueError / FileNotFoundError) and OS errors (:func:`error_line`) go to stderr with exit
+    code 2, never as a traceback."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print(doc)
         return 0
     try:
         line = work(argv)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(error_line(exc), file=sys.stderr)
         return 2
     print(line)
     return 0

@@ -37,7 +37,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from immiscible_policy.analysis.runs import DATA, SCHEDULES, checkpoint_kind, run_label
-from immiscible_policy.cli._kv import bool_option, parse_kv, require_checkpoint
+from immiscible_policy.cli._kv import bool_option, error_line, parse_kv, require_checkpoint
+from immiscible_policy.outputs import check_writable
 
 __all__ = ["COMMANDS", "DATA", "SCHEDULES", "checkpoint_kind", "main"]
 
@@ -96,6 +97,7 @@ def cmd_mixing(argv: list[str]) -> dict:
 
 def cmd_losses(argv: list[str]) -> dict:
     from immiscible_policy.analysis.losses import plot_bucket_losses
+    from immiscible_policy.config_check import check_plain_name
 
     opts, runs = _opts(argv, ("out", "labels", "name"))
     if not runs:
@@ -104,6 +106,7 @@ def cmd_losses(argv: list[str]) -> dict:
     if labels and len(labels) != len(runs):
         raise ValueError(f"labels= has {len(labels)} names for {len(runs)} runs; give one per run.")
     out, name = Path(opts.get("out", "analysis")), str(opts.get("name", "bucket_losses"))
+    check_plain_name("name", name, f"the file names {out}/<name>.png and .json", "bucket_losses")
     curves = plot_bucket_losses(runs, out / f"{name}.png", labels=labels)
     _write(out / f"{name}.json", curves)
     print(f"wrote {out / name}.png")
@@ -266,11 +269,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {argv[0]!r}; use one of {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
     try:
+        check_writable(_out_dir(argv[1:]))  # before any work: a read-only out= costs no analysis
         COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(error_line(exc), file=sys.stderr)
         return 2
     return 0
+
+
+def _out_dir(argv: list[str]) -> Path:
+    """The ``out=`` folder every command writes into (``analysis`` by default)."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("out=")]
+    return Path(given[-1] if given else "analysis")
 
 
 if __name__ == "__main__":

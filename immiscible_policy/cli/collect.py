@@ -102,6 +102,39 @@ def run_episode(env, expert, seed: int, max_steps: int, extra_steps: int) -> tup
     return success_at is not None, episode
 
 
+#: the ``data`` attribute every file this command writes carries (its report): what overwrite may replace
+MARK_ATTR = "immiscible_collect"
+
+
+def written_here(path: Path) -> bool:
+    """Whether ``path`` is an hdf5 file this command wrote (its ``data`` group holds :data:`MARK_ATTR`)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return "data" in f and MARK_ATTR in f["data"].attrs
+    except Exception:  # not hdf5, unreadable, h5py missing: not ours
+        return False
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Before any episode is run: ``output`` is new, or (``overwrite=true``) a file this command wrote,
+    never a downloaded dataset or a folder; and its folder can be written (one-line errors)."""
+    from immiscible_policy.outputs import check_writable
+
+    if output.exists() or output.is_symlink():
+        if not overwrite:
+            raise ValueError(f"{output} already exists; pass overwrite=true or another output=PATH")
+        if not written_here(output):
+            raise ValueError(
+                f"{output} was not written by immiscible-collect (no data.attrs[{MARK_ATTR!r}]); overwrite=true "
+                "replaces only an earlier immiscible-collect file: pass another output=PATH or move it away yourself"
+            )
+    check_writable(output.parent)
+
+
 def collect(opts: dict) -> dict:
     from immiscible_envs.robomimic import RobomimicEnv, default_env_args
     from tqdm.auto import tqdm
@@ -116,8 +149,7 @@ def collect(opts: dict) -> dict:
     if n_target < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_target}")
     output = Path(str(opts.get("output", task.dataset_path)))
-    if output.exists() and not opts.get("overwrite", False):
-        raise ValueError(f"{output} already exists; pass overwrite=true or another output=PATH")
+    check_output(output, bool(opts.get("overwrite", False)))
     seed0 = int(opts.get("seed", task.collect.seed))
     max_steps = int(opts.get("max_steps", task.eval.max_steps))
     max_attempts = int(opts.get("max_attempts", 2 * n_target + 10))
@@ -175,7 +207,7 @@ def collect(opts: dict) -> dict:
         env_args,
         valid_ratio=float(opts.get("valid_ratio", 0.1)),
         seed=seed0,
-        attrs={"immiscible_collect": json.dumps(report)},
+        attrs={MARK_ATTR: json.dumps(report)},
         overwrite=bool(opts.get("overwrite", False)),
     )
     return report

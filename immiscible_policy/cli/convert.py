@@ -9,6 +9,10 @@ robosuite's control rates), task (the episodes' task text), robot_type, overwrit
 obs_keys (hdf5 only: the low-dim keys to keep; default diffusion_policy's set
 [object,robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos]).
 
+``overwrite=true`` replaces only an empty folder or an earlier output of this command (it carries a
+``.immiscible-output`` marker); DEST and SRC nested either way are refused. The output is written beside
+DEST and swapped in at the end, so an interrupted conversion leaves the previous output as it was.
+
 Features written, low-dim only (image keys are skipped):
 - zarr: ``action``; every other low-dim ``data/<key>`` as ``observation.<key>`` (flattened per step);
   a PushT store (``state`` + ``keypoint``) instead gets LeRobot's PushT names: ``observation.state`` =
@@ -30,7 +34,8 @@ from immiscible_policy.cli._kv import bool_option, int_option, parse_kv, run_kv_
 
 OPTIONS = ("episodes", "fps", "task", "robot_type", "overwrite", "obs_keys")
 ROBOMIMIC_OBS_KEYS = ("object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
-LOWDIM_MAX = 256  # numbers per step above which a zarr key counts as an image / not low-dim
+LOWDIM_MAX = 256
+COMMAND = "immiscible-convert"  # numbers per step above which a zarr key counts as an image / not low-dim
 
 
 def _first(ends: np.ndarray, n: int | None) -> np.ndarray:
@@ -89,13 +94,26 @@ def hdf5_arrays(path: str, obs_keys: list[str], n_episodes: int | None) -> tuple
     return out, ends, extra
 
 
+def check_destination(src: str, dest: str, overwrite: bool) -> None:
+    """Before any work: DEST is not nested with SRC, is absent or replaceable (``overwrite=true`` on an
+    empty folder or an earlier output of this command, which carries ``.immiscible-output``), and can be
+    written; one-line errors, so a mistyped DEST never costs a conversion or anyone's files."""
+    from immiscible_policy.outputs import check_not_nested, check_replaceable, check_writable
+
+    check_not_nested(src, dest)
+    check_replaceable(dest, overwrite=overwrite, command=COMMAND)
+    check_writable(Path(dest).parent)  # the output is built beside DEST and renamed into place
+
+
 def convert(src: str, dest: str, opts: dict) -> str:
     from immiscible_policy.data.lerobot_writer import write_lerobot
 
     n = int_option(opts, "episodes", 0, 1) if "episodes" in opts else None
+    overwrite = bool_option(opts, "overwrite", False)
     source = Path(src)
     if not source.exists():
         raise ValueError(f"{src}: no such file or directory (a .zarr store or a robomimic .hdf5)")
+    check_destination(src, dest, overwrite)
     if source.is_dir():
         if "obs_keys" in opts:
             raise ValueError("obs_keys applies to hdf5 sources only; a zarr store converts every low-dim key")
@@ -122,8 +140,9 @@ def convert(src: str, dest: str, opts: dict) -> str:
         fps=fps,
         task=str(opts.get("task", "")),
         robot_type=opts.get("robot_type"),
-        overwrite=bool_option(opts, "overwrite", False),
+        overwrite=overwrite,
         extra=extra,
+        made_by=COMMAND,
     )
     keys = ", ".join(f"{k} ({v.shape[1]})" for k, v in arrays.items())
     return f"wrote {root}: LeRobotDataset v3.0, {len(ends)} episodes, {int(ends[-1])} frames; features {keys}"

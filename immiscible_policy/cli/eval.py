@@ -76,11 +76,16 @@ def parse(argv: list[str]) -> dict:
 
 
 def evaluate_checkpoint(opts: dict) -> dict:
+    from immiscible_policy.checkpoint import resolve_checkpoint
     from immiscible_policy.noising import resolve_sampler
+    from immiscible_policy.outputs import check_writable
     from immiscible_policy.policy.evaluate import rollout
     from immiscible_policy.policy.load import load_policy
     from immiscible_policy.policy.rollout import is_pusht_task
 
+    # where the metrics and videos go, checked before anything is loaded or rolled out
+    out_dir = Path(opts.get("output_dir") or resolve_checkpoint(opts["checkpoint"]) / "eval")
+    check_writable(out_dir)
     model, policy, cfg, ck = load_policy(
         opts["checkpoint"],
         device=str(opts.get("device", "auto")),
@@ -100,7 +105,6 @@ def evaluate_checkpoint(opts: dict) -> dict:
             raise ValueError(f"num_inference_steps={policy.num_inference_steps}: use an integer >= 1.")
     if "start_seed" in opts:
         cfg.task.eval.start_seed = int(opts["start_seed"])
-    out_dir = Path(opts.get("output_dir") or ck.path / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     kw = {
         "video_path": out_dir / f"rollout.{opts.get('video_format', DEFAULT_FORMAT)}",

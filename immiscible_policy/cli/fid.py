@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ def load_images(path: str, image_size: int | None) -> torch.Tensor:
 
     p = Path(path)
     if p.is_dir():
-        images, _, _ = read_folder(p, image_size=image_size, channels=3)
+        images, _, _ = read_folder(p, image_size=image_size, channels=3, size_option="--image-size N")
         return to_unit(images)
     if p.suffix == ".npz" and p.is_file():
         with np.load(p) as z:
@@ -77,16 +78,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kid-subset-size", type=int, default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    from immiscible_policy.metrics.fid import check_resize, evaluate_images, get_extractor
+    from immiscible_policy.cli._kv import error_line
+    from immiscible_policy.metrics.fid import (
+        SmallSampleWarning,
+        check_resize,
+        evaluate_images,
+        get_extractor,
+    )
 
     try:
         resize = check_resize(args.resize, "--resize")  # before any image is read: a one-line error
         a, b = load_images(args.a, args.image_size), load_images(args.b, args.image_size)
         extractor = get_extractor(args.weights, args.device, args.batch_size, True, resize)
-        res = evaluate_images(a, b, extractor=extractor, kid_subset_size=args.kid_subset_size)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SmallSampleWarning)
+            res = evaluate_images(a, b, extractor=extractor, kid_subset_size=args.kid_subset_size)
+    except (ValueError, OSError) as exc:
+        print(error_line(exc), file=sys.stderr)
         return 2
+    for w in caught:  # one line each (the small-sample caution), not Python's two-line warning format
+        print(f"warning: {w.message}", file=sys.stderr)
     if args.json:
         print(json.dumps(res))
     else:

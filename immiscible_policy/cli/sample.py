@@ -62,11 +62,16 @@ def sample_checkpoint(opts: dict) -> dict:
         sample_labels,
         save_grid,
     )
+    from immiscible_policy.outputs import check_writable
 
     # config.json first (cheap): a damaged one, or an assigner that would be imported, stops here
     step_dir, config = read_config(opts["checkpoint"])
     check_config(config, step_dir, "image")
     check_assigner(config, step_dir, opts.get("allow_import"))
+    output = Path(opts.get("output") or step_dir / "samples.png")
+    for path in (output, Path(opts["npz"]) if opts.get("npz") else None):
+        if path is not None:
+            check_writable(path.parent)  # before sampling: a read-only folder costs no samples
     model, core, cfg, ck = load_image_model(
         opts["checkpoint"],
         device=str(opts.get("device", "auto")),
@@ -89,7 +94,6 @@ def sample_checkpoint(opts: dict) -> dict:
         batch_size=int(opts.get("batch_size", 128)),
         num_classes=int(meta["num_classes"]),
     )
-    output = Path(opts.get("output") or ck.path / "samples.png")
     save_grid(images, output, nrow=opts.get("nrow"))
     result = {"output": str(output), "n": n, "steps": steps, "sampler": sampler, "checkpoint": str(ck.path)}
     if opts.get("npz"):

@@ -21,9 +21,9 @@ histograms; data files roll over at ~100 MB of raw numbers (LeRobot measures the
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -128,19 +128,43 @@ def write_lerobot(
     robot_type: str | None = None,
     overwrite: bool = False,
     extra: Mapping | None = None,
+    made_by: str | None = None,
 ) -> Path:
     """Write ``arrays`` (key -> (n_frames, dim) numbers, episodes concatenated) as LeRobotDataset v3.0.
 
     ``episode_ends`` are exclusive end rows (diffusion_policy's convention); every episode gets the one
     ``task`` text (LeRobot requires one per frame). Float features are stored as float32, integer
     features as int64. ``extra`` (JSON), when given, goes to ``meta/immiscible.json``. Returns ``root``.
+
+    The folder is written beside ``root`` and swapped in at the end (:func:`immiscible_policy.outputs.staged_dir`),
+    so an interrupted write leaves an existing ``root`` as it was. ``overwrite=True`` replaces only an empty
+    folder or one a command marked as its own: ``made_by`` (e.g. ``immiscible-convert``) leaves that marker
+    (``.immiscible-output``) in the folder; without it the folder holds exactly LeRobot's files.
     """
+    from immiscible_policy.outputs import check_replaceable, staged_dir
+
     pa, pq = import_pyarrow()
     root = Path(root)
-    if root.exists():
-        if not overwrite:
-            raise LeRobotDatasetError(f"{root} already exists; pick a new folder or pass overwrite=true")
-        shutil.rmtree(root)
+    command = made_by or "write_lerobot"
+    check_replaceable(root, overwrite=overwrite, command=command, error=LeRobotDatasetError)
+    table = _frames(arrays, episode_ends, fps)
+    with staged_dir(root, command, overwrite=overwrite, keep_marker=made_by is not None) as staging:
+        _write_files(pa, pq, staging, table, fps=fps, task=task, robot_type=robot_type, extra=extra)
+    return root
+
+
+class _Frames(NamedTuple):
+    """The checked per-frame columns (user features + LeRobot's index columns) and episode bounds."""
+
+    data: dict[str, np.ndarray]
+    features: dict[str, dict]
+    ends: np.ndarray
+    starts: np.ndarray
+    frame: np.ndarray
+
+
+def _frames(arrays: Mapping[str, np.ndarray], episode_ends: np.ndarray, fps: float) -> _Frames:
+    """Check ``arrays`` / ``episode_ends`` (one-line errors) and add LeRobot's index columns."""
     ends = np.asarray(episode_ends, dtype=np.int64)
     n = int(ends[-1]) if len(ends) else 0
     if len(ends) == 0 or (np.diff(np.concatenate([[0], ends])) <= 0).any():
@@ -167,6 +191,23 @@ def write_lerobot(
     data["task_index"] = np.zeros((n, 1), dtype=np.int64)
     for key, dtype in INDEX_FEATURES.items():
         features[key] = {"dtype": dtype, "shape": [1], "names": None}
+    return _Frames(data, features, ends, starts, frame)
+
+
+def _write_files(
+    pa,
+    pq,
+    root: Path,
+    table: _Frames,
+    *,
+    fps: float,
+    task: str,
+    robot_type: str | None,
+    extra: Mapping | None,
+) -> None:
+    """The dataset's files under ``root`` (the staging folder)."""
+    data, features, ends, starts, frame = table
+    n = int(ends[-1])
     hf_meta = {"info": {"features": {k: _hf_feature(f["dtype"], f["shape"][0]) for k, f in features.items()}}}
 
     # data files: whole episodes per file, a new file after ~DATA_FILE_MB of numbers
@@ -227,7 +268,6 @@ def write_lerobot(
     (root / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
     if extra is not None:
         (root / EXTRA_PATH).write_text(json.dumps(dict(extra), indent=2))
-    return root
 
 
 def _write_data_file(pa, pq, root: Path, file_no: int, data: dict, lo: int, hi: int, hf_meta: dict) -> None:

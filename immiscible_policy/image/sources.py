@@ -138,12 +138,15 @@ def read_folder(
     channels: int = 3,
     labels_from_subfolders: bool = False,
     max_images: int | None = None,
+    size_option: str = "task.image_size",
 ) -> tuple[Tensor, Tensor | None, tuple[str, ...]]:
     """Every PNG/JPEG under ``path`` (recursive, sorted) -> uint8 (N, channels, S, S).
 
     With ``image_size`` each image's shorter side is resized to it (bicubic) and center-cropped; without
     it all images must already share one size. ``labels_from_subfolders`` labels each image by its
-    first-level subfolder name (sorted names -> 0..K-1).
+    first-level subfolder name (sorted names -> 0..K-1). ``size_option`` is how the caller's user sets
+    ``image_size`` (the mixed-size error names it: ``task.image_size`` in training, ``--image-size N``
+    in ``immiscible-fid``).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -171,7 +174,7 @@ def read_folder(
         sizes.add(arr.shape[:2])
         if len(sizes) > 1:
             raise ValueError(
-                f"images under {root} have mixed sizes ({sorted(sizes)}, e.g. {file}); set task.image_size "
+                f"images under {root} have mixed sizes ({sorted(sizes)}, e.g. {file}); set {size_option} "
                 "to resize and center-crop them."
             )
         arrays.append(arr.reshape(*arr.shape[:2], -1).transpose(2, 0, 1))

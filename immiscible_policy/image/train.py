@@ -241,8 +241,9 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
             pred = predict(train_model, tp.x_t, tp.model_timesteps, cond)
         per_sample = F.mse_loss(pred.float(), tp.target, reduction="none").flatten(1).mean(1)
         loss = per_sample.mean()
-        optimizer_step(model, opt, loss, tr.grad_clip)
+        grad_norm = optimizer_step(model, opt, loss, tr.grad_clip)
         step += 1
+        run.after_step(step, loss, grad_norm)  # a non-finite loss stops the run (finite.py)
         value = stats.add(loss, per_sample, tp, core)
         run.note(estimate.tick())
         bar.update(1)
@@ -259,6 +260,7 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
         do_ckpt = every(step, tr.checkpoint_every_steps) or step == stop
         if not (every(step, tr.log_every_steps) or do_eval or do_grid or do_ckpt):
             continue
+        run.check_finite(model, step)  # before the record and the checkpoint: never log or save nan
         record: dict[str, Any] = {
             "step": step,
             "epoch": step / steps_per_epoch,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -45,6 +46,26 @@ from immiscible_policy.metrics.inception import load_inception, resolve_weights
 INCEPTION_SIZE = 299
 RESIZE_MODES = ("tf1", "torch")
 DEFAULT_RESIZE = "tf1"
+#: fewer images than this (either set) and FID gets a stated caution: its bias grows as n shrinks
+FID_MIN_IMAGES = 300
+
+
+class SmallSampleWarning(UserWarning):
+    """FID from fewer than :data:`FID_MIN_IMAGES` images: a biased, set-size-dependent estimate."""
+
+
+def small_sample_caution(n_fake: int, n_real: int) -> str | None:
+    """The caution for a FID from ``n_fake`` vs ``n_real`` images, or None when both are large enough.
+
+    Why: FID is biased upward by an amount that shrinks with the number of images (Chong & Forsyth,
+    2020), so a FID from 20 images is not comparable with one from 5000, nor with a published value."""
+    if min(n_fake, n_real) >= FID_MIN_IMAGES:
+        return None
+    return (
+        f"FID from {n_fake} generated and {n_real} reference images is biased upward and depends on the "
+        f"number of images (below {FID_MIN_IMAGES} it is not comparable with other FIDs); compare KID, "
+        "which is unbiased, or use more images."
+    )
 
 
 class FeatureExtractor(Protocol):
@@ -223,10 +244,12 @@ def fid_from_stats(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
             f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
         )
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(sigma1)) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    with warnings.catch_warnings():  # a singular product (few images) is handled below, not reported
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(sigma1)) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         imag = np.abs(np.diagonal(covmean).imag).max()
         if imag > 1e-3:
@@ -365,6 +388,9 @@ def evaluate_images(
         stats = StreamingStats().update(real_feats)
         mu_r, sigma_r = stats.mean, stats.cov
     fake_feats = _features(fake, extractor)
+    caution = small_sample_caution(len(fake_feats), len(real_feats))
+    if caution:
+        warnings.warn(caution, SmallSampleWarning, stacklevel=2)
     fake_stats = StreamingStats().update(fake_feats)
     kid_mean, kid_std = kid(fake_feats, real_feats, kid_subsets, kid_subset_size or 1000)
     return {

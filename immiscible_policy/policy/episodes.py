@@ -257,6 +257,8 @@ def plan_episodes(
 
 
 def _checked(out: Any, n: int, envs: EnvBatch) -> np.ndarray:
+    """The policy's actions as numpy, checked: the right shape, and finite (NaN actions used to reach the
+    simulator, which failed in its own tracebacks, and the evaluation still reported a score)."""
     if hasattr(out, "detach"):  # a torch tensor, possibly on an accelerator
         out = out.detach().cpu().numpy()
     out = np.asarray(out)
@@ -265,6 +267,13 @@ def _checked(out: Any, n: int, envs: EnvBatch) -> np.ndarray:
         raise ValueError(
             f"policy_fn returned shape {out.shape}; expected ({expected}) "
             f"(n running episodes, n_action_steps, {envs.action_meaning})"
+        )
+    if out.dtype.kind in "fc" and not np.isfinite(out).all():  # never a score for a broken policy
+        rows = ~np.isfinite(out.reshape(n, -1)).all(axis=1)
+        raise ValueError(
+            f"the policy returned non-finite actions ({out[~np.isfinite(out)].flat[0]} in {int(rows.sum())} of "
+            f"{n} running episodes), so the evaluation stops without a score; its weights or normaliser hold "
+            "nan/inf or it diverged: evaluate an earlier checkpoint."
         )
     return out
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from immiscible_policy.ema import ema_module
 from immiscible_policy.policy.build import build_model, build_policy, policy_sampler
+from immiscible_policy.policy.dataset import describe_source
 from immiscible_policy.policy.evaluate import rollout, validation_loss
 from immiscible_policy.policy.load import load_policy
 from immiscible_policy.policy.tasks import rolls_out, task_env
@@ -69,6 +70,8 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
 
     # ---- data: the whole train split as normalised tensors on the device (PushT is ~35 MB)
     dataset = task_env(task).make_dataset(task)
+    # PushT: which demos were read (the zarr path, or the embedded copy and its sha256): config.json + log
+    source = getattr(dataset, "data_source", None)
     normalizer = dataset.get_normalizer()
     windows = dataset.all_windows()
     obs_all = normalizer.normalize("obs", windows["obs"]).to(device)
@@ -91,6 +94,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
         total_steps=epochs * steps_per_epoch,
         steps_per_epoch=steps_per_epoch,
         policy={"obs_dim": dataset.obs_dim, "action_dim": dataset.action_dim},
+        **({"data_source": source} if source else {}),
     )
     opt, logger = run.opt, run.logger
 
@@ -101,7 +105,8 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
             f"objective={policy.core.objective} sampler={policy.sampler}/{policy.num_inference_steps} "
             f"params={n_params / 1e6:.2f}M "
             f"device={device} windows={n_windows} {topo.describe()} steps/epoch={steps_per_epoch} "
-            f"epochs={start_epoch}->{epochs} run_dir={run.run_dir}",
+            f"epochs={start_epoch}->{epochs} run_dir={run.run_dir}"
+            + (f" data={describe_source(source)}" if source else ""),
             flush=True,
         )
 
@@ -208,14 +213,16 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
             gens = topo.generators(int(tr.seed), step)  # one stream per rank: (seed, rank, step)
             images = None if frame_rows is None else frames[frame_rows[idx]]
             loss, per_sample, tp = policy.loss(train_model, obs_all[idx], act_all[idx], gens, images=images)
-            optimizer_step(model, opt, loss, tr.grad_clip)
+            grad_norm = optimizer_step(model, opt, loss, tr.grad_clip)
             step += 1
+            run.after_step(step, loss, grad_norm)  # a non-finite loss stops the run (finite.py)
             value = stats.add(loss, per_sample, tp, policy.core)
             run.note(estimate.tick())
             if show and i % 10 == 0:  # the only host sync of a step, and only with a progress bar
                 eta = estimate.remaining()
                 bar.set_postfix(loss=f"{value.item():.4f}", **({"eta": eta} if eta else {}))
 
+        run.check_finite(model, step)  # before the record and the checkpoint: never log or save nan
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": opt.lr_scheduler.get_last_lr()[0]}
         record.update(run.summary(stats))
         train_min += (time.time() - epoch_start) / 60
