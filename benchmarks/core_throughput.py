@@ -37,6 +37,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -67,7 +68,8 @@ def _sync(device: torch.device) -> None:
 
 
 def policy_setup(batch: int, device: torch.device):
-    """(step_fn(core, step), x0, make_core(assigner)) for the policy trainer at PushT shapes."""
+    """(prepare(policy, gen), train(policy, prepared), x0, make_core(assigner)) for the policy trainer at
+    PushT shapes: a step is ``train(prepare(...))``; ``trainer.pair_ahead`` runs ``prepare`` a step ahead."""
     from immiscible_policy.noising import NoisingCore, build_scheduler, trainer_objective
     from immiscible_policy.policy.build import build_model
     from immiscible_policy.policy.model import DiffusionPolicy
@@ -92,15 +94,18 @@ def policy_setup(batch: int, device: torch.device):
             core, None, horizon=horizon, n_obs_steps=n_obs, n_action_steps=8, action_dim=action_dim
         )
 
-    def step(policy, gen):
-        loss, _, _ = policy.loss(model, obs, x0, gen)
+    def prepare(policy, gen):
+        return policy.prepare(obs, x0, gen)
+
+    def train(policy, prepared):
+        loss, _, _ = policy.loss(model, obs, x0, None, prepared=prepared)
         optimizer_step(model, opt, loss, tr.grad_clip)
 
-    return step, x0, make_core
+    return prepare, train, x0, make_core
 
 
 def image_setup(batch: int, device: torch.device):
-    """(step_fn, x0, make_core) for the image trainer at Fashion-MNIST shapes (1 x 32 x 32)."""
+    """(prepare, train, x0, make_core) for the image trainer at Fashion-MNIST shapes (1 x 32 x 32)."""
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
@@ -124,27 +129,41 @@ def image_setup(batch: int, device: torch.device):
         )
         return NoisingCore(sched, assigner)
 
-    def step(core, gen):
-        tp = core.training_pair(x0, generator=gen)
+    def prepare(core, gen):
+        return core.training_pair(x0, generator=gen)
+
+    def train(core, tp):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = predict(model, tp.x_t, tp.model_timesteps)
         loss = F.mse_loss(pred.float(), tp.target)
         optimizer_step(model, opt, loss, tr.grad_clip)
 
-    return step, x0, make_core
+    return prepare, train, x0, make_core
 
 
-def measure(trainer: str, batch: int, device: torch.device, names: dict, rounds: int) -> list[dict]:
-    """Interleaved rounds: per round one training step and one bare ``pair`` call of each assigner."""
+def measure(
+    trainer: str, batch: int, device: torch.device, names: dict, rounds: int, ahead: tuple[str, ...] = ()
+) -> list[dict]:
+    """Interleaved rounds: per round one training step and one bare ``pair`` call of each assigner, and
+    for each name in ``ahead`` a step with ``trainer.pair_ahead``'s overlap (label ``<name> (pair_ahead)``).
+
+    A look-ahead step is timed in steady state: its pair was prepared synchronously, the next step's pair
+    is started on the thread, then the step trains and waits for that pair; the timed region is the train
+    plus any wait, which is what a step costs when the solve overlaps the previous step."""
     from immiscible_policy import create
     from immiscible_policy.noising import noise_generator
+    from immiscible_policy.pair_ahead import PairAhead
 
-    step, x0, make_core = (policy_setup if trainer == "policy" else image_setup)(batch, device)
-    labels = list(names)
+    prepare, train, x0, make_core = (policy_setup if trainer == "policy" else image_setup)(batch, device)
+    ahead_labels = [f"{k} (pair_ahead)" for k in ahead]
+    labels = list(names) + ahead_labels
     assigners = {k: create(n, **p) for k, (n, p) in names.items()}
     cores = {k: make_core(a) for k, a in assigners.items()}
+    for k, lab in zip(ahead, ahead_labels):
+        assigners[lab], cores[lab] = assigners[k], cores[k]
     step_t: dict[str, list[float]] = {k: [] for k in labels}
     pair_t: dict[str, list[float]] = {k: [] for k in labels}
+    pool = PairAhead(True)
     for r in range(rounds + 1):  # round 0 warms up (allocations, faiss/scipy import, autotuning)
         order = labels[r % len(labels) :] + labels[: r % len(labels)]
         for k in order:
@@ -155,7 +174,17 @@ def measure(trainer: str, batch: int, device: torch.device, names: dict, rounds:
             assigners[k].pair(x0, noise, generator=gen)
             _sync(device)
             t1 = time.perf_counter()
-            step(cores[k], noise_generator(0, 0, r, device))
+            if k in ahead_labels:
+                prepared = prepare(cores[k], noise_generator(0, 0, r, device))
+                _sync(device)
+                t1 = time.perf_counter()
+                # start the next step's pair on the thread (key 1), as the trainer does, then train
+                make_next = partial(prepare, cores[k], noise_generator(0, 1, r, device))
+                pool.get(0, lambda: None, 1, make_next)
+                train(cores[k], prepared)
+                pool.get(1, lambda: None)  # the overlapped pair: a wait only if it outlasted the step
+            else:
+                train(cores[k], prepare(cores[k], noise_generator(0, 0, r, device)))
             _sync(device)
             t2 = time.perf_counter()
             if r:
@@ -163,6 +192,7 @@ def measure(trainer: str, batch: int, device: torch.device, names: dict, rounds:
                 step_t[k].append((t2 - t1) * 1e3)
         if r and r % 5 == 0:
             print(f"  {trainer} round {r}/{rounds}", flush=True)
+    pool.close()
     base = statistics.median(step_t["vanilla"])
     out = []
     for k in labels:
@@ -172,7 +202,7 @@ def measure(trainer: str, batch: int, device: torch.device, names: dict, rounds:
             {
                 "trainer": trainer,
                 "assigner": k,
-                "params": names[k][1],
+                "params": names[k.removesuffix(" (pair_ahead)")][1],
                 "batch": batch,
                 "device": str(device),
                 "rounds": rounds,
@@ -199,6 +229,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--trainers", nargs="+", default=["policy", "image"], choices=["policy", "image"])
     p.add_argument("--quick", action="store_true", help="3 rounds, smoke only")
+    p.add_argument(
+        "--pair-ahead",
+        nargs="*",
+        default=["linear"],
+        help="assigners also measured with trainer.pair_ahead's overlap (default: linear)",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     dev = args.device
@@ -219,13 +255,13 @@ def main(argv=None) -> int:
         batch = args.policy_batch if trainer == "policy" else args.image_batch
         n = rounds if trainer == "policy" or args.quick else (args.image_rounds or rounds)
         print(f"{trainer}: batch {batch} on {device}, {n} rounds of {len(names)} assigners", flush=True)
-        results += measure(trainer, batch, device, names, n)
+        results += measure(trainer, batch, device, names, n, tuple(args.pair_ahead))
 
     rows = [
         [
             r["trainer"],
             r["batch"],
-            r["assigner"] + ("" if r["assigner"] in ASSIGNERS else " (plugin)"),
+            r["assigner"] + ("" if r["assigner"].removesuffix(" (pair_ahead)") in ASSIGNERS else " (plugin)"),
             f"{r['step_ms']:.1f}",
             f"{r['pair_ms']:.2f}",
             f"{r['pair_pct_of_step']:.2f}%",

@@ -101,6 +101,7 @@ _COMMON_TRAINER: dict[str, Spec] = {
     "keep_last": _int(3, 1, null=True, note="null = keep every checkpoint"),
     "n_loss_buckets": _int(10, 1),
     "progress": BOOL,
+    "pair_ahead": Spec("bool", True, optional=True),  # pair_ahead.py: the next batch paired on a thread
 }
 
 POLICY_TRAINER: dict[str, Spec] = {

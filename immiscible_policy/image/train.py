@@ -19,12 +19,14 @@ Under ``accelerate launch`` / ``torchrun`` each rank trains on its slice of ever
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from immiscible_policy.ema import ema_module
@@ -33,6 +35,7 @@ from immiscible_policy.image.evaluate import cfd_eval, classifier_metric, fid_ki
 from immiscible_policy.image.model import build_unet, count_params, predict
 from immiscible_policy.image.sampling import generate, save_grid
 from immiscible_policy.noising import build_core, resolve_sampler
+from immiscible_policy.pair_ahead import PairAhead
 from immiscible_policy.training import (
     RunEstimate,
     StepStats,
@@ -226,17 +229,27 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
     bar = tqdm(total=stop, initial=step, desc="steps", disable=not show, leave=False)
     model.train()
     estimate.skip()
+
+    def prepare(order: Tensor, i: int, step: int) -> tuple[Tensor | None, Any]:
+        """Batch i's labels (the condition, or None) and training pair, from step's noise streams."""
+        idx = topo.rows(order, i)  # this process's slice of global batch i
+        cond = None if labels is None else labels[idx]  # the class labels are the condition
+        # one noise stream per rank: (seed, rank, step)
+        return cond, core.sharded_training_pair(
+            to_unit(images[idx]), topo.generators(int(tr.seed), step), cond=cond
+        )
+
+    ahead = PairAhead(bool(tr.get("pair_ahead", False)))
     while step < stop:
         tick = time.time()
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(n, int(tr.seed), epoch).to(device), epoch
             core.set_epoch(epoch)  # the pairing schedule's share for this epoch
-        idx = topo.rows(order, i)  # this process's slice of global batch i
-        x0 = to_unit(images[idx])
-        # one noise stream per rank: (seed, rank, step)
-        cond = None if labels is None else labels[idx]  # the class labels are the condition
-        tp = core.sharded_training_pair(x0, topo.generators(int(tr.seed), step), cond=cond)
+        # trainer.pair_ahead: batch i + 1 of this epoch is paired on a thread while batch i trains
+        more = i + 1 < steps_per_epoch and step + 1 < stop
+        nxt = partial(prepare, order, i + 1, step + 1) if more else None
+        cond, tp = ahead.get(step, partial(prepare, order, i, step), step + 1, nxt)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = predict(train_model, tp.x_t, tp.model_timesteps, cond)
         per_sample = F.mse_loss(pred.float(), tp.target, reduction="none").flatten(1).mean(1)
@@ -283,6 +296,7 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
         last = finish(record, do_eval)
         estimate.skip()
     bar.close()
+    ahead.close()
     run.plot(
         x="step",
         panels=(("train_loss",), ("fid",), ("kid",)) + ((("cfd",),) if cfd_enabled(tr) else ()),

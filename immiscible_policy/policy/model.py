@@ -124,15 +124,15 @@ class DiffusionPolicy:
         ]
         return torch.cat(parts).to(device)
 
-    def loss(
+    def prepare(
         self,
-        model: nn.Module,
         obs_norm: Tensor,
         action_norm: Tensor,
         generator: torch.Generator | Sequence[torch.Generator] | None,
         images: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, TrainingPair]:
-        """Mean loss, per-sample loss (B,) and the training pair for a normalised batch.
+    ) -> tuple[TrainingPair, Tensor | dict[str, Tensor]]:
+        """A batch's training pair and the network's condition: everything of a step drawn from its
+        generator(s), before the forward (the trainer may prepare the next step ahead, ``trainer.pair_ahead``).
 
         A list of generators splits the batch into that many rank slices (one stream each), see
         :meth:`~immiscible_policy.noising.NoisingCore.sharded_training_pair`. Image policies also take the
@@ -151,6 +151,22 @@ class DiffusionPolicy:
             steps = self.n_obs_steps
             crops = self._train_crops(action_norm.shape[0], generator, action_norm.device)
             net_cond = {"image": images[:, :steps], "agent_pos": obs_norm[:, :steps], "crop": crops}
+        return tp, net_cond
+
+    def loss(
+        self,
+        model: nn.Module,
+        obs_norm: Tensor,
+        action_norm: Tensor,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
+        images: Tensor | None = None,
+        prepared: tuple[TrainingPair, Tensor | dict[str, Tensor]] | None = None,
+    ) -> tuple[Tensor, Tensor, TrainingPair]:
+        """Mean loss, per-sample loss (B,) and the training pair for a normalised batch (:meth:`prepare`d
+        here, or given as ``prepared``)."""
+        tp, net_cond = (
+            prepared if prepared is not None else self.prepare(obs_norm, action_norm, generator, images)
+        )
         pred = model(tp.x_t, tp.model_timesteps, net_cond)
         per_sample = F.mse_loss(pred, tp.target, reduction="none").flatten(1).mean(1)
         return per_sample.mean(), per_sample, tp
