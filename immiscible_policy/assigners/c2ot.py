@@ -35,15 +35,10 @@ import torch
 from torch import Tensor
 
 from immiscible_policy.assigners.base import Assigner, Pairing, check_same_batch, mean_l2
-from immiscible_policy.assigners.distributed import check_distributed, permute_globally, world_size
-from immiscible_policy.assigners.linear import (
-    assignment_cost,
-    check_quantize,
-    check_standardize,
-    solve_assignment,
-)
-from immiscible_policy.assigners.solvers import check_solver, label_groups, solve_blocks, solver_repr
-from immiscible_policy.assigners.space import check_cost, pairwise_sq_dist, parse_space
+from immiscible_policy.assigners.distributed import permute_globally, world_size
+from immiscible_policy.assigners.linear import assignment_cost, check_matching_options, solve_assignment
+from immiscible_policy.assigners.solvers import label_groups, solve_blocks, solver_repr
+from immiscible_policy.assigners.space import pairwise_sq_dist
 
 CONDITION_COSTS = ("cosine", "sqeuclidean")
 
@@ -115,10 +110,15 @@ class C2OTAssigner(Assigner):
         standardize: bool = False,
         solver: str = "auto",
     ) -> None:
-        check_cost(cost, "c2ot")
-        check_standardize(standardize, "c2ot")
-        parse_space(space)
-        check_quantize(quantize, "c2ot")
+        solver_used = check_matching_options(
+            "c2ot",
+            cost=cost,
+            space=space,
+            quantize=quantize,
+            distributed=distributed,
+            standardize=standardize,
+            solver=solver,
+        )
         if condition_cost not in CONDITION_COSTS:
             raise ValueError(
                 f"c2ot: condition_cost must be 'cosine' or 'sqeuclidean', got {condition_cost!r}."
@@ -127,8 +127,7 @@ class C2OTAssigner(Assigner):
             raise ValueError(f"c2ot: weight must be a number >= 0 or null (adaptive), got {weight!r}.")
         if not isinstance(target_r, int | float) or not 0.0 < target_r < 1.0:
             raise ValueError(f"c2ot: target_r must be in (0, 1), got {target_r!r}.")
-        check_distributed(distributed, "c2ot")
-        self.solver_used = check_solver(solver, "c2ot")  # what auto resolved to, shown in the repr
+        self.solver_used = solver_used  # what auto resolved to, shown in the repr
         super().__init__()
         self.cost, self.space, self.quantize, self.distributed = cost, space, quantize, distributed
         self.weight = None if weight is None else float(weight)

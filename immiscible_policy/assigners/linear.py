@@ -52,6 +52,19 @@ def check_standardize(standardize: bool, who: str) -> bool:
     return standardize
 
 
+def check_matching_options(
+    who: str, *, cost: str, space: str, quantize: str | None, distributed: str, standardize: bool, solver: str
+) -> str:
+    """The options ``linear`` and ``c2ot`` share, each checked with its one-line error; returns the solver
+    ``solver`` resolves to (``auto``: lapjv when installed, else scipy)."""
+    check_cost(cost, who)
+    parse_space(space)
+    check_quantize(quantize, who)
+    check_distributed(distributed, who)
+    check_standardize(standardize, who)
+    return check_solver(solver, who)
+
+
 def standardized(features: Tensor, eps: float = 1e-6) -> Tensor:
     """(B, F) features minus their batch mean over their population std per coordinate (clamped at ``eps``).
 
@@ -100,12 +113,15 @@ class LinearAssigner(Assigner):
         standardize: bool = False,
         solver: str = "auto",
     ) -> None:
-        check_cost(cost, "linear")
-        parse_space(space)
-        check_quantize(quantize, "linear")
-        check_distributed(distributed, "linear")
-        check_standardize(standardize, "linear")
-        self.solver_used = check_solver(solver, "linear")  # what auto resolved to, shown in the repr
+        self.solver_used = check_matching_options(  # what auto resolved to, shown in the repr
+            "linear",
+            cost=cost,
+            space=space,
+            quantize=quantize,
+            distributed=distributed,
+            standardize=standardize,
+            solver=solver,
+        )
         super().__init__()
         self.cost, self.space, self.quantize, self.distributed = cost, space, quantize, distributed
         self.standardize, self.solver = standardize, solver
