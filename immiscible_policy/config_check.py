@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from immiscible_policy.host import resolve_device
 from immiscible_policy.loggers import check_logger
 from immiscible_policy.noising import (
     LEGACY_OBJECTIVE_KEY,
@@ -623,8 +624,6 @@ def _check_fid_resize(fid: Mapping[str, Any]) -> None:
 
 def _check_device(tr: Mapping[str, Any]) -> Any:
     """``trainer.device`` resolved (auto -> cuda or cpu); one line for CUDA that is absent or too few."""
-    from immiscible_policy.training import resolve_device
-
     device = resolve_device(str(tr["device"]))
     if device.type == "cuda" and device.index is not None:
         import torch

@@ -74,3 +74,17 @@ def host_record(device: Any = None, *, cpuinfo: str | os.PathLike = "/proc/cpuin
         "device": kind,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` -> cuda when available else cpu; a one-line error for cuda on a machine without it.
+
+    It lives with the host facts (not in training.py) so that config checks, loaders and trainers ask
+    one leaf module, with no import cycle between them."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name!r} but CUDA is not available here; use trainer.device=cpu.")
+    return torch.device(name)

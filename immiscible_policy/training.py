@@ -45,7 +45,7 @@ from immiscible_policy.checkpoint import (
 from immiscible_policy.config_check import check_config, resume_mode, show
 from immiscible_policy.ema import EMAModel, ema_resume_state, ema_state_dict_for_model, make_ema, restore_ema
 from immiscible_policy.finite import NonFiniteGuard
-from immiscible_policy.host import host_record
+from immiscible_policy.host import host_record, resolve_device
 from immiscible_policy.loggers import DEFAULT_LOGGER, logger_names, open_dashboards
 from immiscible_policy.noising import (
     NoisingCore,
@@ -58,15 +58,6 @@ from immiscible_policy.noising import (
 from immiscible_policy.parallel import Topology, assigner_distributed, make_topology
 from immiscible_policy.run_lock import LOCK_NAME, RunLock, owner_is_live, read_lock
 from immiscible_policy.run_log import JSONL_NAME, RunLogger, plot_curves
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available else cpu; a one-line error for cuda on a machine without it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={name!r} but CUDA is not available here; use trainer.device=cpu.")
-    return torch.device(name)
 
 
 @dataclass

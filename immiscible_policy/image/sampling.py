@@ -23,6 +23,7 @@ from immiscible_policy.checkpoint import (
     load_checkpoint,
     load_weights,
 )
+from immiscible_policy.host import resolve_device
 from immiscible_policy.image.data import to_uint8
 from immiscible_policy.image.model import build_unet, predict
 from immiscible_policy.noising import (
@@ -33,7 +34,6 @@ from immiscible_policy.noising import (
     rename_legacy_objective,
     resolve_sampler,
 )
-from immiscible_policy.training import resolve_device
 
 __all__ = [
     "OBJECTIVES",

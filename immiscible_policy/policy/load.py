@@ -21,11 +21,11 @@ from immiscible_policy.checkpoint import (
     load_checkpoint,
     load_weights,
 )
+from immiscible_policy.host import resolve_device
 from immiscible_policy.noising import rename_legacy_objective
 from immiscible_policy.policy.build import build_policy
 from immiscible_policy.policy.model import DiffusionPolicy
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
-from immiscible_policy.training import resolve_device
 
 __all__ = ["Policy", "load_policy"]
 
