@@ -665,7 +665,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         xlabel="epoch",
         ylabel="dominant share at the symmetric starts",
         title="PushT: does the policy keep both rotation modes? (0.5 = balanced)",
-        ylim=(0.4, 1.02),
+        ylim=(0.0, 1.02),
     )
     print(md)
     return payload
