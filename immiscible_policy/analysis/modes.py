@@ -198,17 +198,20 @@ def demo_modes(
     the direction is a choice), "max_opposite_turn_deg" (the three largest turns against a committed
     demo's final direction before it: the evidence for the threshold), "episodes": [{"rotation_deg",
     "start_from_goal_deg", "mode", "approach"}, ...]}`` (summaries as :func:`mode_summary`). ``zarr_path``
-    None: the shared store (``$IMMISCIBLE_PUSHT_ZARR``).
+    None: the trainer's lookup (``$IMMISCIBLE_PUSHT_ZARR``, the shared store, else the low-dim demos
+    embedded in the package: the same arrays); ``"embedded"`` picks those.
     """
     from immiscible_envs.pusht import CONTACT_TOL, GOAL_POSE
 
     from immiscible_policy.data import ReplayBuffer
+    from immiscible_policy.data.pusht_lowdim import open_embedded_pusht
+    from immiscible_policy.policy.dataset import EMBEDDED, resolve_pusht_source
 
-    if zarr_path is None:
-        from immiscible_policy.policy.dataset import default_pusht_zarr
-
-        zarr_path = default_pusht_zarr()
-    buf = ReplayBuffer.open(zarr_path, keys=["state"])
+    zarr_path = resolve_pusht_source(zarr_path)  # the trainer's lookup: path, env var, shared, embedded
+    if zarr_path == EMBEDDED:
+        buf = open_embedded_pusht(keys=["state"])
+    else:
+        buf = ReplayBuffer.open(zarr_path, keys=["state"])
     state = np.asarray(buf.data["state"], np.float64)
     ends = np.asarray(buf.episode_ends)
     episodes, nets, from_goal, opposite, sliding = [], [], [], [], 0
