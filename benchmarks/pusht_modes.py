@@ -300,6 +300,8 @@ def run_cell(row: str, seed: int, args) -> dict | None:
         "task.eval.n_video_episodes=0",
         "trainer.progress=false",
     ] + (["task.mirror=true"] if mirror else [])
+    if recipe == "vanilla":  # keep every checkpoint: the warm-up cells fork from the one at --warmup
+        overrides.append("trainer.keep_last=null")
     forked = fork_warmup(args.out, row, seed, args.warmup)
     if forked is not None or (args.out / "runs" / cell_name(row, seed) / "forked_from.json").exists():
         overrides.append("resume_force=true")  # the twin's checkpoint records assigner=vanilla
