@@ -127,16 +127,24 @@ def _save_torch(path: Path, value: Any) -> None:
     _write_bytes(path, buffer.getvalue())
 
 
-def _refuse_non_finite(step: int, parts: Mapping[str, Any]) -> None:
-    """Never save a diverged state: ``keep_last`` prunes only after a save, so the newest checkpoint (the
-    one pruning keeps) is then always a finite one."""
+def _non_finite_part(parts: Mapping[str, Any]) -> str | None:
+    """``'<part>: <entry> holds nan'`` for the first part (absent ones skipped) holding NaN or inf; None."""
     for what, value in parts.items():
         found = non_finite(value) if value is not None else None
         if found:
-            raise CheckpointError(
-                f"refusing to save checkpoint {step}: {what}: {found} (a diverged run); the checkpoints "
-                "already saved stay as they are."
-            )
+            return f"{what}: {found}"
+    return None
+
+
+def _refuse_non_finite(step: int, parts: Mapping[str, Any]) -> None:
+    """Never save a diverged state: ``keep_last`` prunes only after a save, so the newest checkpoint (the
+    one pruning keeps) is then always a finite one."""
+    found = _non_finite_part(parts)
+    if found:
+        raise CheckpointError(
+            f"refusing to save checkpoint {step}: {found} (a diverged run); the checkpoints "
+            "already saved stay as they are."
+        )
 
 
 def _fsync(path: Path) -> None:
@@ -391,13 +399,12 @@ def _check_finite(ck: Checkpoint) -> None:
         NORMALIZER_FILE: ck.normalizer,
         TRAINING_STATE_FILE: ck.training_state,
     }
-    for name, value in parts.items():
-        found = non_finite(value) if value is not None else None
-        if found:
-            raise CheckpointError(
-                f"checkpoint {ck.path} holds non-finite numbers ({name}: {found}); it comes from a diverged "
-                f"run or is damaged: use an earlier checkpoint ({ck.path.parent}/<step>) or train again."
-            )
+    found = _non_finite_part(parts)
+    if found:
+        raise CheckpointError(
+            f"checkpoint {ck.path} holds non-finite numbers ({found}); it comes from a diverged "
+            f"run or is damaged: use an earlier checkpoint ({ck.path.parent}/<step>) or train again."
+        )
 
 
 # ------------------------------------------------------------------------------------- checks before use

@@ -142,7 +142,6 @@ class NoisingCore:
         self.scheduler = scheduler
         self.assigner = assigner
         self.pairing = ScheduledPairing(assigner, schedule)
-        self.schedule = self.pairing.schedule
         self.epoch = 0
         self.is_flow = isinstance(scheduler, RectifiedFlow)
         if not self.is_flow:
@@ -169,6 +168,11 @@ class NoisingCore:
             stacklevel=2,
         )
         return self.objective
+
+    @property
+    def schedule(self) -> PairingSchedule:
+        """The pairing schedule (:attr:`pairing` holds it with the assigner)."""
+        return self.pairing.schedule
 
     def set_epoch(self, epoch: int) -> None:
         """The 0-based epoch the next steps belong to (it decides the paired share)."""

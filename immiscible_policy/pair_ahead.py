@@ -52,12 +52,6 @@ class PairAhead(Generic[T]):
             self._pending = (next_key, self._pool.submit(make_next))
         return item
 
-    def __enter__(self) -> PairAhead[T]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:

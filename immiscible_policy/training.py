@@ -788,9 +788,9 @@ class TrainingRun:
     ) -> None:
         """Checkpoint ``step`` with its not yet logged record and due evaluations under ``pending``
         (before evaluating: a failing evaluation loses no training); every process calls it, the main
-        one writes, all wait for it (:func:`save_then_barrier`). A diverged state is refused first
-        (:meth:`check_finite`), so the checkpoints ``keep_last`` keeps are all finite."""
-        self.check_finite(model, step)
+        one writes, all wait for it (:func:`save_then_barrier`). The loops call :meth:`check_finite`
+        before the record this checkpoint carries, and the writer refuses non-finite state itself, so the
+        checkpoints ``keep_last`` keeps are all finite."""
         save_then_barrier(
             self.topo,
             self.run_dir,

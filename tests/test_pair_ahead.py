@@ -47,12 +47,13 @@ def test_items_come_from_the_thread_in_order_and_errors_surface():
 
         return f
 
-    with PairAhead(True) as ahead:
-        assert ahead.get(0, make(0), 1, make(1)) == 0  # made now, 1 started on the thread
-        assert ahead.get(1, make(99), 2, make(2)) == 10  # from the thread: make(99) never runs
-        assert ahead.get(2, make(98), 3, make(3)) == 20
-        with pytest.raises(RuntimeError, match="boom at 3"):
-            ahead.get(3, make(97))
+    ahead = PairAhead(True)
+    assert ahead.get(0, make(0), 1, make(1)) == 0  # made now, 1 started on the thread
+    assert ahead.get(1, make(99), 2, make(2)) == 10  # from the thread: make(99) never runs
+    assert ahead.get(2, make(98), 3, make(3)) == 20
+    with pytest.raises(RuntimeError, match="boom at 3"):
+        ahead.get(3, make(97))
+    ahead.close()
     assert made == [0, 1, 2, 3] and threads[0] == "MainThread" and threads[1].startswith("pair-ahead")
     off = PairAhead(False)
     assert off.get(0, make(5), 1, make(6)) == 50 and made[-1] == 5  # disabled: nothing ahead

@@ -203,15 +203,10 @@ def demo_modes(
     """
     from immiscible_envs.pusht import CONTACT_TOL, GOAL_POSE
 
-    from immiscible_policy.data import ReplayBuffer
-    from immiscible_policy.data.pusht_lowdim import open_embedded_pusht
-    from immiscible_policy.policy.dataset import EMBEDDED, resolve_pusht_source
+    from immiscible_policy.policy.dataset import open_pusht, resolve_pusht_source
 
     zarr_path = resolve_pusht_source(zarr_path)  # the trainer's lookup: path, env var, shared, embedded
-    if zarr_path == EMBEDDED:
-        buf = open_embedded_pusht(keys=["state"])
-    else:
-        buf = ReplayBuffer.open(zarr_path, keys=["state"])
+    buf = open_pusht(zarr_path, ["state"])
     state = np.asarray(buf.data["state"], np.float64)
     ends = np.asarray(buf.episode_ends)
     episodes, nets, from_goal, opposite, sliding = [], [], [], [], 0

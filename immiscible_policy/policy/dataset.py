@@ -34,6 +34,7 @@ __all__ = [
     "describe_source",
     "downsample_mask",
     "get_val_mask",
+    "open_pusht",
     "pusht_obs",
     "resolve_pusht_source",
     "shared_pusht_zarr",
@@ -318,6 +319,12 @@ def resolve_pusht_source(dataset_path: str | os.PathLike | None = None, *, frame
     return path
 
 
+def open_pusht(source: str, keys: list[str]) -> ReplayBuffer:
+    """The PushT arrays ``keys`` from a :func:`resolve_pusht_source` result: the zarr store at that path,
+    or the embedded low-dim copy (the same arrays) for :data:`EMBEDDED`."""
+    return open_embedded_pusht(keys) if source == EMBEDDED else ReplayBuffer.open(source, keys=keys)
+
+
 def describe_source(source: dict[str, str]) -> str:
     """One word for the run log: the zarr path, or ``embedded:sha256=<hex>``."""
     if source.get("source") == EMBEDDED:
@@ -362,10 +369,7 @@ class PushTLowdimDataset(LowdimWindowDataset):
         self.obs_type = obs_type
         self.mirror = bool(mirror)
         keys = ["state", "action"] + (["keypoint"] if obs_type == "keypoints" else [])
-        if self.zarr_path is None:
-            self.buffer = buf = open_embedded_pusht(keys)
-        else:
-            self.buffer = buf = ReplayBuffer.open(self.zarr_path, keys=keys)
+        self.buffer = buf = open_pusht(self.source, keys)
         self._init_windows(
             *self._arrays(buf, obs_type),
             horizon=horizon,

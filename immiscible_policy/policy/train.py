@@ -203,73 +203,70 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
     start_time = time.time()
     train_min = run.train_minutes()
     stats = StepStats(int(tr.n_loss_buckets), device)
-    with PairAhead(bool(tr.get("pair_ahead", False))) as ahead:  # trainer.pair_ahead
-        for epoch in range(start_epoch, stop_epoch):
-            model.train()
-            policy.core.set_epoch(epoch)  # the pairing schedule's share for this epoch
-            order = epoch_order(n_windows, int(tr.seed), epoch).to(device)
-            epoch_start = time.time()
-            show = bool(tr.progress) and main
-            bar = tqdm(
-                range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False
+
+    def prepare(order: Tensor, i: int, step: int) -> tuple[Tensor, Any]:
+        """Batch i's rows (this process's slice) and training pair, from step's noise streams."""
+        idx = topo.rows(order, i)
+        gens = topo.generators(int(tr.seed), step)  # one stream per rank: (seed, rank, step)
+        images = None if frame_rows is None else frames[frame_rows[idx]]
+        return idx, policy.prepare(obs_all[idx], act_all[idx], gens, images=images)
+
+    ahead = PairAhead(bool(tr.get("pair_ahead", False)))  # trainer.pair_ahead
+    for epoch in range(start_epoch, stop_epoch):
+        model.train()
+        policy.core.set_epoch(epoch)  # the pairing schedule's share for this epoch
+        order = epoch_order(n_windows, int(tr.seed), epoch).to(device)
+        epoch_start = time.time()
+        show = bool(tr.progress) and main
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False)
+        estimate.skip()
+        for i in bar:
+            more = i + 1 < steps_per_epoch  # trainer.pair_ahead: batch i + 1 is paired while i trains
+            nxt = partial(prepare, order, i + 1, step + 1) if more else None
+            idx, pair = ahead.get(step, partial(prepare, order, i, step), step + 1, nxt)
+            loss, per_sample, tp = policy.loss(train_model, obs_all[idx], act_all[idx], None, prepared=pair)
+            grad_norm = optimizer_step(model, opt, loss, tr.grad_clip)
+            step += 1
+            run.after_step(step, loss, grad_norm)  # a non-finite loss stops the run (finite.py)
+            value = stats.add(loss, per_sample, tp, policy.core)
+            run.note(estimate.tick())
+            if show and i % 10 == 0:  # the only host sync of a step, and only with a progress bar
+                eta = estimate.remaining()
+                bar.set_postfix(loss=f"{value.item():.4f}", **({"eta": eta} if eta else {}))
+
+        run.check_finite(model, step)  # before the record and the checkpoint: never log or save nan
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": opt.lr_scheduler.get_last_lr()[0],
+        }
+        record.update(run.summary(stats))
+        train_min += (time.time() - epoch_start) / 60
+        record["train_min"] = train_min  # training time only (no evaluation), summed over resumes
+        record["wall_min"] = (time.time() - start_time) / 60
+
+        is_last = epoch + 1 == epochs
+        ck_every = int(tr.checkpoint_every_epochs)
+        do_ckpt = (ck_every and (epoch + 1) % ck_every == 0) or is_last or epoch + 1 == stop_epoch
+        do_eval = _eval_due(tr, epoch + 1, epochs)
+        last = record
+        if do_ckpt:  # before the evaluation (a failing one loses no training); every process waits for it
+            run.checkpoint(
+                model,
+                step,
+                epoch=epoch + 1,
+                pending={"record": record, "evaluate": do_eval},
+                normalizer=normalizer.to_dict(),
             )
-            estimate.skip()
-
-            def prepare(i: int, step: int, order: Tensor = order) -> tuple[Tensor, Any]:
-                """Batch i's rows (this process's slice) and training pair, from step's noise streams."""
-                idx = topo.rows(order, i)
-                gens = topo.generators(int(tr.seed), step)  # one stream per rank: (seed, rank, step)
-                images = None if frame_rows is None else frames[frame_rows[idx]]
-                return idx, policy.prepare(obs_all[idx], act_all[idx], gens, images=images)
-
-            for i in bar:
-                more = i + 1 < steps_per_epoch  # trainer.pair_ahead: batch i + 1 is paired while i trains
-                nxt = partial(prepare, i + 1, step + 1) if more else None
-                idx, pair = ahead.get(step, partial(prepare, i, step), step + 1, nxt)
-                loss, per_sample, tp = policy.loss(
-                    train_model, obs_all[idx], act_all[idx], None, prepared=pair
-                )
-                grad_norm = optimizer_step(model, opt, loss, tr.grad_clip)
-                step += 1
-                run.after_step(step, loss, grad_norm)  # a non-finite loss stops the run (finite.py)
-                value = stats.add(loss, per_sample, tp, policy.core)
-                run.note(estimate.tick())
-                if show and i % 10 == 0:  # the only host sync of a step, and only with a progress bar
-                    eta = estimate.remaining()
-                    bar.set_postfix(loss=f"{value.item():.4f}", **({"eta": eta} if eta else {}))
-
-            run.check_finite(model, step)  # before the record and the checkpoint: never log or save nan
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "step": step,
-                "lr": opt.lr_scheduler.get_last_lr()[0],
-            }
-            record.update(run.summary(stats))
-            train_min += (time.time() - epoch_start) / 60
-            record["train_min"] = train_min  # training time only (no evaluation), summed over resumes
-            record["wall_min"] = (time.time() - start_time) / 60
-
-            is_last = epoch + 1 == epochs
-            ck_every = int(tr.checkpoint_every_epochs)
-            do_ckpt = (ck_every and (epoch + 1) % ck_every == 0) or is_last or epoch + 1 == stop_epoch
-            do_eval = _eval_due(tr, epoch + 1, epochs)
-            last = record
-            if do_ckpt:  # before the evaluation (a failing one loses no training); every process waits for it
-                run.checkpoint(
-                    model,
-                    step,
-                    epoch=epoch + 1,
-                    pending={"record": record, "evaluate": do_eval},
-                    normalizer=normalizer.to_dict(),
-                )
-            if not main:  # logs and rollouts are the main process's
-                continue
-            media = {}
-            if do_eval:
-                tick = time.time()
-                media = evaluate(record)
-                run.note(estimate.evaluated("evaluation", time.time() - tick))
-            last = logger.log(record, media)
-            report(record)
+        if not main:  # logs and rollouts are the main process's
+            continue
+        media = {}
+        if do_eval:
+            tick = time.time()
+            media = evaluate(record)
+            run.note(estimate.evaluated("evaluation", time.time() - tick))
+        last = logger.log(record, media)
+        report(record)
+    ahead.close()
     run.plot(x="epoch", title=f"{task.name} / {cfg.assigner.name}")
     return last
