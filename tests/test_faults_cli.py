@@ -360,3 +360,24 @@ def test_kill_9_during_an_overwrite_keeps_the_old_output(tmp_path):
     write_lerobot(dest, {"action": np.ones((10, 2))}, np.array([5, 10]), fps=10, overwrite=True, made_by="x")
     assert json.loads((dest / "meta" / "info.json").read_text())["total_episodes"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lerobot"]
+
+
+# ----------------------------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "key"),
+    [
+        ("sample", ["checkpoint=runs/x", "npz=true"], "npz"),
+        ("sample", ["checkpoint=runs/x", "output=[a,b]"], "output"),
+        ("eval", ["checkpoint=runs/x", "output_dir=false"], "output_dir"),
+        ("eval", ["checkpoint=true"], "checkpoint"),
+    ],
+)
+def test_a_path_option_given_a_flag_or_list_is_one_line(command, argv, key, capsys):
+    import importlib
+
+    main = importlib.import_module(f"immiscible_policy.cli.{command}").main
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {key}=") and line.endswith("give a file or folder path."), line

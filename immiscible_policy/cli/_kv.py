@@ -20,7 +20,20 @@ def parse_kv(
     unknown = sorted(set(opts) - set(options))
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(options)}.")
+    for key in PATH_KEYS & set(opts):
+        opts[key] = path_option(key, opts[key])
     return opts, words
+
+
+#: options that name a file or folder, in every key=value command
+PATH_KEYS = frozenset({"checkpoint", "output", "output_dir", "npz", "out", "dataset_path"})
+
+
+def path_option(key: str, value: object) -> str:
+    """A path option as text; ``npz=true`` or ``output=[a,b]`` is a one-line error, not a traceback."""
+    if isinstance(value, (bool, dict, list)) or value is None or value == "":
+        raise ValueError(f"{key}={value!r}: give a file or folder path.")
+    return str(value)
 
 
 def int_option(opts: dict, key: str, default: int, minimum: int | None = None) -> int:
