@@ -24,40 +24,20 @@ sqrt(n) (4.30 s / sqrt(3) = 2.48 s at n = 3). Two rows differing by d are told a
 the other's interval") when d > h, and their intervals are disjoint when d > 2h. The issue asks that a 15%
 difference lie outside both intervals: h < 15% of vanilla's CFD, i.e. a seed CV below ~6% at 3 seeds: that
 is why it evaluates a cheap metric on a thousand samples or more rather than the old sweep's 200-sample
-Inception FID (its vanilla CI was +-18%, results/image_speedup/report_v1.md). Measured at 3 seeds: CV
-8.2% (flow), 6.9% (epsilon), 2.8% (class-conditional flow); so the CPU plan (``CPU_SEEDS``) gives the
-unconditional rows 5 seeds (h ~10%) and the conditional rows 3 (h 7%). ``--seeds`` sets every row's. ``--power`` runs only the vanilla rows (their
-cells are the grid's own, nothing is wasted) and prints this section, so the spread is known before the
-other rows are paid for.
+Inception FID. The CPU plan (``CPU_SEEDS``) gives the unconditional rows 5 seeds and the conditional rows 3,
+sized from vanilla's measured seed spread; ``--seeds`` sets every row's. ``--power`` runs only the vanilla
+rows (their cells are the grid's own, nothing is wasted) and prints this section, so the spread is known
+before the other rows are paid for.
 
-Sizing (default CPU protocol; ``--estimate`` re-measures it on your machine before anything trains).
-Measured here on 2026-12-02 with ``--estimate`` (process CPU seconds, ``OMP_NUM_THREADS=1``, ``nice -n
-19``, on the 2-core AVX2 EPYC while two un-niced PushT trainers held both cores, so these are upper
-bounds: the model config's uncontended 0.55 s vs 0.92 s measured here at 32x32 suggests ~0.6x):
-
-=========================  =====================  ==========================
-unet2d_tiny, batch 64      train step (core-s)    sampling forward (ms/img)
-=========================  =====================  ==========================
-32x32                      0.92                   7.9 (batch 256)
-16x16                      0.34                   1.87 (batch 64)
-=========================  =====================  ==========================
-
-``unet2d_small`` is ~3x the tiny model's cost (its config: 1.8 s vs 0.55 s per step) and 32x32 is ~3x 16x16's, so neither fits 33 cells. The
-default is therefore Fashion-MNIST resized to **16x16**, ``unet2d_tiny``, batch 64, lr 1e-3, **2000
-steps**, CFD every 500 steps on **1000** samples (the same noise in every cell: common random numbers
-cancel much of the sampling error between rows) at 16 steps, the final model at 1/2/4/8/16 steps, and
-Inception FID (2000 samples; the Inception forward assumed ~0.15 s/image, the v1 sweep's ~0.2 s) on **seed 0 only**
-(``--fid-seeds``; 11 cells, enough for the rank correlation). Per cell: 2000 x 0.34 s = 11.3 min training
-+ 1000 x (4 x 16 + 31) x 1.87 ms = 3.0 min sampling = ~14.3 core-minutes, +6 min for an FID cell. Grid:
-33 x 14.3 + 11 x 6 = ~540 core-minutes = ~9 core-hours measured under contention (a second
-``--estimate`` run: 0.30 s/step, 13.1 core-min/cell, 8.3 core-hours), ~5.5 uncontended: about
-4 hours of this 2-core machine with two workers (``--workers 2``), i.e. "4 CPU-hours" read as 4 hours of
-the machine (measured: ~4 min training + ~1 min evaluation per cell on a 2-core Sapphire Rapids Xeon,
-so the 5/3-seed plan of 49 cells is ~2.2 hours with two workers). If the power phase shows the spread too
-wide (``15% detectable: no``), add seeds rather than samples, unless the CFD of two halves of the real
-data (sampling error) is a large part of the spread.
-The vanilla rows run first (power), then the paper's question rows, so a shorter sitting still answers
-the main question. ``train_min`` per cell and the host record show what each cell actually met.
+Sizing: ``--estimate`` times a training step and a sampling forward on your machine and projects the
+grid's cost before anything trains. The default CPU protocol is Fashion-MNIST resized to **16x16**,
+``unet2d_tiny``, batch 64, lr 1e-3, **2000 steps**, CFD every 500 steps on **1000** samples (the same noise
+in every cell: common random numbers cancel much of the sampling error between rows) at 16 steps, the final
+model at 1/2/4/8/16 steps, and Inception FID (2000 samples) on **seed 0 only** (``--fid-seeds``; enough for
+the rank correlation). The measured spread, step times and wall times, each with its machine, are in
+docs/results.md ("Image training v2"), the one place measured numbers live. The vanilla rows run first
+(power), then the paper's question rows, so a shorter sitting still answers the main question.
+``train_min`` per cell and the host record show what each cell actually met.
 
 Usage:
     python benchmarks/image_speedup.py --estimate                # time steps, project the grid's cost
@@ -617,9 +597,8 @@ def prepare_metric(args) -> None:
     load_or_train(ds.images, ds.labels, ds.num_classes, ClassifierRecipe(), device=device)
 
 
-#: the CPU grid's seeds: the power section (3 seeds) measured vanilla's final-CFD CV at 8.2% (flow) and 6.9%
-#: (epsilon), so 3 seeds detect only ~20%; 5 seeds bring the detectable difference to ~10%. The
-#: class-conditional rows' CV is 2.8%: 3 seeds already detect 7%.
+#: the CPU grid's seeds: 5 for the unconditional rows, 3 for the class-conditional ones, sized from the power
+#: section's measured seed spread (docs/results.md, "Image training v2": why 3 seeds were not enough).
 CPU_SEEDS = [0, 1, 2, 3, 4]
 CPU_SEEDS_COND = [0, 1, 2]
 

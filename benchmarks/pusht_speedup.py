@@ -10,8 +10,8 @@ Euler 16 steps). At the end it scores the final checkpoint at 1, 2, 4, 8 and 16 
 
 A finished cell writes ``cells/<cell>.json``; a rerun skips finished cells and resumes interrupted ones
 from their last checkpoint (and their finished final evaluations), so a sweep can span several sittings.
-Several workers may share one list (one per core with ``OMP_NUM_THREADS=1`` measured 1.37x the
-throughput of one two-thread worker on a 2-core EPYC): each cell is claimed by one (``run_dir/.owner``).
+Several workers may share one list (one per core with ``OMP_NUM_THREADS=1`` beat one two-thread worker
+on a 2-core CPU; docs/results.md has the measurement): each cell is claimed by one (``run_dir/.owner``).
 Cells run in order: the rows that answer the question (vanilla and c2ot, both objectives) for every seed,
 then the rest. The report marks missing cells.
 

@@ -32,10 +32,9 @@ Setting (as the paper's ``moons.py`` / ``c2ot/utils/playground_utils.py``, re-im
 
 Differences from the paper, chosen to fit the CPU budget (all settings are recorded in report.json):
   * default ``--iterations 800`` network steps (paper: 20000) and 3 seeds (paper: 10): the exact 1024x1024
-    assignment takes 0.2-0.56 s single-threaded here (c2ot within-label fastest, OT slowest), so one
-    20000-step OT run alone is ~45 min; one seed of all 17 cells at 1000 steps measured 651 s
-    (pairing 440 s, training 190 s, evaluation 70 s), so 3 seeds x 800 steps fit in ~27 min;
-  * W2 on ``--w2-samples 2000`` points (paper: 10000; 10000 takes ~130 s per assignment here). W2^2 from
+    assignment dominates a CPU step (c2ot within-label fastest, OT slowest), so the paper's 20000 steps
+    do not fit a sitting (the measured costs, with the machine: docs/results.md, "The C2OT mechanism");
+  * W2 on ``--w2-samples 2000`` points (paper: 10000, whose assignment is far slower). W2^2 from
     n samples is biased upwards; report.json's ``floor`` gives the value a perfect sampler would get at
     our n (reference set vs an i.i.d. draw from the moons distribution), to read small numbers against;
   * the 1024 pairs are shuffled before the 4 network batches are cut (the paper's FM slices the un-shuffled
@@ -54,7 +53,7 @@ labels give the order: panels unc FM, unc OT, cls FM, cls OT, cls C2OT, x FM, x 
 repository's notebook (moons.ipynb) is not readable in the mirror and docs/index.html has no numbers.
 
 Usage:
-    python benchmarks/toy2d.py                  # default (~30 min single-threaded on 1 shared core)
+    python benchmarks/toy2d.py                  # default (its wall time, with the machine: docs/results.md)
     python benchmarks/toy2d.py --smoke --out /tmp/toy   # seconds: wiring check only
     python benchmarks/toy2d.py --paper          # the paper's full settings
     python benchmarks/toy2d.py --report-only    # re-render report.md from report.json

@@ -1,7 +1,7 @@
 """Pair the next batch while this one trains: the solve off the step's critical path (``trainer.pair_ahead``).
 
-Why: on a GPU the exact assignment (``linear``, ``c2ot``) is a CPU solve plus a device sync, measured at
-~30% of a policy step on an H100 with scipy. Everything a step's training pair needs is known a step ahead:
+Why: on a GPU the exact assignment (``linear``, ``c2ot``) is a CPU solve plus a device sync, a large share
+of a policy step (docs/results.md, "Training-step throughput"). Everything a step's training pair needs is known a step ahead:
 the next batch's rows (the epoch's order), its noise stream (a generator seeded by (seed, rank, step)) and
 the epoch's paired share. So a background thread can draw the noise, pair it and draw the timesteps for
 step s + 1 while step s runs forward and backward. The pair is computed by the same function, from the same

@@ -3,8 +3,8 @@
 Why a choice: the exact solve is what makes batch assignment expensive (the papers' argument for KNN),
 and ``scipy.optimize.linear_sum_assignment`` (what the official code, torchcfm and we used) is not the
 fastest exact solver. The Jonker-Volgenant solver ``lapjvr`` (Rust core) of the ``lapx`` package
-returned the same optimal total cost 6-16x faster on a 2-core EPYC for B = 64..4096, D = 32 and 3072,
-ties and duplicate samples included (docs/results.md, "Exact solvers"). Both are exact, so the choice changes speed, never the optimal cost;
+returned the same optimal total cost several times faster than scipy for every batch size measured, ties
+and duplicate samples included (the numbers, with the machine: docs/results.md, "Exact solvers"). Both are exact, so the choice changes speed, never the optimal cost;
 with a unique optimum (continuous data: almost surely) it does not change the permutation either.
 
 * ``scipy``: ``scipy.optimize.linear_sum_assignment`` (always installed).
@@ -118,8 +118,7 @@ def solve_blocks(cost: np.ndarray, groups: Sequence[np.ndarray], solver: str) ->
     Row ``i`` of group ``g`` is paired with a column of ``g`` minimising that block's total (the blocks
     are independent problems). One solve per block: ``lapx``'s batched ``lapjvr_batch`` needs equal
     shapes, and the blocks padded to one size (forbidden entries between real and dummy rows) and solved
-    in one call measured 0.65-1.2x the speed of this loop, never more than 0.5 ms apart, with 1 or 2
-    threads (docs/results.md); single-row blocks keep their own column without a solve.
+    in one call were no faster than this loop (docs/results.md, "Exact solvers"); single-row blocks keep their own column without a solve.
     """
     c = np.asarray(cost)
     perm = np.arange(c.shape[0], dtype=np.int64)

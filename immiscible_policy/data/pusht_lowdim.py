@@ -7,7 +7,7 @@ machine without a download. They are the zarr's arrays bit for bit (same dtypes 
 licence and the check in ``PUSHT_LOWDIM.md``); ``scripts/extract_pusht_lowdim.py`` regenerates the file.
 
 Format: a standard ``.npz`` (``np.load`` reads it) whose entries are named after the zarr paths
-(``data/action.npy``, ..., ``meta/episode_ends.npy``), compressed with LZMA (17% smaller than
+(``data/action.npy``, ..., ``meta/episode_ends.npy``), compressed with LZMA (smaller than
 ``np.savez_compressed``'s deflate) and written with fixed entry timestamps so that regenerating it
 gives the same bytes (``np.savez`` stamps the current time into the archive).
 """

@@ -1,6 +1,6 @@
 """A fast, sensitive in-training image metric: Fréchet distance in a small classifier's features (CFD).
 
-Why: on a 2-core CPU the Inception forward costs ~0.1-0.2 s per image, so Inception FID can only be taken
+Why: on a 2-core CPU the Inception forward is slow (docs/results.md has its cost), so Inception FID can only be taken
 on a few hundred samples during training, where its seed-to-seed spread hides any effect of a pairing
 (docs/image_benchmark.md). A ~0.1M-parameter CNN trained once on the task's own labelled training images
 embeds thousands of 32x32 samples in about a second; the Fréchet distance between the Gaussian fits of its
