@@ -57,9 +57,10 @@ PLUGINS = {"sinkhorn": ("sinkhorn", {})}  # measured when installed (not a built
 
 
 def _cfg(group: str, name: str):
-    from omegaconf import OmegaConf
+    """A preset as the trainer composes it (its schema defaults, then its own values)."""
+    from immiscible_policy.cli._hydra import load_preset
 
-    return OmegaConf.load(ROOT / "configs" / group / f"{name}.yaml")
+    return load_preset(group, name)
 
 
 def _sync(device: torch.device) -> None:
@@ -73,7 +74,7 @@ def policy_setup(batch: int, device: torch.device):
     from immiscible_policy.noising import NoisingCore, build_scheduler, trainer_objective
     from immiscible_policy.policy.build import build_model
     from immiscible_policy.policy.model import DiffusionPolicy
-    from immiscible_policy.training import make_optimization, optimizer_step
+    from immiscible_policy.training.optimization import make_optimization, optimizer_step
 
     tr, m = _cfg("trainer", "cpu_default"), _cfg("model", "unet1d_cpu")
     horizon, action_dim, n_obs, obs_dim = 16, 2, 2, 20
@@ -91,14 +92,14 @@ def policy_setup(batch: int, device: torch.device):
         )
         core = NoisingCore(sched, assigner)
         return DiffusionPolicy(
-            core, None, horizon=horizon, n_obs_steps=n_obs, n_action_steps=8, action_dim=action_dim
+            model, core, None, horizon=horizon, n_obs_steps=n_obs, n_action_steps=8, action_dim=action_dim
         )
 
     def prepare(policy, gen):
-        return policy.prepare(obs, x0, gen)
+        return policy.prepare({"obs": obs, "action": x0}, gen)
 
     def train(policy, prepared):
-        loss, _, _ = policy.loss(model, obs, x0, None, prepared=prepared)
+        loss, _, _ = policy.loss(None, prepared=prepared)
         optimizer_step(model, opt, loss, tr.grad_clip)
 
     return prepare, train, x0, make_core
@@ -112,7 +113,7 @@ def image_setup(batch: int, device: torch.device):
     from immiscible_policy.image.model import build_unet, predict
     from immiscible_policy.image.train import use_bf16
     from immiscible_policy.noising import NoisingCore
-    from immiscible_policy.training import make_optimization, optimizer_step
+    from immiscible_policy.training.optimization import make_optimization, optimizer_step
 
     tr, m = _cfg("trainer", "image_cpu"), _cfg("model", "unet2d_small")
     model = build_unet(m, image_size=32, channels=1, num_classes=0).to(device)

@@ -704,7 +704,7 @@ def mode_examples(run_dir: Path, path: Path, seed: int, n: int = SYMMETRIC_ROLLO
     from immiscible_policy.policy.load import load_policy
     from immiscible_policy.video import write_video
 
-    model, policy, cfg, _ = load_policy(run_dir, device="cpu")
+    _, policy, cfg, _ = load_policy(run_dir, device="cpu")
     gen = torch.Generator().manual_seed(int(seed))
     envs = [PushTEnv(obs_type=str(cfg.task.obs_type), render_mode=None) for _ in range(n)]
     hist, actions, info = [], [[] for _ in range(n)], [None] * n
@@ -715,7 +715,7 @@ def mode_examples(run_dir: Path, path: Path, seed: int, n: int = SYMMETRIC_ROLLO
     active, steps = list(range(n)), 0
     while active and steps < MAX_EPISODE_STEPS:
         chunk = policy.predict_action(
-            model, np.stack([np.stack(hist[i][-policy.n_obs_steps :]) for i in active]), gen
+            np.stack([np.stack(hist[i][-policy.n_obs_steps :]) for i in active]), generator=gen
         )
         still = []
         for row, i in enumerate(active):

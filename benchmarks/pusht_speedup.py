@@ -98,7 +98,8 @@ def final_evals(run_dir: Path, objective: str, seed: int, last_eval: dict) -> di
 
     The fast sampler at FAST_STEPS is the last training evaluation itself (same weights, sampler and
     sampling-noise seed), so it is reused rather than recomputed."""
-    from immiscible_policy.policy.train import load_policy, rollout
+    from immiscible_policy.policy.evaluate import rollout
+    from immiscible_policy.policy.load import load_policy
 
     out, loaded = {}, None
     fast = f"{FAST_SAMPLER[objective]}-{FAST_STEPS}"
@@ -111,10 +112,10 @@ def final_evals(run_dir: Path, objective: str, seed: int, last_eval: dict) -> di
         if not path.exists():
             if loaded is None:
                 loaded = load_policy(run_dir, device="cpu")
-            model, policy, cfg, _ = loaded
+            _, policy, cfg, _ = loaded
             policy.sampler, policy.num_inference_steps = sampler, steps
             t0 = time.time()
-            m = rollout(policy, model, cfg.task, seed=seed, n_video_episodes=0, progress=False)
+            m = rollout(policy, cfg.task, seed=seed, n_video_episodes=0, progress=False)
             rec = {
                 "mean_score": m["mean_score"],
                 "success_rate": m["success_rate"],

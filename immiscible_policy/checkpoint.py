@@ -453,16 +453,25 @@ def check_assigner(
     is imported, so a downloaded checkpoint could run any installed module. On the training command line
     ``module:Class`` stays allowed (the user typed it); from a file it needs ``allow_import``.
     """
-    from immiscible_policy import registry
+    from immiscible_policy import objectives, registry
 
     cfg = config.get("cfg")
-    section = cfg.get("assigner") if isinstance(cfg, Mapping) else None
-    name = section.get("name") if isinstance(section, Mapping) else None
-    if not isinstance(name, str) or name in registry.available() or import_allowed(allow_import):
-        return  # a missing / unknown plain name fails later in the registry without importing anything
-    if ":" in name:
+    cfg = cfg if isinstance(cfg, Mapping) else {}
+    section, trainer = cfg.get("assigner"), cfg.get("trainer")
+    names = [("assigner", section.get("name") if isinstance(section, Mapping) else None, registry.available)]
+    if isinstance(trainer, Mapping):  # the objective is a strategy too (objectives/), imported the same way
+        for key in ("objective", "prediction_type"):
+            names.append((f"objective (trainer.{key})", trainer.get(key), objectives.available))
+    for what, name, registered in names:
+        if (
+            not isinstance(name, str)
+            or ":" not in name
+            or import_allowed(allow_import)
+            or name in registered()
+        ):
+            continue  # a missing / unknown plain name fails later in its registry without importing anything
         raise CheckpointError(
-            f"checkpoint {where}: assigner {name!r} is not a registered strategy, and loading it would "
+            f"checkpoint {where}: {what} {name!r} is not a registered strategy, and loading it would "
             f"import module {name.partition(':')[0]!r}; if you trust this checkpoint, pass allow_import=true "
             f"(or set {ALLOW_IMPORT_ENV}=1), or install the plugin that registers it"
         )

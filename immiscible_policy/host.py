@@ -79,8 +79,8 @@ def host_record(device: Any = None, *, cpuinfo: str | os.PathLike = "/proc/cpuin
 def resolve_device(name: str) -> Any:
     """``auto`` -> cuda when available else cpu; a one-line error for cuda on a machine without it.
 
-    It lives with the host facts (not in training.py) so that config checks, loaders and trainers ask
-    one leaf module, with no import cycle between them."""
+    It lives with the host facts (not in the training package) so that config checks, loaders and
+    trainers ask one leaf module, with no import cycle between them."""
     import torch
 
     if name == "auto":

@@ -4,17 +4,19 @@ Data flow of a step (see docs/architecture.md)::
 
     noise   = randn_like(x0, generator)                    # one draw per step, per-rank stream
     pairing = assigner.pair(x0, noise, generator=generator)
-    t       ~ U{0..T-1} (or U(0,1) for rectified flow), drawn independently of the pairing
-    x_t     = scheduler.add_noise(pairing.x0, pairing.noise, t)
-    target  = noise | v | x0    (by the objective: epsilon | v_prediction | sample; noise - x0 for flow)
+    t       = objective.draw_timesteps(B, ...)             # drawn independently of the pairing
+    x_t     = objective.add_noise(pairing.x0, pairing.noise, t)
+    target  = objective.target(pairing.x0, pairing.noise, t)   # noise | v | x0 | noise - x0 | ...
 
 diffusers' ``add_noise(original, noise, t)`` takes the noise as an argument: that is the seam where the
-assigner acts. With ``vanilla`` this module reproduces ``scheduler.add_noise`` / ``get_velocity`` exactly.
-Nothing here knows which trainer calls it or which assigner it holds.
+assigner acts. With ``vanilla`` the DDPM objectives reproduce ``scheduler.add_noise`` / ``get_velocity``
+exactly. Nothing here knows which trainer calls it, which assigner it holds or which objective: the
+objective is a strategy (:mod:`immiscible_policy.objectives`, docs/objectives.md).
 
-The objective factory lives here too (:func:`build_scheduler`, :func:`build_core`,
-:func:`resolve_sampler`): ``trainer.objective`` is one of ``epsilon | v_prediction | sample | flow`` for
-both trainers, eval and analysis, and a sampler that does not fit it is a one-line error.
+The trainers' factory lives here too (:func:`build_core`, :func:`trainer_objective`,
+:func:`resolve_sampler`): ``trainer.objective`` is any registered objective (built-ins ``epsilon |
+v_prediction | sample | flow``) for both trainers, eval and analysis, and a sampler that does not fit it
+is a one-line error.
 """
 
 from __future__ import annotations
@@ -29,44 +31,39 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from immiscible_policy import objectives
 from immiscible_policy.assigners.base import Assigner
+from immiscible_policy.objectives import BUILTIN_NAMES, BUILTIN_SAMPLERS, Objective, as_objective
+from immiscible_policy.objectives.ddpm import PREDICTION_TYPES, make_inference_scheduler
+from immiscible_policy.objectives.flow import RectifiedFlow, euler_sample, heun_sample
 from immiscible_policy.pairing import ScheduledPairing
 from immiscible_policy.pairing_schedule import PairingSchedule
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-OBJECTIVES = (*PREDICTION_TYPES, "flow")
-SAMPLERS = {
-    "epsilon": ("ddim", "ddpm"),
-    "v_prediction": ("ddim", "ddpm"),
-    "sample": ("ddim", "ddpm"),
-    "flow": ("euler", "heun"),
-}
+#: the built-in objectives and their samplers (any registered objective is accepted:
+#: :func:`trainer_objective`, :func:`resolve_sampler`); kept for callers that list the built-ins
+OBJECTIVES = BUILTIN_NAMES
+SAMPLERS = BUILTIN_SAMPLERS
 
-
-class RectifiedFlow:
-    """Rectified flow / flow matching: ``x_t = (1 - t) x0 + t noise``, target ``noise - x0``, t in [0, 1].
-
-    Sampling integrates dx/dt = v from t=1 (noise) to t=0 with Euler steps. Timesteps are floats, which
-    a diffusers UNet accepts; scale them with ``timestep_scale`` (e.g. 1000) for models tuned to DDPM
-    timestep ranges.
-    """
-
-    objective = "flow"
-    prediction_type = objective  # its former name, as diffusers' schedulers call theirs
-
-    def __init__(self, timestep_scale: float = 1000.0) -> None:
-        self.timestep_scale = float(timestep_scale)
-
-    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        tt = _broadcast(t, x0)
-        return (1.0 - tt) * x0 + tt * noise
-
-    def model_timesteps(self, t: Tensor) -> Tensor:
-        return t * self.timestep_scale
-
-
-def _broadcast(t: Tensor, like: Tensor) -> Tensor:
-    return t.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+__all__ = [
+    "LEGACY_OBJECTIVE_KEY",
+    "OBJECTIVES",
+    "PREDICTION_TYPES",
+    "SAMPLERS",
+    "NoisingCore",
+    "RectifiedFlow",
+    "TrainingPair",
+    "build_core",
+    "build_scheduler",
+    "condition_leak",
+    "euler_sample",
+    "heun_sample",
+    "make_inference_scheduler",
+    "noise_generator",
+    "noise_stats",
+    "rename_legacy_objective",
+    "resolve_sampler",
+    "trainer_objective",
+]
 
 
 @dataclass
@@ -126,38 +123,38 @@ def noise_generator(seed: int, rank: int, step: int, device: torch.device | str 
 
 
 class NoisingCore:
-    """Draws noise, pairs it through an assigner, draws timesteps, returns (x_t, t, target).
+    """Assigner + objective + pairing schedule: draws noise, pairs it, returns (x_t, t, target).
 
     Args:
-        scheduler: a diffusers ``DDPMScheduler``/``DDIMScheduler`` (prediction types epsilon,
-            v_prediction, sample) or :class:`RectifiedFlow`.
+        objective: an :class:`~immiscible_policy.objectives.Objective` (what the model predicts and how
+            to sample; ``objectives.create(name, ...)`` or :func:`build_core` build one from a config), or,
+            as before objectives were strategies, a diffusers ``DDPMScheduler``/``DDIMScheduler``
+            (prediction types epsilon, v_prediction, sample), which is wrapped in a ``DDPMObjective``.
+            :class:`RectifiedFlow` is itself an objective.
         assigner: any :class:`~immiscible_policy.assigners.base.Assigner`.
         schedule: which share of each batch is paired at an epoch
             (:class:`~immiscible_policy.pairing_schedule.PairingSchedule`; default: all rows, always).
             The trainer says which epoch a step belongs to with :meth:`set_epoch` (as
             ``DistributedSampler.set_epoch``); training and validation losses then pair alike.
+
+    The core asks the objective for everything that depends on what the model predicts and never which
+    objective it holds, so a registered plugin objective trains with every assigner unchanged.
     """
 
-    def __init__(self, scheduler: Any, assigner: Assigner, schedule: PairingSchedule | None = None) -> None:
-        self.scheduler = scheduler
+    def __init__(
+        self, objective: Objective | Any, assigner: Assigner, schedule: PairingSchedule | None = None
+    ) -> None:
+        self.objective_impl: Objective = as_objective(objective)
         self.assigner = assigner
         self.pairing = ScheduledPairing(assigner, schedule)
         self.epoch = 0
-        self.is_flow = isinstance(scheduler, RectifiedFlow)
-        if not self.is_flow:
-            ptype = scheduler.config.prediction_type
-            if ptype not in PREDICTION_TYPES:
-                raise ValueError(
-                    f"Unsupported scheduler prediction_type {ptype!r} (the objective); use one of "
-                    f"{', '.join(PREDICTION_TYPES)}."
-                )
-            self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
 
     @property
     def objective(self) -> str:
-        """What the model learns to predict: ``epsilon``, ``v_prediction``, ``sample`` (the DDPM scheduler's
-        prediction type) or ``flow`` (rectified flow's velocity); ``trainer.objective`` in the configs."""
-        return "flow" if self.is_flow else self.scheduler.config.prediction_type
+        """What the model learns to predict, by its registered name: ``epsilon``, ``v_prediction``,
+        ``sample`` (the DDPM scheduler's prediction type), ``flow`` (rectified flow's velocity) or a
+        plugin's; ``trainer.objective`` in the configs. The object itself is :attr:`objective_impl`."""
+        return self.objective_impl.name
 
     @property
     def prediction_type(self) -> str:
@@ -184,10 +181,9 @@ class NoisingCore:
         return self.schedule.share(self.epoch)
 
     def draw_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
-        """(B,) timesteps: uniform integers in [0, T) or uniform floats in [0, 1) for flow."""
-        if self.is_flow:
-            return torch.rand(batch, device=device, generator=generator)
-        return torch.randint(0, self.num_train_timesteps, (batch,), device=device, generator=generator)
+        """(B,) timesteps as the objective draws them (uniform integers in [0, T) for DDPM, uniform
+        floats in [0, 1) for flow)."""
+        return self.objective_impl.draw_timesteps(batch, device, generator)
 
     def training_pair(
         self,
@@ -210,20 +206,10 @@ class NoisingCore:
         if timesteps is None:
             timesteps = self.draw_timesteps(x0.shape[0], x0.device, generator)
         px0, pnoise = pairing.x0, pairing.noise
-        if self.is_flow:
-            x_t = self.scheduler.add_noise(px0, pnoise, timesteps)
-            target = pnoise - px0
-            model_t = self.scheduler.model_timesteps(timesteps)
-        else:
-            x_t = self.scheduler.add_noise(px0, pnoise, timesteps)
-            ptype = self.scheduler.config.prediction_type
-            if ptype == "epsilon":
-                target = pnoise
-            elif ptype == "v_prediction":
-                target = self.scheduler.get_velocity(px0, pnoise, timesteps)
-            else:
-                target = px0
-            model_t = timesteps
+        objective = self.objective_impl
+        x_t = objective.add_noise(px0, pnoise, timesteps)
+        target = objective.target(px0, pnoise, timesteps)
+        model_t = objective.model_timesteps(timesteps)
         info = dict(pairing.info)
         info["assign_ms"] = assign_ms
         return TrainingPair(x_t, timesteps, model_t, target, px0, pnoise, info, cond)
@@ -250,9 +236,7 @@ class NoisingCore:
 
     def timestep_fraction(self, timesteps: Tensor) -> Tensor:
         """Timesteps mapped to [0, 1) (noise level order), for per-bucket loss analysis."""
-        if self.is_flow:
-            return timesteps.float()
-        return timesteps.float() / self.num_train_timesteps
+        return self.objective_impl.timestep_fraction(timesteps)
 
     def bucket_losses(self, per_sample_loss: Tensor, timesteps: Tensor, n_buckets: int = 10) -> Tensor:
         """(n_buckets,) mean loss per timestep bucket (NaN for empty buckets), on the loss's device."""
@@ -280,14 +264,15 @@ class NoisingCore:
         dtype: torch.dtype = torch.float32,
         noise: Tensor | None = None,
     ) -> Tensor:
-        """Generate (shape) samples: x_T ~ N(0, I) -> scheduler steps -> assigner.decode.
+        """Generate (shape) samples: x_T ~ N(0, I) -> the objective's sampler -> assigner.decode.
 
-        ``model_fn(x_t, model_timesteps)`` returns the model prediction for a batch. ``sampler`` is
-        "ddim" or "ddpm" for diffusers schedulers (a fresh scheduler built from the training config, so
-        the training scheduler is never mutated) and "euler" or "heun" for rectified flow; one that does
-        not fit the objective is a one-line error (never a silent substitution).
+        ``model_fn(x_t, model_timesteps)`` returns the model prediction for a batch. ``sampler`` is one
+        the objective accepts ("ddim" or "ddpm" for the DDPM family, "euler" or "heun" for rectified
+        flow; None or "auto": its default, ddim for the DDPM family); one that does not fit the
+        objective is a one-line error (never a silent substitution). ``noise`` replaces the x_T draw.
         """
-        sampler = resolve_sampler(self.objective, sampler)
+        objective = self.objective_impl
+        sampler = objective.resolve_sampler(self.objective, sampler, "ddim")
         steps = None if num_inference_steps is None else int(num_inference_steps)
         if steps is not None and steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {steps}.")
@@ -296,72 +281,15 @@ class NoisingCore:
             if noise is not None
             else torch.randn(shape, generator=generator, device=device, dtype=dtype)
         )
-        if self.is_flow:
-            integrate = heun_sample if sampler == "heun" else euler_sample
-            x = integrate(model_fn, x, steps or 50, self.scheduler.timestep_scale)
-            return self.decode(x)
-        sched = make_inference_scheduler(self.scheduler, sampler, self.assigner)
-        sched.set_timesteps(steps or self.num_train_timesteps, device=x.device)
-        for t in sched.timesteps:
-            out = model_fn(x, t.expand(x.shape[0]).to(x.device))
-            x = sched.step(out, t, x, generator=generator).prev_sample
+        x = objective.sample(
+            model_fn,
+            x,
+            num_inference_steps=steps,
+            sampler=sampler,
+            generator=generator,
+            data_range=self.assigner.data_range,
+        )
         return self.decode(x)
-
-
-@torch.no_grad()
-def euler_sample(
-    velocity_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int, timestep_scale: float
-) -> Tensor:
-    """Rectified flow: integrate dx/dt = v from t = 1 (noise) to t = 0 with ``steps`` Euler steps.
-
-    ``velocity_fn`` gets model timesteps (t x ``timestep_scale``). One loop serves the sampler above and
-    the analysis' inversion round trip, so the map the analysis inverts is the one users sample with.
-    """
-    ts = torch.linspace(1.0, 0.0, steps + 1, device=noise.device)
-    x = noise
-    for i in range(steps):
-        x = x + (ts[i + 1] - ts[i]) * velocity_fn(x, ts[i].expand(x.shape[0]) * timestep_scale)
-    return x
-
-
-@torch.no_grad()
-def heun_sample(
-    velocity_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int, timestep_scale: float
-) -> Tensor:
-    """Rectified flow with Heun's second-order steps (2 model calls per step, the last step Euler).
-
-    Same time grid as :func:`euler_sample`; ``steps`` Heun steps cost ``2 * steps - 1`` evaluations.
-    """
-    ts = torch.linspace(1.0, 0.0, steps + 1, device=noise.device)
-    x = noise
-    for i in range(steps):
-        dt = ts[i + 1] - ts[i]
-        v = velocity_fn(x, ts[i].expand(x.shape[0]) * timestep_scale)
-        x_euler = x + dt * v
-        if i == steps - 1:  # t = 0 ends the path: no second evaluation there (as EDM's Heun)
-            x = x_euler
-            continue
-        v2 = velocity_fn(x_euler, ts[i + 1].expand(x.shape[0]) * timestep_scale)
-        x = x + dt * 0.5 * (v + v2)
-    return x
-
-
-def make_inference_scheduler(train_scheduler: Any, sampler: str, assigner: Assigner | None = None) -> Any:
-    """A fresh DDIM or DDPM scheduler with the training scheduler's noise schedule.
-
-    Its ``clip_sample_range`` is widened by the assigner's :meth:`~Assigner.data_range` so a data-space
-    transform such as ``scale`` is not clipped away before ``decode``.
-    """
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    overrides = {}
-    if assigner is not None and "clip_sample_range" in train_scheduler.config:
-        overrides["clip_sample_range"] = assigner.data_range(float(train_scheduler.config.clip_sample_range))
-    if sampler == "ddim":
-        return DDIMScheduler.from_config(train_scheduler.config, **overrides)
-    if sampler == "ddpm":
-        return DDPMScheduler.from_config(train_scheduler.config, **overrides)
-    raise ValueError(f"Unknown sampler {sampler!r}; use 'ddim' or 'ddpm' (or 'euler' for rectified flow).")
 
 
 @torch.no_grad()
@@ -391,11 +319,16 @@ LEGACY_OBJECTIVE_KEY = "prediction_type"
 def trainer_objective(tr: Any) -> str:
     """``trainer.objective`` (``epsilon`` when unset); configs and checkpoints written before it existed
     named it ``trainer.prediction_type``, which is read when ``objective`` is absent. The one place that
-    knows the former name, with :func:`rename_legacy_objective`."""
+    knows the former name, with :func:`rename_legacy_objective`.
+
+    Any registered objective (built-in, entry-point plugin, in-process registration) or ``module:Class``
+    path is accepted; another name is the registry's one-line "did you mean" error
+    (:class:`~immiscible_policy.objectives.UnknownObjectiveError`, a ValueError). Nothing is imported:
+    a config is checked before anything is built.
+    """
     value = tr.get("objective")
     value = str(tr.get(LEGACY_OBJECTIVE_KEY, "epsilon") if value is None else value)
-    if value not in OBJECTIVES:
-        raise ValueError(f"trainer.objective={value!r} is not supported; use one of {', '.join(OBJECTIVES)}.")
+    objectives.check_name(value)
     return value
 
 
@@ -422,24 +355,15 @@ def rename_legacy_objective(cfg: Any) -> Any:
     return cfg
 
 
-def build_scheduler(objective: str, *, num_train_timesteps: int, beta_schedule: str) -> Any:
-    """The training scheduler of an objective: diffusers' DDPM (clip_sample) or :class:`RectifiedFlow`.
+def build_scheduler(objective: str, *, num_train_timesteps: int, beta_schedule: str) -> Objective:
+    """The objective named ``objective`` (:func:`immiscible_policy.objectives.create`), which
+    :class:`NoisingCore` takes; for the built-ins what this built before objectives were strategies,
+    diffusers' DDPM (clip_sample) inside a ``DDPMObjective``, or :class:`RectifiedFlow`.
 
     Flow timesteps t in [0, 1] are fed to the model as t x ``num_train_timesteps`` so one network
     config serves both (its timestep embedding sees the same range).
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective {objective!r} is not supported; use one of {', '.join(OBJECTIVES)}.")
-    if objective == "flow":
-        return RectifiedFlow(timestep_scale=float(num_train_timesteps))
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        num_train_timesteps=int(num_train_timesteps),
-        beta_schedule=str(beta_schedule),
-        clip_sample=True,
-        prediction_type=objective,
-    )
+    return objectives.create(objective, num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
 
 
 def build_core(tr: Any, assigner_cfg: Any) -> NoisingCore:
@@ -448,25 +372,20 @@ def build_core(tr: Any, assigner_cfg: Any) -> NoisingCore:
     ``ramp_epochs``); used by both trainers, eval, sampling and analysis."""
     from immiscible_policy.registry import create_from_config
 
-    scheduler = build_scheduler(
+    objective = build_scheduler(
         trainer_objective(tr),
         num_train_timesteps=int(tr.num_train_timesteps),
         beta_schedule=str(tr.beta_schedule),
     )
-    return NoisingCore(scheduler, create_from_config(assigner_cfg), PairingSchedule.from_config(assigner_cfg))
+    return NoisingCore(objective, create_from_config(assigner_cfg), PairingSchedule.from_config(assigner_cfg))
 
 
 def resolve_sampler(objective: str, sampler: str | None, diffusion_default: str = "ddim") -> str:
-    """``auto``/None -> ``diffusion_default`` (ddim or ddpm) for diffusion objectives, euler for flow;
-    a sampler that does not fit the objective is a one-line error."""
-    allowed = SAMPLERS[objective]
-    if sampler in (None, "auto"):
-        return "euler" if objective == "flow" else diffusion_default
-    if sampler not in allowed:
-        raise ValueError(
-            f"sampler={sampler!r} does not fit objective {objective!r}; use {' or '.join(allowed)}."
-        )
-    return sampler
+    """The sampler ``trainer.sampler`` means for the objective named ``objective`` (any registered one):
+    ``auto``/None -> ``diffusion_default`` (ddim or ddpm) when the objective accepts it, else its own
+    default (euler for flow); a sampler that does not fit the objective is a one-line error, and so is
+    an unknown objective (the registry's "did you mean")."""
+    return objectives.get_class(objective).resolve_sampler(objective, sampler, diffusion_default)
 
 
 def condition_leak(cond: Tensor, noise: Tensor, *, holdout: float = 0.25, ridge: float = 1e-2) -> float:

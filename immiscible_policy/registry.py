@@ -1,15 +1,21 @@
-"""Assigner registry: entry-point discovery, ``create``, ``available``, ``register``.
+"""Plugin registries: entry-point discovery, ``create``, ``available``, ``register``.
 
-Modelled on Gymnasium's and pytest/pluggy's registries (see docs/architecture.md):
+One :class:`Registry` per kind of plugin (assigners here, objectives in
+:mod:`immiscible_policy.objectives.registry`), so the rules below hold for every kind by construction
+instead of by copy. Modelled on Gymnasium's and pytest/pluggy's registries (see docs/architecture.md):
 
-* Strategies are found through the entry-point group ``immiscible_policy.assigners``; names are read
-  from package metadata, so listing them imports nothing. A plugin is imported only when created.
+* Plugins are found through an entry-point group (``immiscible_policy.assigners``,
+  ``immiscible_policy.objectives``); names are read from package metadata, so listing them imports
+  nothing. A plugin is imported only when created.
 * ``create("knn", k=8)``; ``create("some.module:Class", ...)`` works without registration.
 * An unknown name fails with one line: a "did you mean" suggestion and the available names.
 * A plugin whose import fails is listed with its error and fails only when selected (error chained).
 * Two distributions claiming one name: creating it raises an error naming both (never a silent overwrite).
 * ``IMMISCIBLE_DISABLE_PLUGINS=1`` keeps only this package's built-ins.
 * A plugin that ends the process at import (``sys.exit``, ``os._exit``) is reported, never obeyed.
+
+The module-level functions (``create``, ``available``, ``register``, ...) are the assigners' registry,
+as they were before objectives had one; :func:`refresh` forgets every kind's cache.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 from immiscible_policy.assigners.base import SCOPES, Assigner
 from immiscible_policy.pairing_schedule import SCHEDULE_KEYS
@@ -49,9 +55,20 @@ class AssignerImportError(AssignerError):
     pass
 
 
+class RegistryErrors(NamedTuple):
+    """The exception classes a registry raises, so each kind keeps its own (``except AssignerError``
+    never catches an objective's error, and the reverse)."""
+
+    base: type[ValueError]
+    unknown: type[ValueError]
+    duplicate: type[ValueError]
+    import_: type[ValueError]
+
+
 @dataclass
-class AssignerEntry:
-    """Where a name comes from. ``target`` is "module:attr"; ``cls`` is set for in-process registrations."""
+class Entry:
+    """Where a name comes from. ``target`` is "module:attr"; ``cls`` is set for in-process registrations;
+    ``registry`` is the registry that listed it (the assigners' when None, as entries made by hand)."""
 
     name: str
     target: str
@@ -59,108 +76,36 @@ class AssignerEntry:
     version: str
     cls: type | None = None
     conflict: str | None = None
+    registry: Registry | None = field(default=None, repr=False, compare=False)
 
     @property
     def error(self) -> str | None:
         """Why this entry cannot be created (import failure or name conflict), without importing twice."""
         if self.conflict:
             return self.conflict
+        owner = self.registry or ASSIGNERS
         try:
-            load(self)
-        except AssignerError as exc:
+            owner.load(self)
+        except owner.errors.base as exc:
             return str(exc)
         return None
 
 
-_LOCAL: dict[str, AssignerEntry] = {}
-_EP_CACHE: dict[str, AssignerEntry] | None = None
-_LOADED: dict[str, type] = {}
+#: the assigners' entry (its name before the registry served other kinds)
+AssignerEntry = Entry
 
 
 def _canonical(dist_name: str) -> str:
     return dist_name.lower().replace("_", "-")
 
 
-def _scan_entry_points() -> dict[str, AssignerEntry]:
-    found: dict[str, AssignerEntry] = {}
-    only_builtin = os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes")
-    for ep in metadata.entry_points(group=GROUP):
-        dist = ep.dist.name if ep.dist is not None else "<unknown>"
-        version = ep.dist.version if ep.dist is not None else "?"
-        if only_builtin and _canonical(dist) != BUILTIN_DIST:
-            continue
-        entry = AssignerEntry(ep.name, ep.value, dist, version)
-        prev = found.get(ep.name)
-        if prev is None:
-            found[ep.name] = entry
-        elif _canonical(prev.origin) != _canonical(dist):
-            prev.conflict = (
-                f"Assigner name '{ep.name}' is claimed by two distributions: {prev.origin} {prev.version} "
-                f"({prev.target}) and {dist} {version} ({ep.value}); uninstall one of them, or select one "
-                f"explicitly with its 'module:Class' path."
-            )
-    return found
+def plugins_disabled() -> bool:
+    """``IMMISCIBLE_DISABLE_PLUGINS`` is set: only this package's built-ins are listed, of every kind."""
+    return os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def _entries() -> dict[str, AssignerEntry]:
-    global _EP_CACHE
-    if _EP_CACHE is None:
-        _EP_CACHE = _scan_entry_points()
-    merged = dict(_EP_CACHE)
-    merged.update(_LOCAL)
-    return merged
-
-
-def refresh() -> None:
-    """Forget cached entry points (after installing a plugin in a running process, or changing the env var)."""
-    global _EP_CACHE
-    _EP_CACHE = None
-    _LOADED.clear()
-
-
-def available() -> dict[str, AssignerEntry]:
-    """All known names -> their entry (origin distribution, version); imports nothing."""
-    return dict(sorted(_entries().items()))
-
-
-def register(name: str | None = None) -> Callable[[type], type]:
-    """Class decorator registering an in-process strategy (tests, notebooks).
-
-    Raises if the name is already taken by an entry point or another registration.
-    """
-
-    def deco(cls: type) -> type:
-        key = name or getattr(cls, "name", "") or cls.__name__
-        existing = _entries().get(key)
-        if existing is not None and existing.cls is not cls:
-            raise DuplicateAssignerError(
-                f"Assigner name '{key}' is already provided by {existing.origin} ({existing.target}); "
-                f"choose another name for {cls.__module__}.{cls.__qualname__}."
-            )
-        _validate_class(cls, key)
-        if not getattr(cls, "name", ""):
-            cls.name = key
-        _LOCAL[key] = AssignerEntry(key, f"{cls.__module__}:{cls.__qualname__}", "<in-process>", "", cls=cls)
-        return cls
-
-    return deco
-
-
-def unregister(name: str) -> None:
-    """Remove an in-process registration (for tests)."""
-    _LOCAL.pop(name, None)
-
-
-def _validate_class(cls: Any, label: str) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, Assigner)):
-        raise AssignerError(
-            f"'{label}' resolves to {cls!r}, which is not a subclass of immiscible_policy.assigners.Assigner."
-        )
-    if cls.scope not in SCOPES:
-        raise AssignerError(f"Assigner '{label}' declares scope={cls.scope!r}; use one of {SCOPES}.")
-
-
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (at most 300 characters of message): how plugin errors are shown."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
@@ -191,54 +136,234 @@ def _no_os_exit() -> Iterator[None]:
         os._exit = real
 
 
-def _import_target(target: str, label: str) -> type:
-    module_name, _, attr = target.partition(":")
-    try:
-        with _no_os_exit():
-            obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # a plugin calling sys.exit() on import must not end the host program
-        raise AssignerImportError(
-            f"Assigner '{label}' ({target}) failed to import: {_one_line(exc)}"
-        ) from exc
-    _validate_class(obj, label)
-    return obj
+class Registry:
+    """The names of one kind of plugin: entry points of ``group``, in-process registrations, imports.
 
+    Args:
+        group: the entry-point group its distributions declare names in.
+        kind: what one plugin is called in messages (``assigner``, ``objective``).
+        base: the class every plugin must subclass (checked when it is loaded or registered).
+        base_path: how messages name ``base`` (where a plugin author imports it from).
+        errors: the exception classes it raises (:class:`RegistryErrors`).
+        unregistered_hint: the last sentence of the unknown-name error (how to give an unregistered one).
+        check: extra checks of a loaded class (``check(cls, label)``), e.g. the assigners' scope.
 
-def load(entry: AssignerEntry) -> type:
-    """Import (once) and return the class behind an entry."""
-    if entry.cls is not None:
-        return entry.cls
-    if entry.conflict:
-        raise DuplicateAssignerError(entry.conflict)
-    key = f"{entry.origin}|{entry.target}"
-    if key not in _LOADED:
+    Why a class: the assigners' rules (metadata-only listing, lazy import, did-you-mean, collisions
+    naming both distributions, broken plugins failing only when selected, ``module:Class``, the opt-out)
+    are the project's plugin contract; every kind gets them from this one implementation.
+    """
+
+    instances: ClassVar[list[Registry]] = []
+
+    def __init__(
+        self,
+        group: str,
+        kind: str,
+        base: type,
+        base_path: str,
+        errors: RegistryErrors,
+        unregistered_hint: str,
+        check: Callable[[type, str], None] | None = None,
+    ) -> None:
+        self.group, self.kind, self.title = group, kind, kind[:1].upper() + kind[1:]
+        self.base, self.base_path, self.errors = base, base_path, errors
+        self.unregistered_hint, self.check = unregistered_hint, check
+        self.local: dict[str, Entry] = {}
+        self._ep_cache: dict[str, Entry] | None = None
+        self._loaded: dict[str, type] = {}
+        Registry.instances.append(self)
+
+    # ------------------------------------------------------------------------------------ discovery
+    def _scan_entry_points(self) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        only_builtin = plugins_disabled()
+        for ep in metadata.entry_points(group=self.group):
+            dist = ep.dist.name if ep.dist is not None else "<unknown>"
+            version = ep.dist.version if ep.dist is not None else "?"
+            if only_builtin and _canonical(dist) != BUILTIN_DIST:
+                continue
+            entry = Entry(ep.name, ep.value, dist, version, registry=self)
+            prev = found.get(ep.name)
+            if prev is None:
+                found[ep.name] = entry
+            elif _canonical(prev.origin) != _canonical(dist):
+                prev.conflict = (
+                    f"{self.title} name '{ep.name}' is claimed by two distributions: {prev.origin} "
+                    f"{prev.version} ({prev.target}) and {dist} {version} ({ep.value}); uninstall one of "
+                    f"them, or select one explicitly with its 'module:Class' path."
+                )
+        return found
+
+    def entries(self) -> dict[str, Entry]:
+        """Entry points merged with in-process registrations (those win: :meth:`register` refuses a
+        name an entry point already holds, so they never shadow one)."""
+        if self._ep_cache is None:
+            self._ep_cache = self._scan_entry_points()
+        merged = dict(self._ep_cache)
+        merged.update(self.local)
+        return merged
+
+    def refresh(self) -> None:
+        """Forget cached entry points and loaded classes."""
+        self._ep_cache = None
+        self._loaded.clear()
+
+    def available(self) -> dict[str, Entry]:
+        """All known names -> their entry (origin distribution, version); imports nothing."""
+        return dict(sorted(self.entries().items()))
+
+    # ------------------------------------------------------------------------ in-process registration
+    def register(self, name: str | None = None) -> Callable[[type], type]:
+        """Class decorator registering an in-process plugin (tests, notebooks).
+
+        Raises if the name is already taken by an entry point or another registration.
+        """
+
+        def deco(cls: type) -> type:
+            key = name or getattr(cls, "name", "") or cls.__name__
+            existing = self.entries().get(key)
+            if existing is not None and existing.cls is not cls:
+                raise self.errors.duplicate(
+                    f"{self.title} name '{key}' is already provided by {existing.origin} "
+                    f"({existing.target}); choose another name for {cls.__module__}.{cls.__qualname__}."
+                )
+            self.validate(cls, key)
+            if not getattr(cls, "name", ""):
+                cls.name = key
+            self.local[key] = Entry(
+                key, f"{cls.__module__}:{cls.__qualname__}", "<in-process>", "", cls=cls, registry=self
+            )
+            return cls
+
+        return deco
+
+    def unregister(self, name: str) -> None:
+        """Remove an in-process registration (for tests)."""
+        self.local.pop(name, None)
+
+    # ---------------------------------------------------------------------------------------- loading
+    def validate(self, cls: Any, label: str) -> None:
+        """``cls`` subclasses the kind's base class and passes the kind's own checks."""
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise self.errors.base(
+                f"'{label}' resolves to {cls!r}, which is not a subclass of {self.base_path}."
+            )
+        if self.check is not None:
+            self.check(cls, label)
+
+    def import_target(self, target: str, label: str) -> type:
+        """Import ``module:attr`` (a plugin's exit or exception becomes this kind's one-line error)."""
+        module_name, _, attr = target.partition(":")
         try:
-            _LOADED[key] = _import_target(entry.target, entry.name)
-        except AssignerImportError as exc:
-            raise AssignerImportError(f"{exc} [from {entry.origin} {entry.version}]") from exc.__cause__
-    return _LOADED[key]
+            with _no_os_exit():
+                obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a plugin calling sys.exit() on import must not end the host program
+            raise self.errors.import_(
+                f"{self.title} '{label}' ({target}) failed to import: {one_line(exc)}"
+            ) from exc
+        self.validate(obj, label)
+        return obj
+
+    def load(self, entry: Entry) -> type:
+        """Import (once) and return the class behind an entry."""
+        if entry.cls is not None:
+            return entry.cls
+        if entry.conflict:
+            raise self.errors.duplicate(entry.conflict)
+        key = f"{entry.origin}|{entry.target}"
+        if key not in self._loaded:
+            try:
+                self._loaded[key] = self.import_target(entry.target, entry.name)
+            except self.errors.import_ as exc:
+                raise self.errors.import_(f"{exc} [from {entry.origin} {entry.version}]") from exc.__cause__
+        return self._loaded[key]
+
+    def check_name(self, name: Any) -> None:
+        """A registered name or a ``module:Class`` path, else the one-line unknown-name error; imports
+        nothing (a config can be checked before anything is built)."""
+        if not isinstance(name, str) or not name:
+            raise self.errors.unknown(f"{self.title} name must be a non-empty string, got {name!r}.")
+        entries = self.entries()
+        if name in entries or ":" in name:
+            return
+        names = sorted(entries)
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise self.errors.unknown(
+            f"Unknown {self.kind} '{name}'.{hint} Available: {', '.join(names) or '(none)'}. "
+            f"{self.unregistered_hint}"
+        )
+
+    def get_class(self, name: str) -> type:
+        """The class for a registered name or a 'module:Class' path."""
+        self.check_name(name)
+        entries = self.entries()
+        if name in entries:
+            return self.load(entries[name])
+        return self.import_target(name, name)
+
+    def origin(self, name: str) -> dict[str, str | None]:
+        """``{"distribution", "version"}`` providing ``name`` (None for an unregistered name)."""
+        entry = self.entries().get(name)
+        if entry is None:
+            return {"distribution": None, "version": None}
+        return {"distribution": entry.origin, "version": entry.version}
+
+
+def _check_scope(cls: type, label: str) -> None:
+    if cls.scope not in SCOPES:
+        raise AssignerError(f"Assigner '{label}' declares scope={cls.scope!r}; use one of {SCOPES}.")
+
+
+#: the noise-pairing strategies
+ASSIGNERS = Registry(
+    GROUP,
+    "assigner",
+    Assigner,
+    "immiscible_policy.assigners.Assigner",
+    RegistryErrors(AssignerError, UnknownAssignerError, DuplicateAssignerError, AssignerImportError),
+    "A strategy not registered can be given as 'module.path:ClassName'.",
+    check=_check_scope,
+)
+
+
+def refresh() -> None:
+    """Forget cached entry points of every kind (after installing a plugin in a running process, or
+    changing the env var)."""
+    for registry in Registry.instances:
+        registry.refresh()
+
+
+def available() -> dict[str, Entry]:
+    """All known assigner names -> their entry (origin distribution, version); imports nothing."""
+    return ASSIGNERS.available()
+
+
+def register(name: str | None = None) -> Callable[[type], type]:
+    """Class decorator registering an in-process strategy (tests, notebooks).
+
+    Raises if the name is already taken by an entry point or another registration.
+    """
+    return ASSIGNERS.register(name)
+
+
+def unregister(name: str) -> None:
+    """Remove an in-process registration (for tests)."""
+    ASSIGNERS.unregister(name)
+
+
+def load(entry: Entry) -> type:
+    """Import (once) and return the class behind an assigner entry."""
+    return ASSIGNERS.load(entry)
 
 
 def get_class(name: str) -> type:
-    """The class for a registered name or a 'module:Class' path."""
-    if not isinstance(name, str) or not name:
-        raise UnknownAssignerError(f"Assigner name must be a non-empty string, got {name!r}.")
-    entries = _entries()
-    if name in entries:
-        return load(entries[name])
-    if ":" in name:
-        return _import_target(name, name)
-    names = sorted(entries)
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise UnknownAssignerError(
-        f"Unknown assigner '{name}'.{hint} Available: {', '.join(names) or '(none)'}. "
-        "A strategy not registered can be given as 'module.path:ClassName'."
-    )
+    """The assigner class for a registered name or a 'module:Class' path."""
+    return ASSIGNERS.get_class(name)
 
 
 def _describe_options(cls: type) -> str:
@@ -278,7 +403,7 @@ def create(name: str, **params: Any) -> Assigner:
     except (TypeError, ValueError) as exc:  # e.g. int("abc"): say which strategy and which options
         given = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "no options"
         raise AssignerError(
-            f"Assigner '{name}' rejected its options ({given}): {_one_line(exc).rstrip('.')}; "
+            f"Assigner '{name}' rejected its options ({given}): {one_line(exc).rstrip('.')}; "
             f"its options are: {_describe_options(cls)}."
         ) from exc
     if ":" in name and not getattr(instance, "name", ""):
@@ -310,7 +435,4 @@ def create_from_config(cfg: Any) -> Assigner:
 def origin_of(assigner: Assigner) -> dict[str, str | None]:
     """``{"distribution", "version"}`` that provides ``assigner``'s registered name (None when the
     name is not registered, e.g. a ``module:Class`` path); recorded in checkpoints next to its config."""
-    entry = _entries().get(assigner.name)
-    if entry is None:
-        return {"distribution": None, "version": None}
-    return {"distribution": entry.origin, "version": entry.version}
+    return ASSIGNERS.origin(assigner.name)

@@ -24,7 +24,8 @@ from immiscible_policy.checkpoint import (
 )
 from immiscible_policy.cli import eval as eval_cli
 from immiscible_policy.cli import sample as sample_cli
-from immiscible_policy.policy.train import load_policy
+from immiscible_policy.policy import DiffusionPolicy
+from immiscible_policy.policy.load import load_policy
 from immiscible_policy.run_log import RunLogger, plot_curves
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_policy_ckpt"
@@ -130,16 +131,29 @@ def test_checkpoint_cannot_import_arbitrary_module(policy_ckpt, capsys, monkeypa
         load_policy(policy_ckpt, device="cpu")
 
 
+def test_checkpoint_cannot_import_arbitrary_module_as_its_objective(policy_ckpt, capsys, monkeypatch):
+    monkeypatch.delenv(ALLOW_IMPORT_ENV, raising=False)
+    sys.modules.pop("this", None)
+    config_path = policy_ckpt / "config.json"
+    config = json.loads(config_path.read_text())
+    config["cfg"]["trainer"]["objective"] = "this:Anything"
+    config_path.write_text(json.dumps(config))
+    err = _cli_error(eval_cli.main, [f"checkpoint={policy_ckpt}"], capsys)
+    assert "objective (trainer.objective) 'this:Anything' is not a registered strategy" in err
+    assert "import module 'this'" in err and "allow_import=true" in err
+    assert "this" not in sys.modules  # refused before anything was imported
+
+
 def test_import_path_assigner_loads_when_opted_in(policy_ckpt, monkeypatch):
     monkeypatch.delenv(ALLOW_IMPORT_ENV, raising=False)
     path = "immiscible_policy.assigners.knn:KNNAssigner"
     _set_assigner(policy_ckpt, path)
     with pytest.raises(CheckpointError, match="allow_import=true"):
         load_policy(policy_ckpt, device="cpu")
-    _, policy, _, _ = load_policy(policy_ckpt, device="cpu", allow_import=True)
+    policy = DiffusionPolicy.from_checkpoint(policy_ckpt, device="cpu", allow_import=True)
     assert type(policy.core.assigner).__name__ == "KNNAssigner"
     monkeypatch.setenv(ALLOW_IMPORT_ENV, "1")
-    _, policy, _, _ = load_policy(policy_ckpt, device="cpu")
+    policy = DiffusionPolicy.from_checkpoint(policy_ckpt, device="cpu")
     assert type(policy.core.assigner).__name__ == "KNNAssigner"
     # an explicit allow_import=false wins over the environment
     with pytest.raises(CheckpointError, match="not a registered strategy"):

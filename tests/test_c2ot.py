@@ -143,10 +143,10 @@ def test_label_leak_is_zero_for_label_exact_c2ot():
 
 def test_legacy_policy_checkpoint_predicts_as_before():
     """A checkpoint written before trainer.objective existed (prediction_type only) acts identically."""
-    from immiscible_policy.policy import Policy
+    from immiscible_policy.policy import DiffusionPolicy
 
     fixture = Path(__file__).parent / "fixtures" / "legacy_policy_ckpt"
     expected = json.loads((fixture / "expected_actions.json").read_text())
-    policy = Policy.from_checkpoint(fixture, device="cpu", seed=0)
+    policy = DiffusionPolicy.from_checkpoint(fixture, device="cpu", seed=0)
     got = policy.predict_action(np.asarray(expected["obs"], dtype=np.float32))
     np.testing.assert_allclose(got, np.asarray(expected["actions"]), rtol=1e-4, atol=1e-3)

@@ -10,7 +10,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from immiscible_policy.cli._hydra import config_dir
-from immiscible_policy.config_check import FID, IMAGE_TRAINER, POLICY_TRAINER, check_config
+from immiscible_policy.config_check import check_config
+from immiscible_policy.config_schema import SCHEMAS, rules_of
 
 CONFIGS = Path(config_dir())
 
@@ -179,12 +180,35 @@ def test_shipped_configs_pass(overrides):
     assert out["kind"] in ("policy", "image")
 
 
-def test_every_shipped_trainer_key_is_known():
-    """A key added to configs/trainer/*.yaml must be added to config_check's schema too (else rejected)."""
-    policy = yaml.safe_load((CONFIGS / "trainer" / "cpu_default.yaml").read_text())
-    image = yaml.safe_load((CONFIGS / "trainer" / "image_cpu.yaml").read_text())
-    assert set(policy) <= set(POLICY_TRAINER)
-    assert set(image) <= set(IMAGE_TRAINER) and set(image["fid"]) <= set(FID)
+def _schema_of(group: str, name: str) -> type:
+    """The dataclass a preset extends: the ``/schema/<x>@_here_`` in its defaults list, or that of the
+    preset of the same group it extends."""
+    for entry in yaml.safe_load((CONFIGS / group / f"{name}.yaml").read_text()).get("defaults", []):
+        if isinstance(entry, str) and entry.endswith("@_here_"):
+            return SCHEMAS[entry.removeprefix("/schema/").removesuffix("@_here_")]
+        if isinstance(entry, str) and not entry.startswith(("/", "_")):
+            return _schema_of(group, entry)
+    raise AssertionError(f"{group}/{name}.yaml composes no /schema/...@_here_")
+
+
+def _unknown_keys(values: dict, cls: type, prefix: str) -> list[str]:
+    rules, out = rules_of(cls), []
+    for key, value in values.items():
+        if key not in rules:
+            out.append(f"{prefix}{key}")
+        elif rules[key].section is not None and isinstance(value, dict):
+            out += _unknown_keys(value, rules[key].section, f"{prefix}{key}.")
+    return out
+
+
+@pytest.mark.parametrize("group", ["trainer", "model"])
+def test_every_shipped_trainer_key_is_known(group):
+    """A key in configs/trainer/*.yaml or configs/model/*.yaml must be a field of its schema dataclass
+    (config_schema.py), sections included (else it is rejected as unknown)."""
+    for path in sorted((CONFIGS / group).glob("*.yaml")):
+        values = yaml.safe_load(path.read_text()) or {}
+        values.pop("defaults", None)
+        assert not _unknown_keys(values, _schema_of(group, path.stem), f"{group}."), path.name
 
 
 def test_trainers_check_before_loading_data(tmp_path):

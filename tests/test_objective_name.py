@@ -67,14 +67,15 @@ def test_contradicting_old_and_new_keys_are_one_line():
 
 
 def test_legacy_checkpoint_loads_with_objective():
-    from immiscible_policy.policy.load import Policy, load_policy
+    from immiscible_policy.policy import DiffusionPolicy
+    from immiscible_policy.policy.load import load_policy
 
-    model, policy, cfg, ck = load_policy(FIXTURE, device="cpu")
+    _, policy, cfg, ck = load_policy(FIXTURE, device="cpu")
     assert "objective" not in ck.config["cfg"]["trainer"]  # the fixture is as written then
     assert cfg.trainer.objective == "epsilon" and "prediction_type" not in cfg.trainer
     assert policy.core.objective == "epsilon" and policy.sampler == "ddpm"
     expected = json.loads((FIXTURE / "expected_actions.json").read_text())
-    got = Policy.from_checkpoint(FIXTURE, device="cpu", seed=0).predict_action(
+    got = DiffusionPolicy.from_checkpoint(FIXTURE, device="cpu", seed=0).predict_action(
         np.asarray(expected["obs"], dtype=np.float32)
     )
     np.testing.assert_allclose(got, np.asarray(expected["actions"]), rtol=1e-4, atol=1e-3)

@@ -189,7 +189,7 @@ def test_trainer_refuses_a_locked_run_dir_before_loading_data(tmp_path, monkeypa
 
 def test_estimate_is_measured_and_updated_after_the_first_evaluation(monkeypatch):
     clock = iter(float(t) for t in range(0, 1000, 2))  # every perf_counter call: 2 s later
-    monkeypatch.setattr("immiscible_policy.training.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("immiscible_policy.training.estimate.time.perf_counter", lambda: next(clock))
     est = RunEstimate(
         steps=30 * 10,
         device=torch.device("cpu"),
@@ -217,7 +217,7 @@ def test_estimate_after_the_first_evaluation_uses_every_step_so_far(monkeypatch)
     for i in range(200):
         times.append(times[-1] + (4.0 if i < 12 else 1.0))
     clock = iter(times)
-    monkeypatch.setattr("immiscible_policy.training.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("immiscible_policy.training.estimate.time.perf_counter", lambda: next(clock))
     est = RunEstimate(steps=300, device=torch.device("cpu"), evaluations={"evaluation": 1})
     lines = [est.tick() for _ in range(100)]
     assert "at 4 s/step" in next(line for line in lines if line)  # the first line: what was measured then

@@ -37,7 +37,7 @@ def tiny_save(tmp_path: Path) -> dict:
 
 def test_main_writes_then_every_rank_waits(tmp_path, monkeypatch):
     events: list[str] = []
-    import immiscible_policy.training as training
+    import immiscible_policy.training.state as training
 
     real = training.save_training
 

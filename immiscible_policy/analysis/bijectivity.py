@@ -131,7 +131,7 @@ def image_bijectivity(
 
 @torch.no_grad()
 def policy_bijectivity(
-    model, policy, dataset, *, n: int, conditions: int, steps: int, fixed_point_iters: int = 0
+    policy, dataset, *, n: int, conditions: int, steps: int, fixed_point_iters: int = 0
 ) -> dict:
     """Round-trip N fixed noises per observation for ``conditions`` validation windows of a policy.
 
@@ -150,7 +150,7 @@ def policy_bijectivity(
             "the run's dataset has no windows to condition on (no train or validation episodes)."
         )
     train_act = policy.normalizer.normalize("action", train["action"])
-    device = next(model.parameters()).device
+    device, net = policy.device, policy.net
     pick = torch.linspace(0, val["obs"].shape[0] - 1, conditions).long()
     errs, re_errs, distinct = [], [], []
     for j in pick.tolist():
@@ -158,7 +158,7 @@ def policy_bijectivity(
         cond = policy.global_cond(obs).expand(n, -1)
         noise = torch.randn(n, policy.horizon, policy.action_dim, generator=torch.Generator().manual_seed(j))
         noise = noise.to(device)
-        fn = lambda x, t, c=cond: model(x, t, c)  # noqa: E731
+        fn = lambda x, t, c=cond: net(x, t, c)  # noqa: E731
         sample, back, again = round_trip(policy.core, fn, noise, steps, fixed_point_iters)
         errs.append(relative_errors(back, noise).cpu())
         re_errs.append(relative_errors(again, sample).cpu())

@@ -114,11 +114,10 @@ def policy_checkpoint_bijectivity(
 ):
     """(result, checkpoint): DDIM round trips of a policy checkpoint on its own validation windows."""
     from immiscible_policy.analysis.bijectivity import policy_bijectivity
-    from immiscible_policy.policy.train import load_policy
+    from immiscible_policy.policy.load import load_policy
 
-    model, policy, cfg, ck = load_policy(path, device=device, allow_import=allow_import)
+    _, policy, cfg, ck = load_policy(path, device=device, allow_import=allow_import)
     res = policy_bijectivity(
-        model,
         policy,
         policy_dataset(cfg.task),
         n=n,
@@ -145,15 +144,13 @@ def image_checkpoint_bijectivity(
     first ``n_nearest`` samples and their nearest training images (in [0, 1]) are for the figure."""
     from immiscible_policy.analysis.bijectivity import image_bijectivity
     from immiscible_policy.image.data import load_dataset, to_unit
-    from immiscible_policy.image.model import predict
-    from immiscible_policy.image.sampling import load_image_model
+    from immiscible_policy.image.diffusion import load_image_diffusion
 
-    model, core, cfg, ck = load_image_model(path, device=device, allow_import=allow_import)
+    diffusion, cfg, ck = load_image_diffusion(path, device=device, allow_import=allow_import)
     ds = load_dataset(cfg.task)
-    num_classes = int(ck.config["image"]["num_classes"])
     res, samples, nearest = image_bijectivity(
-        lambda x, t, lab: predict(model, x, t, None if lab is None else lab.to(x.device)),
-        core,
+        lambda x, t, lab: diffusion.predict(x, t, None if lab is None else lab.to(x.device)),
+        diffusion.core,
         ds.images,
         ds.labels,
         n=n,
@@ -161,8 +158,8 @@ def image_checkpoint_bijectivity(
         seed=seed,
         batch_size=batch,
         num_classes=ds.num_classes,
-        conditional=num_classes > 0,
-        device=next(model.parameters()).device,
+        conditional=diffusion.num_classes > 0,
+        device=diffusion.device,
         fixed_point_iters=refine,
     )
     res = {"checkpoint": str(ck.path), "assigner": ck.config.get("assigner"), "dataset": ds.ref_key, **res}
@@ -196,21 +193,21 @@ def checkpoint_modes(
     import numpy as np
 
     from immiscible_policy.analysis.modes import rollout_modes
-    from immiscible_policy.policy.train import load_policy
+    from immiscible_policy.policy.load import load_policy
 
     check_modes_checkpoint(path)
-    model, policy, cfg, ck = load_policy(path, device=device, allow_import=allow_import)
+    _, policy, cfg, ck = load_policy(path, device=device, allow_import=allow_import)
     policy.sampler = str(policy.sampler if sampler is None else sampler)
     policy.num_inference_steps = int(
         policy.num_inference_steps if num_inference_steps is None else num_inference_steps
     )
-    dev = next(model.parameters()).device
+    dev = policy.device
     per_start = []
     for k, start in enumerate(tqdm(seeds, desc=f"modes {run_label(label, ck)}", leave=False)):
         gen = torch.Generator(device=dev).manual_seed(seed * 100_003 + k)
         per_start.append(
             rollout_modes(
-                lambda obs, g=gen, p=policy, m=model: p.predict_action(m, obs, generator=g),
+                lambda obs, g=gen: policy.predict_action(obs, generator=g),
                 start,
                 n_rollouts,
                 obs_type=str(cfg.task.obs_type),

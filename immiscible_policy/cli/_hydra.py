@@ -1,9 +1,18 @@
-"""Where the Hydra configs live, and a one-line error when they cannot be found."""
+"""Where the Hydra configs live (a one-line error when they cannot be found), composing them with
+one-line errors, and one preset read on its own.
+
+Importing this module registers the settings' defaults nodes (``schema/*``,
+:mod:`immiscible_policy.config_schema`) with Hydra's ConfigStore: every preset's defaults list starts
+with one, so nothing composes ``configs/`` without them.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+from immiscible_policy import config_schema
 
 ENV = "IMMISCIBLE_CONFIG_DIR"
 
@@ -109,3 +118,31 @@ def compose_train(overrides: list[str]):
                 + (f"; use one of {choices}." if choices else ".")
             ) from None
         raise ValueError("; ".join(lines) or type(err).__name__) from None
+
+
+def load_preset(group: str, name: str) -> Any:
+    """One preset (``configs/<group>/<name>.yaml``) as Hydra would compose it into ``<group>``: the
+    ``schema/*`` defaults it names and the presets it extends, then its own values; for scripts and tests
+    that want a model or trainer without composing a whole train config. (``OmegaConf.load`` of a preset
+    gives only what it overrides.) Entries that select other groups (``override /model@...``) are not
+    this preset's values and are skipped."""
+    from omegaconf import OmegaConf
+
+    path = Path(config_dir()) / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"{group}={name}: no such config in {config_dir()}/{group}/.")
+    own = OmegaConf.load(path)
+    entries = list(own.pop("defaults", None) or ["_self_"])
+    out = OmegaConf.create({})
+    for entry in entries:
+        if entry == "_self_":
+            out = OmegaConf.merge(out, own)
+        elif isinstance(entry, str) and entry.startswith("/schema/"):
+            schema, _, package = entry.removeprefix("/schema/").partition("@")
+            node = OmegaConf.create(config_schema.schema_node(config_schema.SCHEMAS[schema]))
+            if package not in ("", "_here_"):
+                node = OmegaConf.create({package: node})
+            out = OmegaConf.merge(out, node)
+        elif isinstance(entry, str):  # another preset of the same group, extended
+            out = OmegaConf.merge(out, load_preset(group, entry))
+    return out

@@ -81,12 +81,12 @@ def evaluate_checkpoint(opts: dict) -> dict:
     from immiscible_policy.outputs import check_writable
     from immiscible_policy.policy.evaluate import rollout
     from immiscible_policy.policy.load import load_policy
-    from immiscible_policy.policy.rollout import is_pusht_task
+    from immiscible_policy.policy.tasks import is_pusht_task
 
     # where the metrics and videos go, checked before anything is loaded or rolled out
     out_dir = Path(opts.get("output_dir") or resolve_checkpoint(opts["checkpoint"]) / "eval")
     check_writable(out_dir)
-    model, policy, cfg, ck = load_policy(
+    _, policy, cfg, ck = load_policy(
         opts["checkpoint"],
         device=str(opts.get("device", "auto")),
         use_ema=bool(opts.get("use_ema", True)),
@@ -112,7 +112,7 @@ def evaluate_checkpoint(opts: dict) -> dict:
     }
     if "n_episodes" in opts:
         kw["n_episodes"] = int(opts["n_episodes"])
-    metrics = rollout(policy, model, cfg.task, seed=int(opts.get("seed", 0)), **kw)
+    metrics = rollout(policy, cfg.task, seed=int(opts.get("seed", 0)), **kw)
     if symmetric:
         n = (
             opts.get("symmetric_rollouts")
@@ -122,7 +122,7 @@ def evaluate_checkpoint(opts: dict) -> dict:
         kw["video_path"] = out_dir / f"rollout_symmetric.{opts.get('video_format', DEFAULT_FORMAT)}"
         kw["n_episodes"] = int(n)
         metrics["symmetric"] = rollout(
-            policy, model, cfg.task, seed=int(opts.get("seed", 0)), starts="symmetric", **kw
+            policy, cfg.task, seed=int(opts.get("seed", 0)), starts="symmetric", **kw
         )
     metrics.update(
         checkpoint=str(ck.path),

@@ -55,13 +55,8 @@ def sample_checkpoint(opts: dict) -> dict:
         read_config,
     )
     from immiscible_policy.image.data import to_uint8
-    from immiscible_policy.image.sampling import (
-        generate,
-        load_image_model,
-        resolve_sampler,
-        sample_labels,
-        save_grid,
-    )
+    from immiscible_policy.image.diffusion import load_image_diffusion, sample_labels
+    from immiscible_policy.image.sampling import resolve_sampler, save_grid
     from immiscible_policy.outputs import check_writable
 
     # config.json first (cheap): a damaged one, or an assigner that would be imported, stops here
@@ -72,32 +67,26 @@ def sample_checkpoint(opts: dict) -> dict:
     for path in (output, Path(opts["npz"]) if opts.get("npz") else None):
         if path is not None:
             check_writable(path.parent)  # before sampling: a read-only folder costs no samples
-    model, core, cfg, ck = load_image_model(
+    diffusion, _, ck = load_image_diffusion(
         opts["checkpoint"],
         device=str(opts.get("device", "auto")),
         use_ema=bool(opts.get("use_ema", True)),
         allow_import=opts.get("allow_import"),
     )
-    meta = ck.config["image"]
     n = int(opts.get("n", 64))
-    sampler = resolve_sampler(core.objective, opts.get("sampler", cfg.trainer.get("sampler")))
-    steps = int_option({"steps": opts.get("steps", cfg.trainer.num_inference_steps)}, "steps", 0, 1)
-    images = generate(
-        model,
-        core,
+    sampler = resolve_sampler(diffusion.core.objective, opts.get("sampler", diffusion.sampler))
+    steps = int_option({"steps": opts.get("steps", diffusion.num_inference_steps)}, "steps", 0, 1)
+    images = diffusion.sample(
         n,
-        channels=meta["channels"],
-        image_size=meta["image_size"],
-        steps=steps,
-        sampler=sampler,
+        steps,
+        sampler,
         seed=int(opts.get("seed", 0)),
         batch_size=int(opts.get("batch_size", 128)),
-        num_classes=int(meta["num_classes"]),
     )
     save_grid(images, output, nrow=opts.get("nrow"))
     result = {"output": str(output), "n": n, "steps": steps, "sampler": sampler, "checkpoint": str(ck.path)}
     if opts.get("npz"):
-        labels = sample_labels(n, int(meta["num_classes"]))
+        labels = sample_labels(n, diffusion.num_classes)
         npz = Path(opts["npz"])
         npz.parent.mkdir(parents=True, exist_ok=True)
         np.savez(

@@ -3,8 +3,8 @@
 Why: no robomimic dataset can be downloaded here, so the pipeline (hdf5 reader -> trainer -> robosuite
 rollouts) is exercised end to end on demonstrations written by small waypoint experts.
 
-The registry of experts lives here, above them: ``base.py`` (the waypoint machinery) knows no expert,
-each expert imports only ``base.py``.
+The registry of experts lives here, above them: ``waypoints.py`` (the waypoint machinery) knows no
+expert, each expert imports only ``waypoints.py``; ``base.py`` re-exports both for the former path.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from immiscible_policy.collect.base import WaypointExpert
 from immiscible_policy.collect.can_expert import CanExpert
 from immiscible_policy.collect.lift_expert import LiftExpert
+from immiscible_policy.collect.waypoints import WaypointExpert
 
 __all__ = ["EXPERTS", "WaypointExpert", "make_expert"]
 

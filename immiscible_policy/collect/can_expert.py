@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from immiscible_policy.collect.base import CLOSE, OPEN, WaypointExpert
+from immiscible_policy.collect.waypoints import CLOSE, OPEN, WaypointExpert
 
 __all__ = ["CanExpert"]
 

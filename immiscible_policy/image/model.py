@@ -60,7 +60,11 @@ def build_unet(model_cfg: Any, *, image_size: int, channels: int, num_classes: i
 
 
 def predict(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-    """The U-Net's prediction (B, C, H, W) for noised ``x`` (B, C, H, W) at timesteps ``t`` (B,)."""
+    """The U-Net's prediction (B, C, H, W) for noised ``x`` (B, C, H, W) at timesteps ``t`` (B,).
+
+    diffusers' calling convention in one place: :class:`~immiscible_policy.image.diffusion.ImageDiffusion`
+    calls the network through it (``ImageDiffusion.predict`` adds the autocast), as does the image trainer
+    until it uses ``ImageDiffusion.loss``."""
     return model(x, t, class_labels=labels).sample
 
 

@@ -1,9 +1,9 @@
-"""Image sampling shared by training (grids, FID) and ``immiscible-sample``: core, generate, grid, load.
+"""Image sampling helpers shared by training (grids, FID) and ``immiscible-sample``: grids and the former
+function API over :class:`~immiscible_policy.image.diffusion.ImageDiffusion`.
 
-Objectives (``trainer.objective``, the factory in :mod:`immiscible_policy.noising`): ``epsilon``,
-``v_prediction`` and ``sample`` use a diffusers ``DDPMScheduler`` and sample with DDIM (n steps) or DDPM;
-``flow`` is rectified flow and samples with Euler or Heun steps. Sampling ends
-in the assigner's ``decode`` (inside :meth:`NoisingCore.sample`), so e.g. ``scale`` is undone.
+The sampling itself (objective, sampler, class labels, batches, seeding) is
+:meth:`ImageDiffusion.sample <immiscible_policy.image.diffusion.ImageDiffusion.sample>`; :func:`generate` and
+:func:`load_image_model` are the calls of the image trainer and of older code, kept as thin uses of it.
 """
 
 from __future__ import annotations
@@ -12,26 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from immiscible_policy.checkpoint import (
-    Checkpoint,
-    check_assigner,
-    check_config,
-    load_checkpoint,
-    load_weights,
-)
-from immiscible_policy.host import resolve_device
+from immiscible_policy.checkpoint import Checkpoint
 from immiscible_policy.image.data import to_uint8
-from immiscible_policy.image.model import build_unet, predict
+from immiscible_policy.image.diffusion import ImageDiffusion, load_image_diffusion, sample_labels
 from immiscible_policy.noising import (
     OBJECTIVES,
     SAMPLERS,
     NoisingCore,
     build_core,
-    rename_legacy_objective,
     resolve_sampler,
 )
 
@@ -42,16 +32,11 @@ __all__ = [
     "generate",
     "load_image_model",
     "resolve_sampler",
+    "sample_labels",
     "save_grid",
 ]
 
 
-def sample_labels(n: int, num_classes: int) -> Tensor | None:
-    """(n,) class labels cycling 0..K-1 (balanced classes for FID), or None for an unconditional model."""
-    return torch.arange(n) % num_classes if num_classes else None
-
-
-@torch.no_grad()
 def generate(
     model: nn.Module,
     core: NoisingCore,
@@ -66,33 +51,13 @@ def generate(
     num_classes: int = 0,
     bf16: bool = False,
 ) -> Tensor:
-    """(n, C, S, S) float32 samples in [-1, 1] on the CPU, decoded by the assigner.
+    """(n, C, S, S) float32 samples in [-1, 1] on the CPU: ``ImageDiffusion(model, core, ...).sample(n, ...)``.
 
-    One generator seeded by ``seed`` draws the starting noise of every batch in turn, so the same
-    (seed, n, batch_size) gives the same images; labels cycle through the classes when conditional.
-    """
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    labels = sample_labels(n, num_classes)
-    out = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        lab = None if labels is None else labels[start : start + b].to(device)
-
-        def model_fn(x: Tensor, t: Tensor, lab=lab) -> Tensor:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                return predict(model, x, t, lab).float()
-
-        x = core.sample(
-            model_fn,
-            (b, channels, image_size, image_size),
-            num_inference_steps=steps,
-            sampler=sampler,
-            generator=gen,
-            device=device,
-        )
-        out.append(x.clamp(-1, 1).float().cpu())
-    return torch.cat(out)
+    The image trainer's call until it holds an :class:`ImageDiffusion` (then call its ``sample``)."""
+    diffusion = ImageDiffusion(
+        model, core, num_classes=num_classes, channels=channels, image_size=image_size, bf16=bf16
+    )
+    return diffusion.sample(n, steps, sampler, seed=seed, batch_size=batch_size)
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path:
@@ -118,19 +83,10 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path
 def load_image_model(
     checkpoint: str | Path, device: str = "auto", use_ema: bool = True, allow_import: bool | None = None
 ) -> tuple[nn.Module, NoisingCore, Any, Checkpoint]:
-    """(model, core, cfg, checkpoint) from an image checkpoint; the EMA weights by default.
-
-    The config is checked before anything is built (one-line errors for a foreign or incomplete
-    config.json, an unregistered ``module:Class`` assigner unless ``allow_import``, weights that do not
-    fit the recorded model)."""
-    ck = load_checkpoint(checkpoint)
-    check_config(ck.config, ck.path, "image")
-    check_assigner(ck.config, ck.path, allow_import)
-    cfg = rename_legacy_objective(OmegaConf.create(ck.config["cfg"]))  # trainer.prediction_type: objective
-    meta = ck.config["image"]
-    model = build_unet(
-        cfg.model, image_size=meta["image_size"], channels=meta["channels"], num_classes=meta["num_classes"]
+    """(model, core, cfg, checkpoint) of an image checkpoint, the pieces of
+    :func:`~immiscible_policy.image.diffusion.load_image_diffusion`'s model (kept for older callers; new
+    code: ``ImageDiffusion.from_checkpoint`` or ``load_image_diffusion``)."""
+    diffusion, cfg, ck = load_image_diffusion(
+        checkpoint, device=device, use_ema=use_ema, allow_import=allow_import
     )
-    load_weights(model, *ck.select_weights(use_ema))
-    model.to(resolve_device(device)).eval()
-    return model, build_core(cfg.trainer, cfg.assigner), cfg, ck
+    return diffusion.net, diffusion.core, cfg, ck

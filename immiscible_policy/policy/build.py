@@ -1,4 +1,5 @@
-"""Building a diffusion policy from a resolved config: the network, the noising core, the sampler.
+"""Building a diffusion policy from a resolved config: the network, the noising core, the sampler, in one
+:class:`~immiscible_policy.policy.model.DiffusionPolicy` (:func:`make_policy`).
 
 Shared by the training loop (:mod:`immiscible_policy.policy.train`) and checkpoint loading
 (:mod:`immiscible_policy.policy.load`), so a checkpoint rebuilds exactly the model that was trained.
@@ -8,23 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from immiscible_policy.config_schema import VisionConfig, defaults_of
 from immiscible_policy.noising import build_core, resolve_sampler
 from immiscible_policy.policy.model import DiffusionPolicy, ImageConditionedUnet
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
 from immiscible_policy.policy.unet1d import ConditionalUnet1D
 from immiscible_policy.policy.vision import ImageEncoder
 
-__all__ = ["build_encoder", "build_model", "build_policy", "image_obs", "policy_sampler"]
-
-#: model.vision settings of the image encoder (configs/model/*image*.yaml), with ResNet-18's values
-VISION_DEFAULTS = {
-    "channels": [64, 128, 256, 512],
-    "blocks": [2, 2, 2, 2],
-    "group_size": 16,
-    "num_keypoints": 32,
-    "feature_dim": 64,
-    "crop": 84,
-}
+__all__ = ["build_encoder", "build_model", "build_policy", "image_obs", "make_policy", "policy_sampler"]
 
 
 def image_obs(task: Any) -> bool:
@@ -39,7 +31,7 @@ def build_encoder(vision_cfg: Any) -> ImageEncoder:
             "task.obs_type=image needs an image encoder: pick model=unet1d_image_cpu (CPU) or "
             "model=dp_image (diffusion_policy's sizes), or add a model.vision section."
         )
-    v = {**VISION_DEFAULTS, **dict(vision_cfg)}
+    v = {**defaults_of(VisionConfig), **dict(vision_cfg)}  # absent keys: ResNet-18 (config_schema.py)
     return ImageEncoder(
         channels=tuple(v["channels"]),
         blocks=tuple(v["blocks"]),
@@ -76,16 +68,18 @@ def build_model(
     )
 
 
-def build_policy(
-    cfg: Any, normalizer: MinMaxNormalizer, obs_dim: int, action_dim: int
-) -> tuple[ConditionalUnet1D | ImageConditionedUnet, DiffusionPolicy]:
-    """(model, DiffusionPolicy) from a resolved config; shared by training and ``immiscible-eval``."""
+def make_policy(
+    cfg: Any, normalizer: MinMaxNormalizer, obs_dim: int, action_dim: int, *, seed: int = 0
+) -> DiffusionPolicy:
+    """The :class:`DiffusionPolicy` of a resolved config (untrained network, CPU); shared by training and
+    checkpoint loading. ``seed`` seeds the policy's sampling generator (``predict_action``)."""
     task, tr = cfg.task, cfg.trainer
     core = build_core(tr, cfg.assigner)
     image = image_obs(task)
-    model = build_model(cfg.model, action_dim, obs_dim, int(task.n_obs_steps), image=image)
+    net = build_model(cfg.model, action_dim, obs_dim, int(task.n_obs_steps), image=image)
     size = int(task.get("image_size", 96))
-    policy = DiffusionPolicy(
+    return DiffusionPolicy(
+        net,
         core,
         normalizer,
         horizon=int(task.horizon),
@@ -95,6 +89,15 @@ def build_policy(
         num_inference_steps=int(tr.num_inference_steps),
         sampler=policy_sampler(tr, core.objective),
         image_shape=(3, size, size) if image else None,
-        crop=model.encoder.crop if image else None,
+        crop=net.encoder.crop if image else None,
+        seed=seed,
     )
-    return model, policy
+
+
+def build_policy(
+    cfg: Any, normalizer: MinMaxNormalizer, obs_dim: int, action_dim: int
+) -> tuple[ConditionalUnet1D | ImageConditionedUnet, DiffusionPolicy]:
+    """TRAINERS' CALL until they use :func:`make_policy`: ``(policy.net, policy)``, the network that
+    ``policy/train.py`` optimises beside the policy that owns it."""
+    policy = make_policy(cfg, normalizer, obs_dim, action_dim)
+    return policy.net, policy

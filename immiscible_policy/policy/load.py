@@ -1,18 +1,20 @@
-"""Loading a trained policy from a checkpoint: :func:`load_policy` and the ready-to-act :class:`Policy`.
+"""Loading a trained policy from a checkpoint: :func:`load_policy` (the policy with its run's config and
+checkpoint record), which ``DiffusionPolicy.from_checkpoint`` calls.
 
-``Policy.from_checkpoint(path).predict_action(obs_history)`` is the user-facing entry point; the
-evaluation CLI and the analyses use :func:`load_policy` for the pieces (network, DiffusionPolicy, config).
+``DiffusionPolicy.from_checkpoint(path).predict_action(obs_history)`` is the user-facing entry point; the
+evaluation CLI and the analyses use :func:`load_policy`, which also returns the run's config (its task, to
+roll out) and the checkpoint record (path, step, assigner). Importing this module registers the loader with
+:class:`~immiscible_policy.policy.model.DiffusionPolicy` (model.py cannot import it: this module builds
+through :mod:`~immiscible_policy.policy.build`, which imports model.py).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
-import torch
 from omegaconf import OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
 from immiscible_policy.checkpoint import (
     Checkpoint,
@@ -23,11 +25,21 @@ from immiscible_policy.checkpoint import (
 )
 from immiscible_policy.host import resolve_device
 from immiscible_policy.noising import rename_legacy_objective
-from immiscible_policy.policy.build import build_policy
-from immiscible_policy.policy.model import DiffusionPolicy
+from immiscible_policy.policy.build import make_policy
+from immiscible_policy.policy.model import DiffusionPolicy, Policy
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
 
-__all__ = ["Policy", "load_policy"]
+__all__ = ["LoadedPolicy", "Policy", "load_policy"]
+
+
+class LoadedPolicy(NamedTuple):
+    """What :func:`load_policy` returns. ``model`` is ``policy.net``, first so that the former
+    ``model, policy, cfg, ck = load_policy(...)`` keeps unpacking."""
+
+    model: nn.Module
+    policy: DiffusionPolicy
+    cfg: Any
+    checkpoint: Checkpoint
 
 
 def load_policy(
@@ -35,12 +47,15 @@ def load_policy(
     device: str = "auto",
     use_ema: bool = True,
     allow_import: bool | None = None,
-) -> tuple[nn.Module, DiffusionPolicy, Any, Checkpoint]:
-    """(model, policy, config, checkpoint) from a checkpoint; the EMA weights by default (what training
-    evaluates).
+    *,
+    seed: int = 0,
+) -> LoadedPolicy:
+    """(model, policy, config, checkpoint) of a checkpoint, the policy in eval mode on ``device``; the EMA
+    weights by default (what training evaluates); ``seed`` seeds the policy's sampling generator.
 
-    A ``module:Class`` assigner in the checkpoint's config is imported only with ``allow_import=True``
-    (``None``: when ``IMMISCIBLE_ALLOW_IMPORT=1``); registered names always load."""
+    The config is checked before anything is built (one-line errors). A ``module:Class`` assigner in the
+    checkpoint's config is imported only with ``allow_import=True`` (``None``: when
+    ``IMMISCIBLE_ALLOW_IMPORT=1``); registered names always load."""
     ck = load_checkpoint(checkpoint)
     check_config(ck.config, ck.path, "policy")
     check_assigner(ck.config, ck.path, allow_import)
@@ -51,47 +66,16 @@ def load_policy(
         )
     normalizer = MinMaxNormalizer.from_dict(ck.normalizer)
     meta = ck.config["policy"]
-    model, policy = build_policy(cfg, normalizer, int(meta["obs_dim"]), int(meta["action_dim"]))
-    load_weights(model, *ck.select_weights(use_ema))
-    model.to(resolve_device(device)).eval()
-    return model, policy, cfg, ck
+    policy = make_policy(cfg, normalizer, int(meta["obs_dim"]), int(meta["action_dim"]), seed=seed)
+    load_weights(policy.net, *ck.select_weights(use_ema))  # the checkpoint holds the network's state dict
+    policy.to(resolve_device(device)).eval()
+    return LoadedPolicy(policy.net, policy, cfg, ck)
 
 
-class Policy:
-    """A trained policy ready to act: ``Policy.from_checkpoint(path).predict_action(obs_history)``.
+def _from_checkpoint(
+    path: str | os.PathLike, *, device: str, use_ema: bool, seed: int, allow_import: bool | None
+) -> DiffusionPolicy:
+    return load_policy(path, device=device, use_ema=use_ema, allow_import=allow_import, seed=seed).policy
 
-    Holds the (EMA) network, the normaliser and the sampler; sampling noise comes from its own seeded
-    generator so a rollout is repeatable.
-    """
 
-    def __init__(self, model: nn.Module, diffusion: DiffusionPolicy, seed: int = 0) -> None:
-        self.model, self.diffusion = model.eval(), diffusion
-        device = next(model.parameters()).device
-        self.generator = torch.Generator(device=device).manual_seed(int(seed))
-
-    @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        device: str = "auto",
-        use_ema: bool = True,
-        seed: int = 0,
-        allow_import: bool | None = None,
-    ) -> Policy:
-        """The policy of a checkpoint (a run dir, its ``checkpoints/`` or one step dir), via :func:`load_policy`."""
-        model, diffusion, _, _ = load_policy(path, device=device, use_ema=use_ema, allow_import=allow_import)
-        return cls(model, diffusion, seed=seed)
-
-    @property
-    def n_obs_steps(self) -> int:
-        return self.diffusion.n_obs_steps
-
-    def predict_action(self, obs_history: np.ndarray | Tensor) -> np.ndarray:
-        """(n_obs_steps, obs_dim) -> (n_action_steps, A); batched (n, n_obs_steps, obs_dim) -> (n, n_action_steps, A).
-
-        Observations and actions are in env units (PushT: pixels).
-        """
-        obs = np.asarray(obs_history, dtype=np.float32)
-        single = obs.ndim == 2
-        actions = self.diffusion.predict_action(self.model, obs[None] if single else obs, self.generator)
-        return actions[0] if single else actions
+DiffusionPolicy._checkpoint_loader = _from_checkpoint

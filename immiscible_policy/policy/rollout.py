@@ -41,21 +41,12 @@ from immiscible_policy.policy.episodes import (
     run_episodes,
 )
 
-__all__ = ["STARTS", "ActionChunkWrapper", "PushTScore", "evaluate", "is_pusht_task", "make_pusht_env"]
+__all__ = ["STARTS", "ActionChunkWrapper", "PushTScore", "evaluate", "make_pusht_env"]
 
 SUCCESS_COVERAGE = 0.95
 #: ``evaluate(starts=...)``: the legacy test starts (seed s -> diffusion_policy's start s) or the symmetric
 #: ones (seed s -> ``immiscible_envs.pusht.SYMMETRIC_STARTS[s % K]``).
 STARTS = ("standard", "symmetric")
-
-
-def is_pusht_task(task: Any) -> bool:
-    """Whether a task config's evaluation rolls out in this PushT env (``task.env: pusht``, or a LeRobot task
-    with ``eval_env: pusht``): where the mode metrics and the symmetric starts exist."""
-    from immiscible_policy.policy.tasks import task_env
-
-    family = task_env(task)
-    return family.name == "pusht" or (family.name == "lerobot" and family.eval_env(task) == "pusht")
 
 
 def make_pusht_env(

@@ -16,7 +16,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TASK_ENVS", "LeRobotTask", "PushTTask", "RobomimicTask", "rolls_out", "task_env", "task_mirror"]
+__all__ = [
+    "TASK_ENVS",
+    "LeRobotTask",
+    "PushTTask",
+    "RobomimicTask",
+    "is_pusht_task",
+    "rolls_out",
+    "task_env",
+    "task_mirror",
+]
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
 
@@ -220,6 +229,16 @@ def rolls_out(task: Any) -> bool:
     """Whether the task's evaluation is a rollout in an env (every family but ``lerobot`` with ``eval_env: none``)."""
     family = task_env(task)
     return bool(getattr(family, "rolls_out", lambda _task: True)(task))
+
+
+def is_pusht_task(task: Any) -> bool:
+    """Whether a task config's evaluation rolls out in the PushT env (``task.env: pusht``, or a LeRobot task
+    with ``eval_env: pusht``): where the mode metrics and the symmetric starts exist.
+
+    Why here and not beside the PushT rollout: which env a task rolls out in is its family's answer, and
+    this table is above the rollouts (it calls them), so a rollout asking the table would be a cycle."""
+    family = task_env(task)
+    return family.name == "pusht" or (family.name == "lerobot" and family.eval_env(task) == "pusht")
 
 
 #: the PushT observation types whose demos can be mirrored (data/pusht_mirror.py recomputes them)

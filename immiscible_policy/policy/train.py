@@ -1,44 +1,32 @@
-"""The diffusion-policy training loop, top to bottom (nanoGPT style).
+"""The diffusion-policy trainer, top to bottom: its data, model, loss, cadence and evaluation.
 
 One step: normalised batch -> noising core (assigner pairs noise) -> U-Net -> MSE -> AdamW -> EMA.
 Every ``eval_every_epochs`` the EMA model is rolled out on the fixed test seeds; every
 ``checkpoint_every_epochs`` a checkpoint is written atomically, before that epoch's evaluation (a
-failing evaluation loses no training; ``resume=true`` evaluates and logs that epoch first). Noise for step s is drawn from a
-generator seeded by (seed, rank, s) and the data order of epoch e from (seed, e), so ``resume=true``
-continues exactly where an uninterrupted run would be. Under ``accelerate launch`` / ``torchrun`` each
-rank trains on its slice of every global batch (rules in :mod:`immiscible_policy.parallel`); logging,
-checkpoints and rollouts happen on the main process.
+failing evaluation loses no training; ``resume=true`` evaluates and logs that epoch first). The loop
+itself, with the rules that make ``resume=true`` continue exactly where an uninterrupted run would be,
+is :func:`immiscible_policy.fit.fit`, shared with the image trainer; budget and cadences count epochs.
+Under ``accelerate launch`` / ``torchrun`` each rank trains on its slice of every global batch (rules in
+:mod:`immiscible_policy.parallel`); logging and rollouts happen on the main process.
 """
 
 from __future__ import annotations
 
-import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from immiscible_policy.ema import ema_module
-from immiscible_policy.pair_ahead import PairAhead
+from immiscible_policy.fit import Due, Trainer, every, fit
 from immiscible_policy.policy.build import build_model, build_policy, policy_sampler
 from immiscible_policy.policy.dataset import describe_source
 from immiscible_policy.policy.evaluate import rollout, validation_loss
 from immiscible_policy.policy.load import load_policy
 from immiscible_policy.policy.tasks import rolls_out, task_env
-from immiscible_policy.training import (
-    RunEstimate,
-    StepStats,
-    TrainingRun,
-    epoch_order,
-    optimizer_step,
-    preserve_rng,
-    resolve_device,
-    training_run,
-)
+from immiscible_policy.training import TrainingRun, preserve_rng, resolve_device, training_run
 
 # the loop is train_policy; the rest is re-exported for code that imported it from here
 __all__ = [
@@ -60,12 +48,6 @@ def train_policy(cfg: DictConfig, run_dir: str | Path) -> dict:
     """
     with training_run(cfg, run_dir, "policy") as run:
         return _train_policy(cfg, run)
-
-
-def _eval_due(tr: Any, epoch: int, epochs: int) -> bool:
-    """Whether the epoch that just ended (1-based ``epoch``) evaluates."""
-    every = int(tr.eval_every_epochs)
-    return bool((every and epoch % every == 0) or (epoch == epochs and tr.eval_at_end))
 
 
 def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
@@ -99,7 +81,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
         policy={"obs_dim": dataset.obs_dim, "action_dim": dataset.action_dim},
         **({"data_source": source} if source else {}),
     )
-    opt, logger = run.opt, run.logger
+    opt = run.opt
 
     n_params = sum(p.numel() for p in model.parameters())
     if main:
@@ -115,7 +97,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
 
     video = tr.get("eval_video")  # mp4 | gif | None (no video)
 
-    def evaluate(record: dict[str, Any]) -> dict[str, str]:
+    def evaluate(record: dict[str, Any], due: Due) -> dict[str, str]:
         """Roll out the EMA model on the fixed test seeds into ``record``; the global RNG is untouched.
         Returns the dashboards' media: the rollout video (``trainer.eval_video``) of the first
         ``task.eval.n_video_episodes`` episodes, in ``run_dir/videos/epoch_NNNN.<format>``. PushT adds the
@@ -154,7 +136,8 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
             record.update(flat_modes(sym["modes"], "sym_modes_"), sym_eval_seconds=sym["seconds"])
         return {"rollout": metrics["video_path"]} if metrics.get("video_path") else {}
 
-    def report(record: dict[str, Any]) -> None:
+    def report(record: dict[str, Any], due: Due) -> None:
+        """The epoch's line: its loss, and the scores when it was evaluated."""
         from immiscible_policy.analysis.modes import mode_line
 
         score = (
@@ -172,101 +155,44 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
             score += f" val_loss {record['val_loss']:.4f}"
         print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}{score}", flush=True)
 
-    stop_epoch = epochs
-    if tr.get("max_epochs_this_run"):
-        stop_epoch = min(epochs, start_epoch + int(tr.max_epochs_this_run))
-    pending = run.pending(step)  # the resumed checkpoint's record, when it never reached the log
-    n_evals = sum(_eval_due(tr, e, epochs) for e in range(start_epoch + 1, stop_epoch + 1))
-    estimate = RunEstimate(
-        steps=(stop_epoch - start_epoch) * steps_per_epoch,
-        device=device,
-        evaluations={"evaluation": n_evals + bool(pending and pending.get("evaluate"))},
-        steps_per_epoch=steps_per_epoch,
-        epochs=stop_epoch - start_epoch,
-    )
+    ck_every, eval_every = int(tr.checkpoint_every_epochs), int(tr.eval_every_epochs)
+    eval_at_end = bool(tr.eval_at_end)
 
-    last: dict = {}
-    policy.core.set_epoch(max(start_epoch - 1, 0))  # a replayed evaluation pairs as its epoch did
-    if pending is not None:
-        record, media = dict(pending["record"]), {}
-        if pending.get("evaluate"):
-            print(
-                f"[immiscible] evaluating epoch {record['epoch']} (its checkpoint was saved, its evaluation was not)"
-            )
-            tick = time.time()
-            media = evaluate(record)
-            run.note(estimate.evaluated("evaluation", time.time() - tick))
-        last = logger.log(record, media)
-        report(record)
+    def due_at(epoch: int) -> Due:
+        """Every epoch (1-based) is logged; rollouts every ``eval_every_epochs`` and at the last epoch."""
+        return Due(
+            log=True,
+            checkpoint=every(epoch, ck_every),
+            evaluate=every(epoch, eval_every) or (epoch == epochs and eval_at_end),
+        )
 
-    # ---- the loop
-    start_time = time.time()
-    train_min = run.train_minutes()
-    stats = StepStats(int(tr.n_loss_buckets), device)
-
-    def prepare(order: Tensor, i: int, step: int) -> tuple[Tensor, Any]:
-        """Batch i's rows (this process's slice) and training pair, from step's noise streams."""
-        idx = topo.rows(order, i)
-        gens = topo.generators(int(tr.seed), step)  # one stream per rank: (seed, rank, step)
+    def prepare(idx: Tensor, gens: list[torch.Generator]) -> tuple[Tensor, Any]:
+        """The rows' training pair (and the rows, which the loss reads)."""
         images = None if frame_rows is None else frames[frame_rows[idx]]
         return idx, policy.prepare(obs_all[idx], act_all[idx], gens, images=images)
 
-    ahead = PairAhead(bool(tr.get("pair_ahead", False)))  # trainer.pair_ahead
-    for epoch in range(start_epoch, stop_epoch):
-        model.train()
-        policy.core.set_epoch(epoch)  # the pairing schedule's share for this epoch
-        order = epoch_order(n_windows, int(tr.seed), epoch).to(device)
-        epoch_start = time.time()
-        show = bool(tr.progress) and main
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False)
-        estimate.skip()
-        for i in bar:
-            more = i + 1 < steps_per_epoch  # trainer.pair_ahead: batch i + 1 is paired while i trains
-            nxt = partial(prepare, order, i + 1, step + 1) if more else None
-            idx, pair = ahead.get(step, partial(prepare, order, i, step), step + 1, nxt)
-            loss, per_sample, tp = policy.loss(train_model, obs_all[idx], act_all[idx], None, prepared=pair)
-            grad_norm = optimizer_step(model, opt, loss, tr.grad_clip)
-            step += 1
-            run.after_step(step, loss, grad_norm)  # a non-finite loss stops the run (finite.py)
-            value = stats.add(loss, per_sample, tp, policy.core)
-            run.note(estimate.tick())
-            if show and i % 10 == 0:  # the only host sync of a step, and only with a progress bar
-                eta = estimate.remaining()
-                bar.set_postfix(loss=f"{value.item():.4f}", **({"eta": eta} if eta else {}))
+    def loss(item: tuple[Tensor, Any]) -> tuple[Tensor, Tensor, Any]:
+        idx, pair = item
+        return policy.loss(train_model, obs_all[idx], act_all[idx], None, prepared=pair)
 
-        run.check_finite(model, step)  # before the record and the checkpoint: never log or save nan
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": opt.lr_scheduler.get_last_lr()[0],
-        }
-        record.update(run.summary(stats))
-        train_min += (time.time() - epoch_start) / 60
-        record["train_min"] = train_min  # training time only (no evaluation), summed over resumes
-        record["wall_min"] = (time.time() - start_time) / 60
+    def checkpoint(step: int, epoch: int, pending: dict[str, Any]) -> None:
+        """The training state, and the normaliser a loaded policy needs."""
+        run.checkpoint(model, step, epoch=epoch, pending=pending, normalizer=normalizer.to_dict())
 
-        is_last = epoch + 1 == epochs
-        ck_every = int(tr.checkpoint_every_epochs)
-        do_ckpt = (ck_every and (epoch + 1) % ck_every == 0) or is_last or epoch + 1 == stop_epoch
-        do_eval = _eval_due(tr, epoch + 1, epochs)
-        last = record
-        if do_ckpt:  # before the evaluation (a failing one loses no training); every process waits for it
-            run.checkpoint(
-                model,
-                step,
-                epoch=epoch + 1,
-                pending={"record": record, "evaluate": do_eval},
-                normalizer=normalizer.to_dict(),
-            )
-        if not main:  # logs and rollouts are the main process's
-            continue
-        media = {}
-        if do_eval:
-            tick = time.time()
-            media = evaluate(record)
-            run.note(estimate.evaluated("evaluation", time.time() - tick))
-        last = logger.log(record, media)
-        report(record)
-    ahead.close()
+    trainer = Trainer(
+        unit="epoch",
+        total=epochs,
+        rows=n_windows,
+        steps_per_epoch=steps_per_epoch,
+        core=policy.core,
+        model=model,
+        prepare=prepare,
+        loss=loss,
+        due=due_at,
+        checkpoint=checkpoint,
+        evaluate=evaluate,
+        report=report,
+    )
+    last = fit(run, trainer, at=start_epoch, step=step)
     run.plot(x="epoch", title=f"{task.name} / {cfg.assigner.name}")
     return last

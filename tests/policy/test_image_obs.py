@@ -122,6 +122,7 @@ def _image_policy(assigner: str = "c2ot"):
         {"obs": np.array([[0.0, 0.0], [512.0, 512.0]]), "action": np.array([[0.0, 0.0], [512.0, 512.0]])}
     )
     pol = DiffusionPolicy(
+        model,
         core,
         norm,
         horizon=8,
@@ -143,15 +144,17 @@ def test_image_net_state_dict_holds_the_encoder_and_trains_it():
     assert any(k.startswith("encoder.trunk.") for k in keys) and any(k.startswith("unet.") for k in keys)
     imgs = frames(8).view(4, 2, 3, 96, 96)
     obs, act = torch.rand(4, 8, 2) * 2 - 1, torch.rand(4, 8, 2) * 2 - 1
-    loss, per_sample, _ = pol.loss(model, obs, act, torch.Generator().manual_seed(0), images=imgs)
+    loss, per_sample, _ = pol.loss(
+        {"obs": obs, "action": act, "images": imgs}, torch.Generator().manual_seed(0)
+    )
     loss.backward()
     assert per_sample.shape == (4,)
     assert model.encoder.trunk.stem[0].weight.grad.abs().sum() > 0  # gradients reach the encoder
     # same seed -> same crops, noise and loss; the rank-sliced path crops each slice from its own stream
-    again, _, _ = pol.loss(model, obs, act, torch.Generator().manual_seed(0), images=imgs)
+    again, _, _ = pol.loss({"obs": obs, "action": act, "images": imgs}, torch.Generator().manual_seed(0))
     assert torch.equal(loss.detach(), again.detach())
     with pytest.raises(ValueError, match="needs the batch's frames"):
-        pol.loss(model, obs, act, torch.Generator().manual_seed(0))
+        pol.loss({"obs": obs, "action": act}, torch.Generator().manual_seed(0))
 
 
 def test_rank_slices_crop_and_noise_from_their_own_streams():
@@ -161,11 +164,13 @@ def test_rank_slices_crop_and_noise_from_their_own_streams():
     obs, act = torch.rand(4, 8, 2) * 2 - 1, torch.rand(4, 8, 2) * 2 - 1
     gens = lambda: [torch.Generator().manual_seed(10 + r) for r in range(2)]  # noqa: E731
     with torch.no_grad():
-        _, both, _ = pol.loss(model, obs, act, gens(), images=imgs)
+        _, both, _ = pol.loss({"obs": obs, "action": act, "images": imgs}, gens())
         g0, g1 = gens()
-        _, first, _ = pol.loss(model, obs[:2], act[:2], g0, images=imgs[:2])
-        _, second, _ = pol.loss(model, obs[2:], act[2:], g1, images=imgs[2:])
-        _, one_stream, _ = pol.loss(model, obs, act, torch.Generator().manual_seed(10), images=imgs)
+        _, first, _ = pol.loss({"obs": obs[:2], "action": act[:2], "images": imgs[:2]}, g0)
+        _, second, _ = pol.loss({"obs": obs[2:], "action": act[2:], "images": imgs[2:]}, g1)
+        _, one_stream, _ = pol.loss(
+            {"obs": obs, "action": act, "images": imgs}, torch.Generator().manual_seed(10)
+        )
     torch.testing.assert_close(both, torch.cat([first, second]), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(both, one_stream)  # negative control: one stream for the batch differs
 
@@ -190,7 +195,7 @@ def test_c2ot_sees_agent_xy_plus_pooled_ink(monkeypatch):
         return real(x0, noise, generator=generator, cond=cond)
 
     monkeypatch.setattr(pol.core.assigner, "pair", spy)
-    pol.loss(model, obs, torch.rand(4, 8, 2), torch.Generator().manual_seed(0), images=imgs)
+    pol.loss({"obs": obs, "action": torch.rand(4, 8, 2), "images": imgs}, torch.Generator().manual_seed(0))
     torch.testing.assert_close(seen["cond"], cond)
 
 
@@ -202,10 +207,10 @@ def test_predict_action_splits_the_env_layout_and_uses_the_centre_crop():
     flat = torch.cat([imgs.flatten(2).float(), agent], -1).numpy()  # the env's (n, To, 3*96*96 + 2)
     got_imgs, got_agent = pol.split_image_obs(torch.from_numpy(flat))
     assert torch.equal(got_imgs, imgs) and torch.equal(got_agent, agent)
-    act = pol.predict_action(model, flat, generator=torch.Generator().manual_seed(0))
+    act = pol.predict_action(flat, generator=torch.Generator().manual_seed(0))
     assert act.shape == (2, 4, 2) and np.isfinite(act).all()
     with pytest.raises(ValueError, match="obs_type='image'"):
-        pol.predict_action(model, np.zeros((1, 2, 20), dtype=np.float32))
+        pol.predict_action(np.zeros((1, 2, 20), dtype=np.float32))
 
 
 def test_config_check_pairs_image_tasks_with_image_models():

@@ -64,9 +64,9 @@ def test_train_then_eval_on_collected_lift(demos, tmp_path):
     log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == cfg["steps_per_epoch"] > 0 and 0.0 <= log[-1]["success_rate"] <= 1.0
 
-    from immiscible_policy.policy import Policy
+    from immiscible_policy.policy import DiffusionPolicy
 
-    policy = Policy.from_checkpoint(run, device="cpu")
+    policy = DiffusionPolicy.from_checkpoint(run, device="cpu")
     act = policy.predict_action(np.zeros((2, 19), dtype=np.float32))
     assert act.shape == (8, 7) and np.isfinite(act).all()
 

@@ -86,9 +86,9 @@ def test_train_writes_checkpoint_and_eval_runs(tmp_path, assigner):
     assert "turns cw/ccw/none" in proc.stdout and "| symmetric score" in proc.stdout
     assert (run / "modes.png").stat().st_size > 1000
 
-    from immiscible_policy.policy import Policy
+    from immiscible_policy.policy import DiffusionPolicy
 
-    policy = Policy.from_checkpoint(run, device="cpu")
+    policy = DiffusionPolicy.from_checkpoint(run, device="cpu")
     obs = np.zeros((policy.n_obs_steps, 20), dtype=np.float32) + 256.0
     act = policy.predict_action(obs)
     assert act.shape == (8, 2) and np.isfinite(act).all() and np.abs(act).max() < 1000  # env units
