@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from immiscible_policy.config_schema.checks import check_plain_name
-from immiscible_policy.config_schema.fields import KINDS, MISSING, section, setting
+from immiscible_policy.config_schema.fields import KINDS, MISSING, redefault, section, setting
 
 # ------------------------------------------------------------------------------------------------- tasks
 
@@ -40,9 +40,8 @@ class PolicyEvalConfig:
 
 
 @dataclass(kw_only=True)
-class PolicyTaskConfig:
-    """``task.*`` of a policy task: the windows every family cuts from its demos and the evaluation. A
-    family (``task.env``: policy/tasks.py) adds its own keys (dataset path, observation keys, ...)."""
+class TaskConfig:
+    """What every task has, whichever trainer it feeds: its name and kind."""
 
     what: ClassVar[str] = "the task"
     open: ClassVar[bool] = True
@@ -55,6 +54,13 @@ class PolicyTaskConfig:
         check=check_plain_name,
     )
     type: str = setting("policy", "policy | image: which trainer", choices=KINDS, optional=True)
+
+
+@dataclass(kw_only=True)
+class PolicyTaskConfig(TaskConfig):
+    """``task.*`` of a policy task: the windows every family cuts from its demos and the evaluation. A
+    family (``task.env``: policy/tasks.py) adds its own keys (dataset path, observation keys, ...)."""
+
     env: str = setting(
         MISSING, "task family (policy/tasks.py): pusht | robomimic | lerobot", optional=True, example="pusht"
     )
@@ -87,20 +93,10 @@ class PolicyTaskConfig:
 
 
 @dataclass(kw_only=True)
-class ImageTaskConfig:
+class ImageTaskConfig(TaskConfig):
     """``task.*`` of an image task: which images and how they are prepared (image/data.py)."""
 
-    what: ClassVar[str] = "the task"
-    open: ClassVar[bool] = True
-
-    name: str = setting(
-        MISSING,
-        "the task's name (in run directory names)",
-        optional=True,
-        example="fashion_mnist",
-        check=check_plain_name,
-    )
-    type: str = setting("image", "policy | image: which trainer", choices=KINDS, optional=True)
+    type: str = redefault(TaskConfig, "type", "image")
     dataset: str = setting(
         MISSING, "the reader (image/data.py DATASETS)", optional=True, example="fashion_mnist"
     )
