@@ -290,7 +290,7 @@ def test_isolated_imports_catch_a_cycle(tmp_path):
     [
         "from immiscible_policy.policy import DiffusionPolicy, Policy",
         "from immiscible_policy.policy.model import Policy",
-        "from immiscible_policy.policy.train import build_model, build_policy, load_policy, policy_sampler, rollout",
+        "from immiscible_policy.policy.train import build_model, load_policy, policy_sampler, rollout",
         "from immiscible_policy.policy.rollout import ActionChunkWrapper, evaluate, make_pusht_env",
         "from immiscible_policy.collect import EXPERTS, WaypointExpert, make_expert",
         "from immiscible_policy.collect.base import EXPERTS, make_expert",

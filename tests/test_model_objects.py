@@ -4,10 +4,9 @@ What must hold: the object's parameters are exactly its network's (the optimiser
 else) and its state dict is the checkpoint's under ``net.``; ``from_checkpoint`` returns the class and
 acts / samples exactly as the former function path did on the run fixtures of tests/fixtures/main_runs
 (re-implemented here from the network, the core and the normaliser, independently of the loaders); sampling
-is seeded-repeatable; the loss is the trainers' and its gradients reach the network. The trainers' former
-calls (``loss(model, obs, action, ...)``, ``build_policy``, ``validation_loss(policy, model, ...)``,
-``generate``, ``cfd_eval(model, core, ...)``) are checked against the new ones until the trainers switch
-(the block marked below goes with them).
+is seeded-repeatable; the loss is the trainers' and its gradients reach the network; ``with_net`` puts
+another network (the EMA copy) in the same settings; an object made without a sampler samples as its
+trainer's ``auto`` says; and ``from_checkpoint`` needs no module above the objects' own.
 """
 
 from __future__ import annotations
@@ -15,8 +14,10 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -306,6 +307,49 @@ def test_class_conditional_image_model_takes_labels():
     assert torch.isfinite(loss)
 
 
+def test_image_with_net_samples_through_the_given_network(image):
+    other = copy.deepcopy(image.net)
+    view = image.with_net(other)
+    assert view.net is other and view.core is image.core and same_params(view, other)
+    settings = ("sampler", "num_inference_steps", "num_classes", "channels", "image_size", "bf16", "seed")
+    assert [getattr(view, k) for k in settings] == [getattr(image, k) for k in settings]
+    assert not view.training  # its mode follows the network's (the EMA copy's: eval)
+    assert torch.equal(view.sample(3, seed=0), image.sample(3, seed=0))
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.5)
+    assert not torch.equal(view.sample(3, seed=0), image.sample(3, seed=0))  # the given network runs
+
+
+def test_auto_sampler_is_the_trainer_schemas_for_both_objects():
+    """An object built without a sampler (or with ``auto``) samples as its trainer's ``auto`` says
+    (config_schema.trainer_sampler: DDPM for a policy, DDIM for an image model, the objective's own for
+    flow); a sampler that does not fit the objective is refused when the object is made."""
+    from immiscible_policy.config_schema import trainer_sampler
+
+    vanilla = OmegaConf.create({"name": "vanilla", "params": {}})
+    for objective in ("epsilon", "flow"):
+        tr = OmegaConf.create({"num_train_timesteps": 10, "beta_schedule": "linear", "objective": objective})
+        core = build_core(tr, vanilla)
+        unet1d = build_model(recorded_cfg(POLICY_RUN).model, 2, 20, 2)
+        unet2d = build_unet(recorded_cfg(IMAGE_RUN).model, image_size=16, channels=1)
+        shape = dict(horizon=16, n_obs_steps=2, n_action_steps=8, action_dim=2)
+        for auto in (None, "auto"):
+            policy = DiffusionPolicy(unet1d, core, None, sampler=auto, **shape)
+            assert policy.sampler == trainer_sampler({"sampler": "auto"}, objective, "policy")
+            assert ImageDiffusion(unet2d, core, sampler=auto).sampler == trainer_sampler(
+                {"sampler": "auto"}, objective, "image"
+            )
+        assert (policy.sampler, ImageDiffusion(unet2d, core).sampler) == (
+            ("ddpm", "ddim") if objective == "epsilon" else ("euler", "euler")
+        )
+        wrong = "ddim" if objective == "flow" else "euler"
+        with pytest.raises(ValueError, match=f"does not fit objective '{objective}'"):
+            DiffusionPolicy(unet1d, core, None, sampler=wrong, **shape)
+        with pytest.raises(ValueError, match=f"does not fit objective '{objective}'"):
+            ImageDiffusion(unet2d, core, sampler=wrong)
+
+
 # ------------------------------------------------------------------------------------ layering
 
 
@@ -328,68 +372,48 @@ def test_policy_model_module_imports_neither_build_nor_load():
     assert not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
 
 
-# ------------------------------------------------------------------------------------ the trainers' former calls
-# Delete this block with the compatibility paths once policy/train.py and image/train.py use the objects.
+# A fresh interpreter: loads each kind of checkpoint through its class alone and lists what it imported.
+FRESH_LOAD = r"""
+import json, sys
+import torch
+from immiscible_policy.image.diffusion import ImageDiffusion
+from immiscible_policy.policy.model import DiffusionPolicy
+policy = DiffusionPolicy.from_checkpoint(sys.argv[1], device="cpu", seed=0)
+image = ImageDiffusion.from_checkpoint(sys.argv[2], device="cpu", seed=0)
+obs = torch.linspace(0.0, 500.0, 2 * 2 * 20).reshape(2, 2, 20)
+print(json.dumps({
+    "modules": sorted(m for m in sys.modules if m.startswith("immiscible_policy.")),
+    "actions": policy.predict_action(obs).tolist(),
+    "samples": image.sample(3, seed=0, batch_size=3).tolist(),
+}))
+"""
 
 
-def test_former_policy_calls_equal_the_new_ones(policy):
-    from immiscible_policy.policy.build import build_policy
-
-    batch = _policy_batch(policy)
-    new = policy.loss(batch, torch.Generator().manual_seed(0))[1]
-    old = policy.loss(policy.net, batch["obs"], batch["action"], torch.Generator().manual_seed(0))[1]
-    assert torch.equal(new, old)
-    pair = policy.prepare(batch["obs"], batch["action"], torch.Generator().manual_seed(0))
-    assert torch.equal(policy.loss(policy.net, batch["obs"], batch["action"], None, prepared=pair)[1], new)
-    doubled = copy.deepcopy(policy.net)
-    with torch.no_grad():
-        for p in doubled.parameters():
-            p.mul_(2)
-    other = policy.loss(doubled, batch["obs"], batch["action"], torch.Generator().manual_seed(0))[1]
-    assert not torch.equal(other, new)  # the network passed in is the one that runs
-    cfg = recorded_cfg(POLICY_RUN)
-    model, built = build_policy(cfg, policy.normalizer, 20, 2)
-    assert built.net is model and isinstance(built, DiffusionPolicy)
-
-
-def test_former_validation_loss_call_equals_the_new_one(policy):
-    from immiscible_policy.policy.evaluate import validation_loss
-
-    g = torch.Generator().manual_seed(2)
-    windows = {
-        "obs": torch.rand(5, 2, 20, generator=g) * 500,
-        "action": torch.rand(5, 16, 2, generator=g) * 500,
-    }
-    dataset = SimpleNamespace(get_validation_dataset=lambda: SimpleNamespace(all_windows=lambda: windows))
-    new = validation_loss(policy, dataset, seed=0, batch_size=2)
-    assert new["val_windows"] == 5 and new == validation_loss(
-        policy, policy.net, dataset, seed=0, batch_size=2
+def test_from_checkpoint_needs_nothing_above_the_model_modules():
+    """``DiffusionPolicy.from_checkpoint`` / ``ImageDiffusion.from_checkpoint`` load in a fresh interpreter
+    that imported only their own modules: nothing above them (building, loading, sampling helpers,
+    evaluation, trainers) is imported, nor needed to register anything."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH_LOAD, str(POLICY_RUN), str(IMAGE_RUN)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    doubled = copy.deepcopy(policy.net)
-    with torch.no_grad():
-        for p in doubled.parameters():
-            p.mul_(2)
-    assert validation_loss(policy, doubled, dataset, seed=0)["val_loss"] != new["val_loss"]
-    assert not policy.net.training  # the mode is restored
-
-
-def test_former_image_calls_equal_the_new_ones(image):
-    from immiscible_policy.image.evaluate import cfd_eval, seeded_samples
-    from immiscible_policy.image.sampling import generate, load_image_model
-
-    model, core, _, _ = load_image_model(IMAGE_RUN, device="cpu")
-    old = generate(model, core, 5, channels=1, image_size=16, steps=2, sampler="ddim", seed=0, batch_size=3)
-    assert torch.equal(old, image.sample(5, seed=0, batch_size=3))
-    section = OmegaConf.create({"n_samples": 3, "seed": 7})
-    assert torch.equal(seeded_samples(image, section, steps=2), image.sample(3, seed=7))
-
-    def metric(fake):
-        return {"cfd": float(fake.sum()), "cfd_seconds": 0.0}
-
-    new, fake = cfd_eval(image, metric, section, steps=1)
-    ds = SimpleNamespace(channels=1, image_size=16)
-    legacy = dict(steps=1, sampler="ddim", batch_size=64, num_classes=0, bf16=False)
-    old, old_fake = cfd_eval(model, core, ds, metric, section, **legacy)
-    assert torch.equal(fake, old_fake) and new["cfd"] == old["cfd"]
-    with pytest.raises(TypeError, match="takes no num_classes, bf16"):
-        cfd_eval(image, metric, section, steps=1, num_classes=0, bf16=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    above = {
+        "immiscible_policy.policy.build",
+        "immiscible_policy.policy.load",
+        "immiscible_policy.policy.train",
+        "immiscible_policy.policy.evaluate",
+        "immiscible_policy.image.sampling",
+        "immiscible_policy.image.evaluate",
+        "immiscible_policy.image.train",
+    }
+    assert not above & set(out["modules"]) and "immiscible_policy.policy.networks" in out["modules"]
+    want = former_policy_actions(POLICY_RUN, fixture_obs())
+    np.testing.assert_array_equal(np.asarray(out["actions"], dtype=np.float32), want)
+    image = ImageDiffusion.from_checkpoint(IMAGE_RUN, device="cpu", seed=0)
+    samples = torch.tensor(out["samples"], dtype=torch.float32)
+    assert torch.equal(samples, image.sample(3, seed=0, batch_size=3))

@@ -275,11 +275,11 @@ def test_policy_checkpoints_before_evaluating_and_resume_replays_the_failed_eval
     zarr = pusht_or_skip()
     calls = {"n": 0, "fail": False}
 
-    def fake_rollout(policy, model, task, seed, **kw):  # a score that is a function of the EMA weights
+    def fake_rollout(policy, task, seed, **kw):  # a score that is a function of the EMA weights
         calls["n"] += 1
         if calls["fail"]:
             raise RuntimeError("simulated rendering crash")
-        score = float(sum(p.double().sum() for p in model.parameters()))
+        score = float(sum(p.double().sum() for p in policy.net.parameters()))
         return {"mean_score": score, "success_rate": 0.0, "seconds": 0.0}
 
     monkeypatch.setattr(policy_train, "rollout", fake_rollout)

@@ -78,3 +78,37 @@ def test_check_batch_names_the_global_batch():
         ValueError, match=r"^trainer.batch_size=8 x 2 ranks = 16 exceeds the 15 training images; "
     ):
         run.check_batch(15, "images")
+
+
+def test_prepare_wraps_the_training_forward_and_optimises_the_model(tmp_path):
+    """DDP synchronises the gradients of the module whose forward it runs, so ``topo.wrap`` gets
+    ``forward`` (a policy owning the network); the optimiser and EMA hold the network itself (the
+    checkpoints' keys), and a ``forward`` with other parameters than the network's is refused."""
+    from hydra import compose, initialize_config_dir
+
+    from immiscible_policy import create
+    from immiscible_policy.cli._hydra import config_dir
+
+    wrapped: list[torch.nn.Module] = []
+
+    class WrapRecording(Topology):
+        def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+            wrapped.append(model)
+            return model
+
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"run_dir={tmp_path}"])
+    net = torch.nn.Linear(2, 2)
+    owner = torch.nn.Sequential(net)  # the network is its only submodule, as in DiffusionPolicy
+    run = TrainingRun(cfg, tmp_path, WrapRecording(torch.device("cpu"), 0, 1, (0,), 4), restore=False)
+    train_forward, epoch, step = run.prepare(
+        net, create("vanilla"), forward=owner, total_steps=10, steps_per_epoch=1
+    )
+    run.close()
+    assert len(wrapped) == 1 and wrapped[0] is owner and train_forward is owner and (epoch, step) == (0, 0)
+    optimised = [p for group in run.opt.optimizer.param_groups for p in group["params"]]
+    assert [id(p) for p in optimised] == [id(p) for p in net.parameters()]
+    assert len(run.opt.ema.shadow_params) == len(list(net.parameters()))
+    with pytest.raises(ValueError, match=r"must have exactly the model's parameters"):
+        run.prepare(net, create("vanilla"), forward=torch.nn.Linear(2, 2), total_steps=10, steps_per_epoch=1)
+    assert len(wrapped) == 1  # refused before anything was wrapped

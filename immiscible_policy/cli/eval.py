@@ -2,8 +2,9 @@
 
 Options (key=value): checkpoint (run dir, checkpoints dir, ``last`` or a step dir; required),
 n_episodes (default: the task's, 50), start_seed, output_dir (default: <checkpoint>/eval),
-device (auto), use_ema (true), sampler (ddpm|ddim for diffusion, euler|heun for flow; checked against the
-checkpoint's objective), num_inference_steps (>= 1), seed (sampling noise, 0),
+device (auto), use_ema (true), sampler (ddpm|ddim for diffusion, euler|heun for flow, auto: the policy
+trainer's, DDPM or the objective's own; checked against the checkpoint's objective), num_inference_steps
+(>= 1), seed (sampling noise, 0),
 n_video_episodes (2), video_format (mp4, the default, or gif: the video is output_dir/rollout.<format>),
 allow_import (false: a checkpoint whose assigner is a ``module:Class`` path rather than a registered
 strategy is refused, since loading it imports that module; true, or IMMISCIBLE_ALLOW_IMPORT=1, to trust
@@ -77,7 +78,7 @@ def parse(argv: list[str]) -> dict:
 
 def evaluate_checkpoint(opts: dict) -> dict:
     from immiscible_policy.checkpoint import resolve_checkpoint
-    from immiscible_policy.noising import resolve_sampler
+    from immiscible_policy.config_schema import trainer_sampler
     from immiscible_policy.outputs import check_writable
     from immiscible_policy.policy.evaluate import rollout
     from immiscible_policy.policy.load import load_policy
@@ -98,7 +99,7 @@ def evaluate_checkpoint(opts: dict) -> dict:
             f"{ck.path} is a {cfg.task.get('name')} checkpoint; modes=symmetric needs a PushT policy checkpoint."
         )
     if "sampler" in opts:
-        policy.sampler = resolve_sampler(policy.core.objective, str(opts["sampler"]))
+        policy.sampler = trainer_sampler({"sampler": str(opts["sampler"])}, policy.core.objective, "policy")
     if "num_inference_steps" in opts:
         policy.num_inference_steps = int(opts["num_inference_steps"])
         if policy.num_inference_steps < 1:

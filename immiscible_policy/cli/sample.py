@@ -54,9 +54,10 @@ def sample_checkpoint(opts: dict) -> dict:
         check_config,
         read_config,
     )
+    from immiscible_policy.config_schema import trainer_sampler
     from immiscible_policy.image.data import to_uint8
     from immiscible_policy.image.diffusion import load_image_diffusion, sample_labels
-    from immiscible_policy.image.sampling import resolve_sampler, save_grid
+    from immiscible_policy.image.sampling import save_grid
     from immiscible_policy.outputs import check_writable
 
     # config.json first (cheap): a damaged one, or an assigner that would be imported, stops here
@@ -74,7 +75,8 @@ def sample_checkpoint(opts: dict) -> dict:
         allow_import=opts.get("allow_import"),
     )
     n = int(opts.get("n", 64))
-    sampler = resolve_sampler(diffusion.core.objective, opts.get("sampler", diffusion.sampler))
+    asked = {"sampler": opts.get("sampler", diffusion.sampler)}  # auto: the image trainer's
+    sampler = trainer_sampler(asked, diffusion.core.objective, "image")
     steps = int_option({"steps": opts.get("steps", diffusion.num_inference_steps)}, "steps", 0, 1)
     images = diffusion.sample(
         n,

@@ -32,16 +32,11 @@ from immiscible_policy.checkpoint import (
     load_checkpoint,
     load_weights,
 )
+from immiscible_policy.config_schema import trainer_sampler
 from immiscible_policy.host import resolve_device
 from immiscible_policy.image.data import to_unit
 from immiscible_policy.image.model import build_unet, predict
-from immiscible_policy.noising import (
-    NoisingCore,
-    TrainingPair,
-    build_core,
-    rename_legacy_objective,
-    resolve_sampler,
-)
+from immiscible_policy.noising import NoisingCore, TrainingPair, build_core, rename_legacy_objective
 
 __all__ = ["ImageDiffusion", "build_image_diffusion", "load_image_diffusion", "sample_labels"]
 
@@ -61,8 +56,10 @@ class ImageDiffusion(nn.Module):
     Args:
         net: a diffusers ``UNet2DModel`` (``net(x, t, class_labels=...).sample``).
         core: the noising core the network was trained with.
-        sampler: ``ddim`` / ``ddpm`` (diffusion objectives) or ``euler`` / ``heun`` (flow); None: the
-            objective's default (DDIM, Euler). Checked against the objective here, not at the first sample.
+        sampler: ``ddim`` / ``ddpm`` (diffusion objectives) or ``euler`` / ``heun`` (flow); None or ``auto``:
+            what the image trainer's ``auto`` means (DDIM, or the objective's own: Euler), decided by its
+            schema (:func:`~immiscible_policy.config_schema.trainer_sampler`). Checked against the objective
+            here, not at the first sample.
         num_inference_steps: the default of :meth:`sample`.
         num_classes, channels, image_size: default from ``net.config`` (``num_class_embeds``,
             ``in_channels``, ``sample_size``); 0 classes = unconditional.
@@ -85,7 +82,7 @@ class ImageDiffusion(nn.Module):
     ) -> None:
         super().__init__()
         self.net, self.core = net, core
-        self.sampler = resolve_sampler(core.objective, sampler)
+        self.sampler = trainer_sampler({"sampler": sampler}, core.objective, "image")
         self.num_inference_steps = int(num_inference_steps)
         config = getattr(net, "config", None)
         self.num_classes = int(num_classes if num_classes is not None else config.num_class_embeds or 0)
@@ -113,6 +110,23 @@ class ImageDiffusion(nn.Module):
         if seed is not None:
             self.seed = int(seed)
         self._generator = None
+
+    def with_net(self, net: nn.Module) -> ImageDiffusion:
+        """This model around another network of the same shape (core and settings shared, not copied), e.g.
+        the EMA copy of a network that the trainer samples and scores; the new object's mode follows
+        ``net``'s."""
+        other = ImageDiffusion(
+            net,
+            self.core,
+            sampler=self.sampler,
+            num_inference_steps=self.num_inference_steps,
+            num_classes=self.num_classes,
+            channels=self.channels,
+            image_size=self.image_size,
+            bf16=self.bf16,
+            seed=self.seed,
+        )
+        return other.train(net.training)
 
     @classmethod
     def from_checkpoint(
@@ -268,7 +282,7 @@ def build_image_diffusion(
 def _assemble(cfg: Any, net: nn.Module, core: NoisingCore, seed: int) -> ImageDiffusion:
     """The model around a built network and core, with the config's sampler and steps."""
     tr = cfg.trainer
-    sampler = resolve_sampler(core.objective, tr.get("sampler"))
+    sampler = trainer_sampler(tr, core.objective, "image")
     return ImageDiffusion(
         net, core, sampler=sampler, num_inference_steps=int(tr.num_inference_steps), seed=seed
     )

@@ -12,8 +12,6 @@ pytorch-fid's; docs/fid.md) and every metrics record carries it as ``fid_resize`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
@@ -21,7 +19,6 @@ from torch import Tensor
 
 from immiscible_policy.image.data import ImageDataset
 from immiscible_policy.image.diffusion import ImageDiffusion
-from immiscible_policy.image.sampling import generate
 
 REFERENCE_SEED = 0
 
@@ -57,64 +54,28 @@ def seeded_samples(
     return diffusion.sample(int(cfg.n_samples), steps, sampler, seed=int(cfg.seed), batch_size=batch_size)
 
 
-def _trainer_draw(
-    model: Any, core: Any, ds: ImageDataset, sampling: dict[str, Any]
-) -> Callable[[Any], Tensor]:
-    """IMAGE TRAINER'S CALL until it passes an :class:`ImageDiffusion` (delete with it): the samples of a
-    section for the former ``(model, core, ds, ...)`` arguments with ``num_classes`` and ``bf16``."""
-
-    def draw(section: Any) -> Tensor:
-        return generate(
-            model,
-            core,
-            int(section.n_samples),
-            channels=ds.channels,
-            image_size=ds.image_size,
-            seed=int(section.seed),
-            **sampling,
-        )
-
-    return draw
-
-
-def _no_trainer_arguments(what: str, legacy: tuple, legacy_sampling: dict[str, Any]) -> None:
-    """An :class:`ImageDiffusion` carries its classes and autocast: the trainer's extra arguments are an error
-    with it, not silently ignored (delete with :func:`_trainer_draw`)."""
-    if legacy or legacy_sampling:
-        extra = [*(type(a).__name__ for a in legacy), *legacy_sampling]
-        raise TypeError(f"{what}(diffusion, ...) takes no {', '.join(extra)}: the model carries them")
-
-
 def fid_kid(
     diffusion: ImageDiffusion,
     ds: ImageDataset,
     fid_cfg: Any,
-    *legacy: Any,
+    *,
     steps: int | None = None,
     sampler: str | None = None,
     batch_size: int = 64,
     device: str = "cpu",
-    **legacy_sampling: Any,
 ) -> tuple[dict[str, Any], Tensor]:
     """(metrics, samples): FID/KID of ``fid_cfg.n_samples`` seeded samples of ``diffusion`` vs the reference
     images of ``ds`` (:func:`reference_images`).
 
     metrics: ``fid``, ``kid``, ``kid_std``, ``fid_n_fake``, ``fid_n_real``, ``fid_resize``, ``fid_seconds``,
-    ``sample_seconds``. The samples (N, C, H, W) are returned so the caller can grid them.
+    ``sample_seconds``. The samples (N, C, H, W) are returned so the caller can grid them. ``steps`` /
+    ``sampler``: default the model's own (:func:`seeded_samples`).
     """
     from immiscible_policy.metrics.fid import evaluate_images  # built alongside; imported only when used
 
-    sampling = dict(steps=steps, sampler=sampler, batch_size=batch_size)
-    if isinstance(diffusion, ImageDiffusion):
-        _no_trainer_arguments("fid_kid", legacy, legacy_sampling)
-        draw = partial(seeded_samples, diffusion, **sampling)
-    else:  # IMAGE TRAINER'S CALL: fid_kid(model, core, ds, fid_cfg, ..., num_classes=, bf16=)
-        (core, ds), (fid_cfg,) = (ds, fid_cfg), legacy
-        draw = _trainer_draw(diffusion, core, ds, {**sampling, **legacy_sampling})
-
     resize = fid_resize(fid_cfg)  # checked before sampling, not after it
     t0 = time.time()
-    fake = draw(fid_cfg)
+    fake = seeded_samples(diffusion, fid_cfg, steps=steps, sampler=sampler, batch_size=batch_size)
     t1 = time.time()
     real, ref_key = reference_images(ds, fid_cfg.n_real)
     res = evaluate_images(
@@ -174,26 +135,18 @@ def cfd_eval(
     diffusion: ImageDiffusion,
     metric: Any,
     cfd_cfg: Any,
-    *legacy: Any,
+    *,
     steps: int | None = None,
     sampler: str | None = None,
     batch_size: int = 64,
-    **legacy_sampling: Any,
 ) -> tuple[dict[str, Any], Tensor]:
     """(metrics, samples): CFD of ``cfd_cfg.n_samples`` seeded samples at ``steps`` sampling steps.
 
     metrics: ``cfd``, ``cfd_n_fake``, ``cfd_n_real``, ``cfd_seconds`` (features + distance),
     ``cfd_sample_seconds`` (sampling).
     """
-    sampling = dict(steps=steps, sampler=sampler, batch_size=batch_size)
-    if isinstance(diffusion, ImageDiffusion):
-        _no_trainer_arguments("cfd_eval", legacy, legacy_sampling)
-        draw = partial(seeded_samples, diffusion, **sampling)
-    else:  # IMAGE TRAINER'S CALL: cfd_eval(model, core, ds, metric, cfd_cfg, ..., num_classes=, bf16=)
-        (core, ds), (metric, cfd_cfg) = (metric, cfd_cfg), legacy
-        draw = _trainer_draw(diffusion, core, ds, {**sampling, **legacy_sampling})
     t0 = time.time()
-    fake = draw(cfd_cfg)
+    fake = seeded_samples(diffusion, cfd_cfg, steps=steps, sampler=sampler, batch_size=batch_size)
     out = metric(fake)
     out["cfd_sample_seconds"] = time.time() - t0 - out["cfd_seconds"]
     return out, fake

@@ -63,8 +63,7 @@ def predict(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor | None = None
     """The U-Net's prediction (B, C, H, W) for noised ``x`` (B, C, H, W) at timesteps ``t`` (B,).
 
     diffusers' calling convention in one place: :class:`~immiscible_policy.image.diffusion.ImageDiffusion`
-    calls the network through it (``ImageDiffusion.predict`` adds the autocast), as does the image trainer
-    until it uses ``ImageDiffusion.loss``."""
+    calls the network through it (``ImageDiffusion.predict`` adds the autocast)."""
     return model(x, t, class_labels=labels).sample
 
 

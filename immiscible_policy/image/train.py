@@ -21,17 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
 from immiscible_policy.ema import ema_module
 from immiscible_policy.fit import Due, Trainer, every, fit, stop_at
-from immiscible_policy.image.data import load_dataset, to_unit
+from immiscible_policy.image.data import load_dataset
+from immiscible_policy.image.diffusion import build_image_diffusion
 from immiscible_policy.image.evaluate import cfd_eval, classifier_metric, fid_kid, final_step_key
-from immiscible_policy.image.model import build_unet, count_params, predict
-from immiscible_policy.image.sampling import generate, save_grid
-from immiscible_policy.noising import build_core, resolve_sampler
+from immiscible_policy.image.model import count_params
+from immiscible_policy.image.sampling import save_grid
 from immiscible_policy.training import TrainingRun, preserve_rng, training_run
 
 
@@ -79,14 +78,19 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
     run.check_batch(n, "images")
     steps_per_epoch = n // batch  # drop_last: every step sees a full global batch
 
-    # ---- model, noising core, optimiser, schedule, EMA, resume (the lr scheduler before any state)
-    core = build_core(tr, cfg.assigner)
-    sampler = resolve_sampler(core.objective, tr.get("sampler"))
-    model = build_unet(cfg.model, image_size=ds.image_size, channels=ds.channels, num_classes=num_classes)
+    # ---- model (network, noising core, sampler), optimiser, schedule, EMA, resume (the lr scheduler
+    # before any state is loaded)
+    diffusion = build_image_diffusion(
+        cfg, image_size=ds.image_size, channels=ds.channels, num_classes=num_classes
+    )
+    diffusion.bf16 = bf16  # the network under bf16 autocast on CUDA, the loss in float32
+    net, core = diffusion.net, diffusion.core  # the optimiser, EMA and checkpoints hold the network
     max_steps = int(tr.max_steps)
-    train_model, _, step = run.prepare(
-        model,
+    # the training forward is the model's (DDP-wrapped under several processes: gradients all-reduced)
+    train_forward, _, step = run.prepare(
+        net,
         core.assigner,
+        forward=diffusion,
         total_steps=max_steps,
         steps_per_epoch=steps_per_epoch,
         image={
@@ -103,7 +107,7 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
         print(
             f"[immiscible] task={task.name} ({ds.ref_key}, {n} images {ds.channels}x{ds.image_size}^2"
             f"{f', {num_classes} classes' if num_classes else ''}) assigner={core.assigner!r} "
-            f"objective={core.objective} sampler={sampler} params={count_params(model) / 1e6:.2f}M "
+            f"objective={core.objective} sampler={diffusion.sampler} params={count_params(net) / 1e6:.2f}M "
             f"device={device}{' bf16' if bf16 else ''} {topo.describe()} steps={step}->{stop}/{max_steps} "
             f"run_dir={run_dir}",
             flush=True,
@@ -123,32 +127,23 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
         out: dict[str, Any] = {}
         samples = None
         steps = int(tr.num_inference_steps)
+        batch_size = int(tr.sample_batch_size)
         with preserve_rng():
-            ema_model = ema_module(opt.ema, model)
-            kw = dict(
-                sampler=sampler, num_classes=num_classes, bf16=bf16, batch_size=int(tr.sample_batch_size)
-            )
+            ema = diffusion.with_net(ema_module(opt.ema, net))  # the EMA weights, the model's settings
             if with_eval and use_fid and (step == max_steps or not fid_at_end_only):
-                out, samples = fid_kid(ema_model, core, ds, tr.fid, device=str(device), steps=steps, **kw)
+                out, samples = fid_kid(
+                    ema, ds, tr.fid, device=str(device), steps=steps, batch_size=batch_size
+                )
             if with_eval and metric is not None:
-                got, fake = cfd_eval(ema_model, core, ds, metric, tr.cfd, steps=steps, **kw)
+                got, fake = cfd_eval(ema, metric, tr.cfd, steps=steps, batch_size=batch_size)
                 out.update(got)
                 samples = fake if samples is None or len(samples) < len(fake) else samples
                 for k in final_steps if step == max_steps else ():  # the same noise at k steps
                     same = k == steps
-                    at_k = got if same else cfd_eval(ema_model, core, ds, metric, tr.cfd, steps=k, **kw)[0]
+                    at_k = got if same else cfd_eval(ema, metric, tr.cfd, steps=k, batch_size=batch_size)[0]
                     out[final_step_key(k)] = at_k["cfd"]
             if samples is None or len(samples) < int(tr.n_grid):  # the grid always shows n_grid images
-                samples = generate(
-                    ema_model,
-                    core,
-                    int(tr.n_grid),
-                    channels=ds.channels,
-                    image_size=ds.image_size,
-                    seed=int(tr.fid.seed),
-                    steps=steps,
-                    **kw,
-                )
+                samples = ema.sample(int(tr.n_grid), steps, seed=int(tr.fid.seed), batch_size=batch_size)
         grid = run_dir / "samples" / f"step_{step:08d}.png"
         save_grid(samples[: int(tr.n_grid)], grid)
         record.update(out)
@@ -169,21 +164,20 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
             grid=every(step, grid_every) or end,
         )
 
-    def prepare(idx: Tensor, gens: list[torch.Generator]) -> tuple[Tensor | None, Any]:
-        """The rows' labels (the condition, or None) and training pair."""
-        cond = None if labels is None else labels[idx]  # the class labels are the condition
-        return cond, core.sharded_training_pair(to_unit(images[idx]), gens, cond=cond)
+    def prepare(idx: Tensor, gens: list[torch.Generator]) -> Any:
+        """The rows' training pair and labels (the class labels are the condition; None without them)."""
+        batch = {"images": images[idx]}  # uint8, scaled to [-1, 1] by the model
+        if labels is not None:
+            batch["labels"] = labels[idx]
+        return diffusion.prepare(batch, gens)
 
-    def loss(item: tuple[Tensor | None, Any]) -> tuple[Tensor, Tensor, Any]:
-        """MSE in float32 of the (bf16-autocast on CUDA) prediction; the mean and per sample (B,)."""
-        cond, tp = item
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = predict(train_model, tp.x_t, tp.model_timesteps, cond)
-        per_sample = F.mse_loss(pred.float(), tp.target, reduction="none").flatten(1).mean(1)
-        return per_sample.mean(), per_sample, tp
+    def loss(prepared: Any) -> tuple[Tensor, Tensor, Any]:
+        """MSE in float32 of the (bf16-autocast on CUDA) prediction, the mean and per sample (B,), through
+        the (DDP-wrapped) model's forward, so that the gradients are synchronised."""
+        return train_forward(None, prepared=prepared)
 
     def checkpoint(step: int, epoch: int, pending: dict[str, Any]) -> None:
-        run.checkpoint(model, step, epoch=epoch, pending=pending)
+        run.checkpoint(net, step, epoch=epoch, pending=pending)
 
     def report(record: dict[str, Any], due: Due) -> None:
         """A line for an evaluated step (its scores); the log has every record."""
@@ -197,7 +191,7 @@ def _train_image(cfg: DictConfig, run: TrainingRun) -> dict:
         rows=n,
         steps_per_epoch=steps_per_epoch,
         core=core,
-        model=model,
+        model=net,
         prepare=prepare,
         loss=loss,
         due=due_at,

@@ -1,6 +1,5 @@
 """Diffusion policies: dataset, normaliser, ConditionalUnet1D, building, loading, training, rollouts."""
 
-from immiscible_policy.policy.load import Policy
-from immiscible_policy.policy.model import DiffusionPolicy
+from immiscible_policy.policy.model import DiffusionPolicy, Policy
 
 __all__ = ["DiffusionPolicy", "Policy"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from immiscible_policy.policy.model import DiffusionPolicy
 from immiscible_policy.policy.tasks import task_env
@@ -17,41 +16,23 @@ from immiscible_policy.policy.tasks import task_env
 __all__ = ["rollout", "validation_loss"]
 
 
-def _trainer_call(
-    policy: DiffusionPolicy, first: Any, legacy: tuple, what: str
-) -> tuple[DiffusionPolicy, Any]:
-    """TRAINERS' CALL until they pass the EMA policy (delete with it): ``what(policy, model, x, ...)``
-    evaluated ``model`` (the EMA network) through ``policy``'s settings; -> (that policy, x)."""
-    if isinstance(first, nn.Module):
-        if len(legacy) != 1:
-            raise TypeError(f"{what}(policy, model, {what}'s argument, seed=...) takes one more argument")
-        return policy.with_net(first), legacy[0]
-    if legacy:
-        raise TypeError(f"{what}(policy, ..., seed=...) takes the seed and the rest by keyword")
-    return policy, first
-
-
-def rollout(policy: DiffusionPolicy, task: Any, *legacy: Any, seed: int, **kw: Any) -> dict:
+def rollout(policy: DiffusionPolicy, task: Any, *, seed: int, **kw: Any) -> dict:
     """Roll the (EMA) policy out on the task's fixed test seeds; its sampling noise comes from a generator
     seeded by ``seed`` (not the policy's own, so every evaluation of a run draws the same noise).
 
     ``kw`` goes to the family's ``evaluate`` (``n_episodes``, ``video_path``, ``progress``, ...)."""
-    policy, task = _trainer_call(policy, task, legacy, "rollout")
     gen = torch.Generator(device=policy.device).manual_seed(int(seed))
     return task_env(task).evaluate(lambda obs: policy.predict_action(obs, generator=gen), task, **kw)
 
 
 @torch.no_grad()
-def validation_loss(
-    policy: DiffusionPolicy, dataset: Any, *legacy: Any, seed: int, batch_size: int = 256
-) -> dict:
+def validation_loss(policy: DiffusionPolicy, dataset: Any, *, seed: int, batch_size: int = 256) -> dict:
     """{"val_loss", "val_windows"}: the training loss of the (EMA) policy on the validation episodes' windows.
 
     What a task without a rollout env (``task=lerobot task.eval_env=none``) reports instead of a score. The
     noise, timesteps and pairing come from one generator seeded by ``seed``, so every evaluation of a run
     scores the same noisy batches and the numbers compare across epochs.
     """
-    policy, dataset = _trainer_call(policy, dataset, legacy, "validation_loss")
     windows = dataset.get_validation_dataset().all_windows()
     n = len(windows["action"])
     if n == 0:

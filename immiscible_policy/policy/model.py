@@ -14,56 +14,51 @@ network's parameters (the optimiser, EMA and DDP see nothing else) and its ``for
 so ``DistributedDataParallel(policy)`` works. Checkpoints keep holding ``policy.net.state_dict()`` (the keys
 of every existing run); ``policy.state_dict()`` is the same with a ``net.`` prefix.
 
-Layering (docs/architecture.md): this module imports neither :mod:`~immiscible_policy.policy.build` (config
--> policy) nor :mod:`~immiscible_policy.policy.load` (checkpoint -> build); ``from_checkpoint`` calls the
-loader that ``load`` registers on import (importing :mod:`immiscible_policy.policy` always does).
+Layering (docs/architecture.md): a policy is made from a config (:meth:`DiffusionPolicy.from_config`) and
+from a checkpoint (:meth:`DiffusionPolicy.from_checkpoint`) here, with modules below this one only (the
+networks of :mod:`~immiscible_policy.policy.networks`, the checkpoint reader, the noising core, the
+normaliser), so ``from_checkpoint`` works whatever else was imported; :mod:`~immiscible_policy.policy.build`
+and :mod:`~immiscible_policy.policy.load` are thin uses of them, and this module imports neither.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from immiscible_policy.noising import NoisingCore, TrainingPair
+from immiscible_policy.checkpoint import (
+    Checkpoint,
+    check_assigner,
+    check_config,
+    load_checkpoint,
+    load_weights,
+)
+from immiscible_policy.config_schema import trainer_sampler
+from immiscible_policy.host import resolve_device
+from immiscible_policy.noising import NoisingCore, TrainingPair, build_core, rename_legacy_objective
+from immiscible_policy.policy.networks import ImageConditionedUnet, build_model, image_obs
 from immiscible_policy.policy.normalizer import MinMaxNormalizer
-from immiscible_policy.policy.unet1d import ConditionalUnet1D
-from immiscible_policy.policy.vision import ImageEncoder, centre_offsets, random_offsets
+from immiscible_policy.policy.vision import centre_offsets, random_offsets
+
+__all__ = [
+    "BATCH_KEYS",
+    "PAIRING_POOL",
+    "DiffusionPolicy",
+    "ImageConditionedUnet",
+    "Policy",
+    "pairing_embedding",
+]
 
 #: Pooling of a frame into the cheap fixed embedding image policies pair with (96x96 -> 8x8).
 PAIRING_POOL = 12
-
-
-class ImageConditionedUnet(nn.Module):
-    """A ConditionalUnet1D whose global condition is, per observation step, (encoder(frame), agent xy),
-    concatenated over the steps: (B, n_obs_steps * (feature_dim + agent_dim)) as in diffusion_policy.
-
-    The encoder is a submodule, so its weights are in the state dict (checkpoints, EMA, DDP's gradient
-    all-reduce); ``forward(x, t, cond)`` takes ``cond = {"image": uint8 (B, To, 3, H, W), "agent_pos":
-    normalised (B, To, 2), "crop": (B, To, 2) corners or absent}`` so the encoder runs inside the
-    (DDP-wrapped) forward. Sampling encodes once (:meth:`global_cond`) and calls :attr:`unet` per step.
-    """
-
-    def __init__(self, encoder: ImageEncoder, unet: ConditionalUnet1D) -> None:
-        super().__init__()
-        self.encoder, self.unet = encoder, unet
-
-    def global_cond(self, images: Tensor, agent_pos: Tensor, crop: Tensor | None = None) -> Tensor:
-        b, steps = images.shape[:2]
-        offsets = None if crop is None else crop.flatten(0, 1)
-        feats = self.encoder(images.flatten(0, 1), offsets).view(b, steps, -1)  # one encoder, every step
-        return torch.cat([feats, agent_pos.to(feats.dtype)], dim=-1).flatten(1)
-
-    def forward(self, sample: Tensor, timestep: Tensor | int | float, cond: Mapping[str, Tensor]) -> Tensor:
-        return self.unet(
-            sample, timestep, self.global_cond(cond["image"], cond["agent_pos"], cond.get("crop"))
-        )
 
 
 def pairing_embedding(images: Tensor) -> Tensor:
@@ -96,10 +91,6 @@ class DiffusionPolicy(nn.Module):
     generator (seeded by ``seed``, so a rollout is repeatable). Load: ``DiffusionPolicy.from_checkpoint(path)``.
     """
 
-    #: the checkpoint loader, registered by :mod:`immiscible_policy.policy.load` when it is imported: it
-    #: builds through :mod:`~immiscible_policy.policy.build`, a layer above this module
-    _checkpoint_loader: ClassVar[Callable[..., DiffusionPolicy] | None] = None
-
     def __init__(
         self,
         net: nn.Module,
@@ -111,7 +102,7 @@ class DiffusionPolicy(nn.Module):
         n_action_steps: int,
         action_dim: int,
         num_inference_steps: int = 100,
-        sampler: str = "ddpm",
+        sampler: str | None = None,
         image_shape: tuple[int, int, int] | None = None,
         crop: int | None = None,
         seed: int = 0,
@@ -126,7 +117,10 @@ class DiffusionPolicy(nn.Module):
         self.core, self.normalizer = core, normalizer
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
         self.action_dim = action_dim
-        self.num_inference_steps, self.sampler = num_inference_steps, sampler
+        #: ``trainer.sampler``'s meaning for a policy (None or ``auto``: DDPM, or the objective's own), checked
+        #: against the objective here rather than at the first rollout
+        self.num_inference_steps = num_inference_steps
+        self.sampler = trainer_sampler({"sampler": sampler}, core.objective, "policy")
         #: image policies (the net is an :class:`ImageConditionedUnet`): frame shape (3, H, W) and crop size
         self.image_shape = None if image_shape is None else tuple(int(d) for d in image_shape)
         if self.image_shape is not None and crop is None:
@@ -181,6 +175,35 @@ class DiffusionPolicy(nn.Module):
         return other.train(net.training)
 
     @classmethod
+    def from_config(
+        cls, cfg: Any, normalizer: MinMaxNormalizer | None, obs_dim: int, action_dim: int, *, seed: int = 0
+    ) -> DiffusionPolicy:
+        """The policy of a resolved config (untrained network, on the CPU), as training builds it and a
+        checkpoint is rebuilt; ``seed`` seeds :attr:`generator`.
+
+        The core is built before the network, the order every run was trained in (the network's initial
+        weights are the global RNG's next draws, so the order is part of a run's numbers)."""
+        task, tr = cfg.task, cfg.trainer
+        core = build_core(tr, cfg.assigner)
+        image = image_obs(task)
+        net = build_model(cfg.model, action_dim, obs_dim, int(task.n_obs_steps), image=image)
+        size = int(task.get("image_size", 96))
+        return cls(
+            net,
+            core,
+            normalizer,
+            horizon=int(task.horizon),
+            n_obs_steps=int(task.n_obs_steps),
+            n_action_steps=int(task.n_action_steps),
+            action_dim=action_dim,
+            num_inference_steps=int(tr.num_inference_steps),
+            sampler=trainer_sampler(tr, core.objective, "policy"),
+            image_shape=(3, size, size) if image else None,
+            crop=net.encoder.crop if image else None,
+            seed=seed,
+        )
+
+    @classmethod
     def from_checkpoint(
         cls,
         path: str | os.PathLike,
@@ -193,14 +216,44 @@ class DiffusionPolicy(nn.Module):
 
         The EMA weights by default (what training evaluates); ``seed`` seeds :attr:`generator`. A
         ``module:Class`` assigner in the checkpoint's config is imported only with ``allow_import=True``
-        (``None``: when ``IMMISCIBLE_ALLOW_IMPORT=1``). :func:`immiscible_policy.policy.load.load_policy`
-        also returns the run's config and checkpoint record.
+        (``None``: when ``IMMISCIBLE_ALLOW_IMPORT=1``). :meth:`from_checkpoint_run` (and
+        :func:`immiscible_policy.policy.load.load_policy`) also return the run's config and checkpoint.
         """
-        loader = DiffusionPolicy._checkpoint_loader
-        if loader is None:  # only if this module was loaded without its package (never by ``import``)
-            raise RuntimeError("import immiscible_policy.policy.load to load policy checkpoints")
-        policy = loader(path, device=device, use_ema=use_ema, seed=seed, allow_import=allow_import)
-        return policy if type(policy) is cls else cls(policy.net, **policy._settings()).eval()
+        policy, _, _ = cls.from_checkpoint_run(
+            path, device=device, use_ema=use_ema, seed=seed, allow_import=allow_import
+        )
+        return policy
+
+    @classmethod
+    def from_checkpoint_run(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str = "auto",
+        use_ema: bool = True,
+        seed: int = 0,
+        allow_import: bool | None = None,
+    ) -> tuple[DiffusionPolicy, Any, Checkpoint]:
+        """(policy, config, checkpoint) of a checkpoint: :meth:`from_checkpoint`'s policy with its run's
+        config (the task, to roll out) and the checkpoint record (path, step, assigner).
+
+        The config is checked before anything is built (one-line errors); registered assigners always
+        load, a ``module:Class`` one only with ``allow_import``."""
+        ck = load_checkpoint(path)
+        check_config(ck.config, ck.path, "policy")
+        check_assigner(ck.config, ck.path, allow_import)
+        # an old config's trainer.prediction_type is read as trainer.objective
+        cfg = rename_legacy_objective(OmegaConf.create(ck.config["cfg"]))
+        if ck.normalizer is None:
+            raise ValueError(
+                f"Checkpoint {ck.path} has no normalizer.json; it was not written by the policy trainer."
+            )
+        normalizer = MinMaxNormalizer.from_dict(ck.normalizer)
+        meta = ck.config["policy"]
+        policy = cls.from_config(cfg, normalizer, int(meta["obs_dim"]), int(meta["action_dim"]), seed=seed)
+        load_weights(policy.net, *ck.select_weights(use_ema))  # the checkpoint holds the network's state dict
+        policy.to(resolve_device(device)).eval()
+        return policy, cfg, ck
 
     # ------------------------------------------------------------------ conditions
 
@@ -235,10 +288,8 @@ class DiffusionPolicy(nn.Module):
 
     def prepare(
         self,
-        batch: Mapping[str, Tensor] | Tensor,
+        batch: Mapping[str, Tensor],
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-        *legacy: Any,
-        images: Tensor | None = None,
     ) -> tuple[TrainingPair, Tensor | dict[str, Tensor]]:
         """A batch's training pair and the network's condition: everything of a step drawn from its
         generator(s), before the forward (the trainer may prepare the next step ahead, ``trainer.pair_ahead``,
@@ -249,10 +300,6 @@ class DiffusionPolicy(nn.Module):
         batch's frames, ``batch["images"]`` uint8 (B, >= n_obs_steps, 3, H, W); their random crops come from
         the same streams.
         """
-        if isinstance(batch, Tensor):  # TRAINERS' CALL: prepare(obs_norm, action_norm, generator, images)
-            batch, generator = _legacy_batch(batch, generator, *legacy, images=images)
-        elif legacy or images is not None:
-            raise TypeError("prepare(batch, generator): the frames go in batch['images']")
         obs_norm, action_norm, images = (batch.get(k) for k in BATCH_KEYS)
         # low-dim: what the U-Net sees is what a condition-aware pairing sees; image: see pairing_cond
         cond = self.pairing_cond(obs_norm, images)
@@ -263,7 +310,7 @@ class DiffusionPolicy(nn.Module):
         net_cond: Tensor | dict[str, Tensor] = cond
         if self.image_shape is not None:
             if images is None:
-                raise ValueError("an image policy's loss needs the batch's frames (images=...)")
+                raise ValueError("an image policy's loss needs the batch's frames (batch['images'])")
             steps = self.n_obs_steps
             crops = self._train_crops(action_norm.shape[0], generator, action_norm.device)
             net_cond = {"image": images[:, :steps], "agent_pos": obs_norm[:, :steps], "crop": crops}
@@ -278,36 +325,26 @@ class DiffusionPolicy(nn.Module):
     ) -> tuple[Tensor, Tensor, TrainingPair]:
         """The training loss (what ``DistributedDataParallel(policy)(batch, generator)`` computes); see
         :meth:`loss`."""
-        return self._loss(self.net, batch, generator, prepared)
+        tp, net_cond = prepared if prepared is not None else self.prepare(batch, generator)
+        pred = self.net(tp.x_t, tp.model_timesteps, net_cond)
+        per_sample = F.mse_loss(pred, tp.target, reduction="none").flatten(1).mean(1)
+        return per_sample.mean(), per_sample, tp
 
     def loss(
         self,
-        batch: Mapping[str, Tensor] | nn.Module | None,
-        generator: torch.Generator | Sequence[torch.Generator] | Tensor | None = None,
-        *legacy: Any,
-        images: Tensor | None = None,
+        batch: Mapping[str, Tensor] | None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        *,
         prepared: tuple[TrainingPair, Tensor | dict[str, Tensor]] | None = None,
     ) -> tuple[Tensor, Tensor, TrainingPair]:
         """Mean loss, per-sample loss (B,) and the training pair of a normalised batch (:meth:`prepare`d
         here from ``generator``, or given as ``prepared``, when ``batch`` is not read and may be None).
 
-        Gradients reach the network's parameters only (the policy has no others).
+        Gradients reach the network's parameters only (the policy has no others). The trainer calls the
+        (DDP-wrapped) policy itself, ``policy(None, prepared=pair)``: the same loss through :meth:`forward`,
+        which is what lets DDP synchronise the gradients.
         """
-        if isinstance(batch, nn.Module):
-            # TRAINERS' CALL until they use .loss(batch): loss(model, obs_norm, action_norm, generator,
-            # images=None, prepared=None), the network passed in (the DDP-wrapped one in training)
-            net = batch
-            batch, generator = _legacy_batch(generator, *legacy, images=images)
-            return self._loss(net, batch, generator, prepared)
-        if legacy or images is not None:
-            raise TypeError("loss(batch, generator, prepared=None): the frames go in batch['images']")
         return self(batch, generator, prepared=prepared)
-
-    def _loss(self, net, batch, generator, prepared) -> tuple[Tensor, Tensor, TrainingPair]:
-        tp, net_cond = prepared if prepared is not None else self.prepare(batch, generator)
-        pred = net(tp.x_t, tp.model_timesteps, net_cond)
-        per_sample = F.mse_loss(pred, tp.target, reduction="none").flatten(1).mean(1)
-        return per_sample.mean(), per_sample, tp
 
     # ------------------------------------------------------------------ acting
 
@@ -365,17 +402,6 @@ class DiffusionPolicy(nn.Module):
             )
         frames = obs[..., :n_pix].round().clamp(0, 255).to(torch.uint8)
         return frames.reshape(*obs.shape[:-1], *self.image_shape), obs[..., n_pix:]
-
-
-def _legacy_batch(
-    obs_norm: Tensor, action_norm: Tensor, generator: Any = None, images: Tensor | None = None
-) -> tuple[dict[str, Tensor], Any]:
-    """TRAINERS' CALL (delete with it): the positional (obs_norm, action_norm, generator, images) of the
-    old ``prepare`` / ``loss`` as (batch, generator)."""
-    batch = {"obs": obs_norm, "action": action_norm}
-    if images is not None:
-        batch["images"] = images
-    return batch, generator
 
 
 class Policy(DiffusionPolicy):

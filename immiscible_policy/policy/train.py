@@ -21,7 +21,7 @@ from torch import Tensor
 
 from immiscible_policy.ema import ema_module
 from immiscible_policy.fit import Due, Trainer, every, fit
-from immiscible_policy.policy.build import build_model, build_policy, policy_sampler
+from immiscible_policy.policy.build import build_model, make_policy, policy_sampler
 from immiscible_policy.policy.dataset import describe_source
 from immiscible_policy.policy.evaluate import rollout, validation_loss
 from immiscible_policy.policy.load import load_policy
@@ -31,7 +31,6 @@ from immiscible_policy.training import TrainingRun, preserve_rng, resolve_device
 # the loop is train_policy; the rest is re-exported for code that imported it from here
 __all__ = [
     "build_model",
-    "build_policy",
     "load_policy",
     "policy_sampler",
     "resolve_device",
@@ -67,15 +66,18 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
     n_windows, batch = act_all.shape[0], topo.global_batch
     run.check_batch(n_windows, "windows")
 
-    # ---- model, optimiser, schedule, EMA, resume (the lr scheduler exists before any state is loaded)
-    model, policy = build_policy(cfg, normalizer, dataset.obs_dim, dataset.action_dim)
+    # ---- policy, optimiser, schedule, EMA, resume (the lr scheduler exists before any state is loaded)
+    policy = make_policy(cfg, normalizer, dataset.obs_dim, dataset.action_dim)
+    net = policy.net  # what the optimiser, the EMA and the checkpoints hold (the keys of every run)
     steps_per_epoch = n_windows // batch  # drop_last: every step sees a full global batch
     if tr.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, int(tr.max_steps_per_epoch))
     epochs = int(tr.epochs)
-    train_model, start_epoch, step = run.prepare(
-        model,
+    # the training forward is the policy's (DDP-wrapped under several processes: gradients all-reduced)
+    train_forward, start_epoch, step = run.prepare(
+        net,
         policy.core.assigner,
+        forward=policy,
         total_steps=epochs * steps_per_epoch,
         steps_per_epoch=steps_per_epoch,
         policy={"obs_dim": dataset.obs_dim, "action_dim": dataset.action_dim},
@@ -83,7 +85,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
     )
     opt = run.opt
 
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in net.parameters())
     if main:
         print(
             f"[immiscible] task={task.name} assigner={policy.core.assigner!r} "
@@ -105,17 +107,16 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
         score and modes (``sym_*``; docs/modes.md)."""
         from immiscible_policy.analysis.modes import flat_modes
 
+        ema_policy = policy.with_net(ema_module(opt.ema, net))  # the EMA weights, the policy's settings
         if not rolls_out(task):  # task=lerobot task.eval_env=none: no env, the validation loss instead
-            record.update(validation_loss(policy, ema_module(opt.ema, model), dataset, seed=int(tr.seed)))
+            record.update(validation_loss(ema_policy, dataset, seed=int(tr.seed)))
             return {}
         kw: dict[str, Any] = {}
         if video:
             kw["video_path"] = run.run_dir / "videos" / f"epoch_{int(record['epoch']):04d}.{video}"
             kw["n_video_episodes"] = int(task.eval.get("n_video_episodes", 2))
         with preserve_rng():
-            metrics = rollout(
-                policy, ema_module(opt.ema, model), task, seed=int(tr.seed), progress=bool(tr.progress), **kw
-            )
+            metrics = rollout(ema_policy, task, seed=int(tr.seed), progress=bool(tr.progress), **kw)
         record.update(mean_score=metrics["mean_score"], success_rate=metrics["success_rate"])
         record["eval_seconds"] = metrics["seconds"]
         if "modes" in metrics:  # PushT: which way the T turned, flat for the loggers (docs/modes.md)
@@ -124,8 +125,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
         if n_symmetric:  # task.eval.symmetric_rollouts: the same policy from the symmetric starts, no video
             with preserve_rng():
                 sym = rollout(
-                    policy,
-                    ema_module(opt.ema, model),
+                    ema_policy,
                     task,
                     seed=int(tr.seed),
                     progress=bool(tr.progress),
@@ -166,18 +166,20 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
             evaluate=every(epoch, eval_every) or (epoch == epochs and eval_at_end),
         )
 
-    def prepare(idx: Tensor, gens: list[torch.Generator]) -> tuple[Tensor, Any]:
-        """The rows' training pair (and the rows, which the loss reads)."""
-        images = None if frame_rows is None else frames[frame_rows[idx]]
-        return idx, policy.prepare(obs_all[idx], act_all[idx], gens, images=images)
+    def prepare(idx: Tensor, gens: list[torch.Generator]) -> Any:
+        """The rows' training pair and the network's condition (:meth:`DiffusionPolicy.prepare`)."""
+        batch = {"obs": obs_all[idx], "action": act_all[idx]}
+        if frame_rows is not None:
+            batch["images"] = frames[frame_rows[idx]]
+        return policy.prepare(batch, gens)
 
-    def loss(item: tuple[Tensor, Any]) -> tuple[Tensor, Tensor, Any]:
-        idx, pair = item
-        return policy.loss(train_model, obs_all[idx], act_all[idx], None, prepared=pair)
+    def loss(pair: Any) -> tuple[Tensor, Tensor, Any]:
+        """The loss through the (DDP-wrapped) policy's forward, so that the gradients are synchronised."""
+        return train_forward(None, prepared=pair)
 
     def checkpoint(step: int, epoch: int, pending: dict[str, Any]) -> None:
         """The training state, and the normaliser a loaded policy needs."""
-        run.checkpoint(model, step, epoch=epoch, pending=pending, normalizer=normalizer.to_dict())
+        run.checkpoint(net, step, epoch=epoch, pending=pending, normalizer=normalizer.to_dict())
 
     trainer = Trainer(
         unit="epoch",
@@ -185,7 +187,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
         rows=n_windows,
         steps_per_epoch=steps_per_epoch,
         core=policy.core,
-        model=model,
+        model=net,
         prepare=prepare,
         loss=loss,
         due=due_at,

@@ -72,15 +72,27 @@ class TrainingRun:
             )
 
     def prepare(
-        self, model: nn.Module, assigner: Any, *, total_steps: int, steps_per_epoch: int, **meta: Any
+        self,
+        model: nn.Module,
+        assigner: Any,
+        *,
+        total_steps: int,
+        steps_per_epoch: int,
+        forward: nn.Module | None = None,
+        **meta: Any,
     ) -> tuple[nn.Module, int, int]:
         """Model on the device (DDP-wrapped for the training forward), AdamW + lr schedule + EMA over
         ``total_steps`` (the scheduler built before any state is loaded), the config record (``meta``:
         the trainer's shape facts, see :func:`run_record`), the checkpoint restored when resuming, and
         the log opened on the main process (records after the restored step dropped).
 
-        Returns ``(train_model, epoch, step)``: the module to call in the training forward (``model``
-        itself in one process) and where training continues (``(0, 0)`` for a new run).
+        ``forward``: the module whose forward is the training loss when that is not ``model``'s, e.g. the
+        policy that owns ``model`` as its network; it is what DDP wraps (DDP synchronises the gradients
+        of the module it runs the forward of), while the optimiser, EMA and checkpoints keep ``model``
+        (its state dict's keys). It must have exactly ``model``'s parameters.
+
+        Returns ``(train_model, epoch, step)``: the module to call in the training forward (``forward``,
+        default ``model``, itself in one process) and where training continues (``(0, 0)`` for a new run).
         """
         topo, tr = self.topo, self.tr
         topo.check(assigner)
@@ -90,8 +102,14 @@ class TrainingRun:
             describe=self._diverged_fix,
             reduce=topo.sum if topo.world_size > 1 else None,
         )
-        model.to(self.device)
-        train_model = topo.wrap(model)  # DDP under several processes; ``model`` stays the bare module
+        forward = model if forward is None else forward
+        if [id(p) for p in forward.parameters()] != [id(p) for p in model.parameters()]:
+            raise ValueError(
+                f"the training forward's module ({type(forward).__name__}) must have exactly the model's "
+                "parameters: DDP all-reduces the gradients of the one, the optimiser steps the other"
+            )
+        forward.to(self.device)  # ``model`` with it
+        train_model = topo.wrap(forward)  # DDP under several processes; ``model`` stays the bare module
         self.opt = make_optimization(model, tr, total_steps)
         self.config_record = run_record(
             self.cfg,

@@ -14,7 +14,7 @@ from image_helpers import compose_cfg, last_ckpt
 from PIL import Image
 from safetensors.torch import load_file
 
-from immiscible_policy.image.sampling import generate, load_image_model
+from immiscible_policy.image.diffusion import load_image_diffusion
 from immiscible_policy.image.train import train_image
 
 
@@ -133,9 +133,10 @@ def test_rectified_flow_with_scale_decodes(tmp_path, small_task):
     over = [*small_task, "assigner=scale", "trainer.objective=flow", "trainer.max_steps=2", f"run_dir={run}"]
     rec = train_image(compose_cfg(over), run)
     assert rec["step"] == 2 and rec["train_loss"] > 0
-    model, core, cfg, ck = load_image_model(run, device="cpu")
+    diffusion, cfg, ck = load_image_diffusion(run, device="cpu")
+    core = diffusion.core
     assert core.objective == "flow" and ck.config["assigner"]["name"] == "scale"
-    x = generate(model, core, 3, channels=1, image_size=16, steps=2, sampler="euler", seed=0)
+    x = diffusion.sample(3, 2, "euler", seed=0)
     assert x.shape == (3, 1, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1
     with pytest.raises(ValueError, match="does not fit objective 'flow'"):
         train_image(compose_cfg([*over, "trainer.sampler=ddim"]), tmp_path / "bad")

@@ -168,7 +168,8 @@ def _fid_cfg(**kw):
 def test_trainer_metrics_record_the_mode(monkeypatch):
     calls = []
 
-    def fake_generate(model, core, n, **kw):
+    def fake_samples(diffusion, section, **kw):
+        n = int(section.n_samples)
         calls.append(n)
         return torch.zeros(n, 1, 8, 8)
 
@@ -176,13 +177,13 @@ def test_trainer_metrics_record_the_mode(monkeypatch):
         calls.append(kw["resize"])
         return {"fid": 1.0, "kid": 0.1, "kid_std": 0.0, "n_fake": len(fake), "n_real": len(real), **kw}
 
-    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    monkeypatch.setattr(evaluate, "seeded_samples", fake_samples)
     monkeypatch.setattr(fid, "evaluate_images", fake_evaluate_images)
-    kw = dict(steps=1, sampler="ddim", batch_size=4, num_classes=0, bf16=False, device="cpu")
+    kw = dict(steps=1, sampler="ddim", batch_size=4, device="cpu")
     for cfg, mode in ((_fid_cfg(), "tf1"), (_fid_cfg(resize="torch"), "torch")):
-        metrics, _ = evaluate.fid_kid(None, None, _Dataset(), cfg, **kw)
+        metrics, _ = evaluate.fid_kid(None, _Dataset(), cfg, **kw)
         assert metrics["fid_resize"] == mode and json.loads(json.dumps(metrics))["fid_resize"] == mode
     assert calls == [4, "tf1", 4, "torch"]
     with pytest.raises(ValueError, match=r"^trainer\.fid\.resize must be one of tf1, torch; got 'x'$"):
-        evaluate.fid_kid(None, None, _Dataset(), _fid_cfg(resize="x"), **kw)
+        evaluate.fid_kid(None, _Dataset(), _fid_cfg(resize="x"), **kw)
     assert calls == [4, "tf1", 4, "torch"]  # refused before sampling
