@@ -33,6 +33,7 @@ from immiscible_policy.checkpoint import (
     load_weights,
 )
 from immiscible_policy.config_schema import trainer_sampler
+from immiscible_policy.diffusion_module import DiffusionModule
 from immiscible_policy.host import resolve_device
 from immiscible_policy.image.data import to_unit
 from immiscible_policy.image.model import build_unet, predict
@@ -46,7 +47,7 @@ def sample_labels(n: int, num_classes: int) -> Tensor | None:
     return torch.arange(n) % num_classes if num_classes else None
 
 
-class ImageDiffusion(nn.Module):
+class ImageDiffusion(DiffusionModule):
     """An image diffusion model: network + noising core + sampler settings + class conditioning.
 
     Train: ``loss, per_sample, pair = diffusion.loss({"images": x, "labels": y}, generator)``. Draw:
@@ -80,8 +81,7 @@ class ImageDiffusion(nn.Module):
         bf16: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.net, self.core = net, core
+        super().__init__(net, core, seed)
         self.sampler = trainer_sampler({"sampler": sampler}, core.objective, "image")
         self.num_inference_steps = int(num_inference_steps)
         config = getattr(net, "config", None)
@@ -89,35 +89,11 @@ class ImageDiffusion(nn.Module):
         self.channels = int(channels if channels is not None else config.in_channels)
         self.image_size = int(image_size if image_size is not None else config.sample_size)
         self.bf16 = bool(bf16)
-        self.seed = int(seed)
-        self._generator: torch.Generator | None = None
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @property
-    def generator(self) -> torch.Generator:
-        """The stream :meth:`sample` draws from when given neither ``seed`` nor ``generator``: seeded by
-        ``seed`` on the net's device at first use (again if the net has moved since)."""
-        device = self.device
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generator
-
-    def reset(self, seed: int | None = None) -> None:
-        """Restart :attr:`generator` from ``seed`` (default: the model's)."""
-        if seed is not None:
-            self.seed = int(seed)
-        self._generator = None
-
-    def with_net(self, net: nn.Module) -> ImageDiffusion:
-        """This model around another network of the same shape (core and settings shared, not copied), e.g.
-        the EMA copy of a network that the trainer samples and scores; the new object's mode follows
-        ``net``'s."""
-        other = ImageDiffusion(
-            net,
-            self.core,
+    def settings(self) -> dict[str, Any]:
+        """Everything but the network, as constructor keywords."""
+        return dict(
+            core=self.core,
             sampler=self.sampler,
             num_inference_steps=self.num_inference_steps,
             num_classes=self.num_classes,
@@ -126,23 +102,11 @@ class ImageDiffusion(nn.Module):
             bf16=self.bf16,
             seed=self.seed,
         )
-        return other.train(net.training)
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        device: str = "auto",
-        use_ema: bool = True,
-        seed: int = 0,
-        allow_import: bool | None = None,
-    ) -> ImageDiffusion:
-        """The model of an image checkpoint (run dir, ``checkpoints/`` or a step dir), in eval mode; the EMA
-        weights by default. :func:`load_image_diffusion` also returns the run's config and checkpoint."""
-        diffusion, _, _ = load_image_diffusion(
-            path, device=device, use_ema=use_ema, seed=seed, allow_import=allow_import
-        )
-        return diffusion
+    def from_checkpoint_run(cls, path: str | os.PathLike, **load: Any) -> tuple[ImageDiffusion, Any, Any]:
+        """(model, config, checkpoint) of an image checkpoint: :func:`load_image_diffusion`."""
+        return load_image_diffusion(path, **load)
 
     # ------------------------------------------------------------------ the network
 

@@ -42,6 +42,7 @@ from immiscible_policy.checkpoint import (
     load_weights,
 )
 from immiscible_policy.config_schema import trainer_sampler
+from immiscible_policy.diffusion_module import DiffusionModule
 from immiscible_policy.host import resolve_device
 from immiscible_policy.noising import NoisingCore, TrainingPair, build_core, rename_legacy_objective
 from immiscible_policy.policy.networks import ImageConditionedUnet, build_model, image_obs
@@ -82,7 +83,7 @@ def pairing_embedding(images: Tensor) -> Tensor:
 BATCH_KEYS = ("obs", "action", "images")
 
 
-class DiffusionPolicy(nn.Module):
+class DiffusionPolicy(DiffusionModule):
     """A diffusion policy: network + noising core + normaliser + sampler settings.
 
     Train: ``loss, per_sample, pair = policy.loss(batch, generator)`` with ``batch = {"obs": (B, >=To,
@@ -107,14 +108,13 @@ class DiffusionPolicy(nn.Module):
         crop: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(net, core, seed)
         if n_obs_steps - 1 + n_action_steps > horizon:
             raise ValueError(
                 f"n_obs_steps - 1 + n_action_steps = {n_obs_steps - 1 + n_action_steps} exceeds horizon "
                 f"{horizon}; lower n_action_steps or raise horizon."
             )
-        self.net = net
-        self.core, self.normalizer = core, normalizer
+        self.normalizer = normalizer
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
         self.action_dim = action_dim
         #: ``trainer.sampler``'s meaning for a policy (None or ``auto``: DDPM, or the objective's own), checked
@@ -126,33 +126,10 @@ class DiffusionPolicy(nn.Module):
         if self.image_shape is not None and crop is None:
             crop = net.encoder.crop
         self.crop = crop
-        self.seed = int(seed)
-        self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------ the object
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @property
-    def generator(self) -> torch.Generator:
-        """The sampling generator :meth:`predict_action` draws from, seeded by ``seed`` on the net's device.
-
-        Made at first use (and made again, from ``seed``, if the net has moved to another device since: a
-        generator draws only on its own device)."""
-        device = self.device
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generator
-
-    def reset(self, seed: int | None = None) -> None:
-        """Restart the sampling stream from ``seed`` (default: the policy's), e.g. before each evaluation."""
-        if seed is not None:
-            self.seed = int(seed)
-        self._generator = None
-
-    def _settings(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         """Everything but the network, as constructor keywords."""
         return dict(
             core=self.core,
@@ -167,12 +144,6 @@ class DiffusionPolicy(nn.Module):
             crop=self.crop,
             seed=self.seed,
         )
-
-    def with_net(self, net: nn.Module) -> DiffusionPolicy:
-        """This policy around another network of the same shape (core, normaliser and settings shared, not
-        copied), e.g. the EMA copy of a network; the new object's mode follows ``net``'s."""
-        other = DiffusionPolicy(net, **self._settings())
-        return other.train(net.training)
 
     @classmethod
     def from_config(
@@ -202,27 +173,6 @@ class DiffusionPolicy(nn.Module):
             crop=net.encoder.crop if image else None,
             seed=seed,
         )
-
-    @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        device: str = "auto",
-        use_ema: bool = True,
-        seed: int = 0,
-        allow_import: bool | None = None,
-    ) -> DiffusionPolicy:
-        """The policy of a checkpoint (a run dir, its ``checkpoints/`` or one step dir), in eval mode.
-
-        The EMA weights by default (what training evaluates); ``seed`` seeds :attr:`generator`. A
-        ``module:Class`` assigner in the checkpoint's config is imported only with ``allow_import=True``
-        (``None``: when ``IMMISCIBLE_ALLOW_IMPORT=1``). :meth:`from_checkpoint_run` (and
-        :func:`immiscible_policy.policy.load.load_policy`) also return the run's config and checkpoint.
-        """
-        policy, _, _ = cls.from_checkpoint_run(
-            path, device=device, use_ema=use_ema, seed=seed, allow_import=allow_import
-        )
-        return policy
 
     @classmethod
     def from_checkpoint_run(
@@ -412,7 +362,7 @@ class Policy(DiffusionPolicy):
         if len(args) >= 2 and isinstance(args[1], DiffusionPolicy):  # the old Policy(model, diffusion, seed)
             _deprecated(stacklevel=3)
             model, diffusion, *rest = args
-            settings = {**diffusion._settings(), "seed": rest[0] if rest else kw.pop("seed", 0), **kw}
+            settings = {**diffusion.settings(), "seed": rest[0] if rest else kw.pop("seed", 0), **kw}
             super().__init__(model, **settings)
             self.eval()
         else:
