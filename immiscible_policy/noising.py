@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -355,7 +355,9 @@ def rename_legacy_objective(cfg: Any) -> Any:
     return cfg
 
 
-def build_scheduler(objective: str, *, num_train_timesteps: int, beta_schedule: str) -> Objective:
+def build_scheduler(
+    objective: str, *, num_train_timesteps: int, beta_schedule: str, params: Mapping[str, Any] | None = None
+) -> Objective:
     """The objective named ``objective`` (:func:`immiscible_policy.objectives.create`), which
     :class:`NoisingCore` takes; for the built-ins what this built before objectives were strategies,
     diffusers' DDPM (clip_sample) inside a ``DDPMObjective``, or :class:`RectifiedFlow`.
@@ -363,7 +365,9 @@ def build_scheduler(objective: str, *, num_train_timesteps: int, beta_schedule: 
     Flow timesteps t in [0, 1] are fed to the model as t x ``num_train_timesteps`` so one network
     config serves both (its timestep embedding sees the same range).
     """
-    return objectives.create(objective, num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+    return objectives.create(
+        objective, num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, params=params
+    )
 
 
 def build_core(tr: Any, assigner_cfg: Any) -> NoisingCore:
@@ -376,8 +380,20 @@ def build_core(tr: Any, assigner_cfg: Any) -> NoisingCore:
         trainer_objective(tr),
         num_train_timesteps=int(tr.num_train_timesteps),
         beta_schedule=str(tr.beta_schedule),
+        params=objective_params(tr),
     )
     return NoisingCore(objective, create_from_config(assigner_cfg), PairingSchedule.from_config(assigner_cfg))
+
+
+def objective_params(tr: Any) -> dict[str, Any]:
+    """``trainer.objective_params`` as a plain dict (absent or null: none; runs recorded before it existed
+    have none)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    params = tr.get("objective_params")
+    if isinstance(params, DictConfig):
+        params = OmegaConf.to_container(params, resolve=True)
+    return dict(params or {})
 
 
 def resolve_sampler(objective: str, sampler: str | None, diffusion_default: str = "ddim") -> str:

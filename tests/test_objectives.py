@@ -478,3 +478,51 @@ def test_a_registered_objective_trains_and_samples_through_the_policy_trainer(tm
     assert actions.shape == (policy.n_action_steps, policy.action_dim) and np.isfinite(actions).all()
     again = DiffusionPolicy.from_checkpoint(run, device="cpu", seed=0).predict_action(obs)
     np.testing.assert_array_equal(actions, again)  # a seeded policy samples the same actions
+
+
+# ------------------------------------------------------------------------- the objective's own settings
+
+
+class TunableFlowX0(FlowX0):
+    """The toy with a setting of its own, given through ``trainer.objective_params`` (as an EDM objective
+    would take its sigma_max)."""
+
+    names = ("toy-tunable",)
+
+    @classmethod
+    def from_trainer(cls, name, *, num_train_timesteps, beta_schedule, **params):
+        return cls(**{"timestep_scale": num_train_timesteps, **params})
+
+
+def test_objective_params_reach_the_objective_from_the_command_line():
+    from immiscible_policy.config_check import check_config
+    from immiscible_policy.noising import build_core
+
+    objectives.register("toy-tunable")(TunableFlowX0)
+    try:
+        cfg = cfg_of("trainer.objective=toy-tunable", "trainer.objective_params={timestep_scale: 7}")
+        check_config(cfg, "policy")
+        assert build_core(cfg.trainer, cfg.assigner).objective_impl.timestep_scale == 7.0
+        plain = cfg_of("trainer.objective=toy-tunable")  # null: the objective's own defaults
+        assert build_core(plain.trainer, plain.assigner).objective_impl.timestep_scale == float(
+            plain.trainer.num_train_timesteps
+        )
+    finally:
+        objectives.unregister("toy-tunable")
+
+
+def test_objective_params_a_built_in_does_not_take_are_refused_in_one_line():
+    from immiscible_policy.noising import build_core
+
+    cfg = cfg_of("trainer.objective=flow", "trainer.objective_params={sigma_max: 80}")
+    with pytest.raises(objectives.ObjectiveError) as err:
+        build_core(cfg.trainer, cfg.assigner)
+    line = str(err.value)
+    assert "\n" not in line and "objective 'flow' takes no objective_params (got sigma_max)" in line, line
+
+
+def test_objective_params_that_are_not_a_mapping_are_one_line():
+    from immiscible_policy.config_check import check_config
+
+    with pytest.raises(ValueError, match=r"^trainer.objective_params=3 is not a mapping of the objective's"):
+        check_config(cfg_of("trainer.objective_params=3"), "policy")

@@ -30,6 +30,18 @@ def _check_objective(key: str, value: Any) -> None:
         raise bad_value(key, value, f"is not supported{hint}", rule) from None
 
 
+def _check_objective_params(key: str, value: Any) -> None:
+    """null or a mapping of setting names (the objective checks the values when it is built)."""
+    from collections.abc import Mapping
+
+    if value is None or (isinstance(value, Mapping) and all(isinstance(k, str) for k in value)):
+        return
+    raise ValueError(
+        f"{key}={show(value)} is not a mapping of the objective's settings; use e.g. "
+        f"'{key}={{sigma_max: 80}}', or null for none."
+    )
+
+
 def _check_video(key: str, value: Any) -> None:
     from immiscible_policy.video import check_format
 

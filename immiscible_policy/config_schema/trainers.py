@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from immiscible_policy.config_schema.checks import _check_objective, _check_resize, _check_video
+from immiscible_policy.config_schema.checks import (
+    _check_objective,
+    _check_objective_params,
+    _check_resize,
+    _check_video,
+)
 from immiscible_policy.config_schema.fields import BETA_SCHEDULES, LR_SCHEDULERS, redefault, section, setting
 from immiscible_policy.video import VIDEO_FORMATS
 
@@ -68,6 +73,15 @@ class TrainerConfig:
         "registered objective or module:Class (docs/objectives.md)",
         optional=True,
         check=_check_objective,
+    )
+    objective_params: dict | None = setting(
+        None,
+        "the objective's own settings, as keyword arguments of its from_trainer (a plugin objective's, e.g. "
+        "'trainer.objective_params={sigma_max: 80}'); the built-ins take none",
+        optional=True,
+        note="null = none",
+        example={"sigma_max": 80.0},
+        check=_check_objective_params,
     )
     sampler: str = setting(
         "auto",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -55,14 +55,17 @@ class Objective(ABC):
     samplers: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def from_trainer(cls, name: str, *, num_train_timesteps: int, beta_schedule: str) -> Objective:
+    def from_trainer(
+        cls, name: str, *, num_train_timesteps: int, beta_schedule: str, **params: Any
+    ) -> Objective:
         """The objective ``trainer.objective=name`` selects, built from the trainer's noise settings.
 
         Why a classmethod and not the constructor: one class may serve several names (DDPM's prediction
         types) and the trainer's settings mean different things per objective (a DDPM schedule's length,
-        a flow's timestep scale); each objective reads what it needs. The default takes none.
+        a flow's timestep scale); each objective reads what it needs. ``params`` are the objective's own
+        settings (``trainer.objective_params``). The default passes them to the constructor.
         """
-        return cls()
+        return cls(**params)
 
     # ----------------------------------------------------------------------------------- training
     @abstractmethod
@@ -156,3 +159,9 @@ class Objective(ABC):
 def broadcast(t: Tensor, like: Tensor) -> Tensor:
     """(B,) per-sample values as (B, 1, ..., 1) in ``like``'s dtype, to scale a (B, ...) batch."""
     return t.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def refuse_params(name: str, params: dict[str, Any]) -> None:
+    """An objective without settings of its own refuses ``trainer.objective_params`` (never ignores it)."""
+    if params:
+        raise ValueError(f"objective {name!r} takes no objective_params (got {', '.join(sorted(params))})")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from immiscible_policy.objectives.base import ModelFn, Objective
+from immiscible_policy.objectives.base import ModelFn, Objective, refuse_params
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -49,8 +49,12 @@ class DDPMObjective(Objective):
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
 
     @classmethod
-    def from_trainer(cls, name: str, *, num_train_timesteps: int, beta_schedule: str) -> DDPMObjective:
-        """diffusers' DDPM with ``clip_sample`` on (the trainers' training scheduler since the start)."""
+    def from_trainer(
+        cls, name: str, *, num_train_timesteps: int, beta_schedule: str, **params: Any
+    ) -> DDPMObjective:
+        """diffusers' DDPM with ``clip_sample`` on (the trainers' training scheduler since the start); its
+        settings are the trainer's, so ``trainer.objective_params`` is refused rather than ignored."""
+        refuse_params(name, params)
         if name not in PREDICTION_TYPES:
             raise ValueError(
                 f"{cls.__qualname__} serves the objectives {', '.join(PREDICTION_TYPES)}; select it by one "

@@ -8,11 +8,12 @@ sampling and the inversion analysis, so the map the analysis inverts is the one 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from immiscible_policy.objectives.base import ModelFn, Objective, broadcast
+from immiscible_policy.objectives.base import ModelFn, Objective, broadcast, refuse_params
 
 
 class RectifiedFlow(Objective):
@@ -35,8 +36,12 @@ class RectifiedFlow(Objective):
         self.timestep_scale = float(timestep_scale)
 
     @classmethod
-    def from_trainer(cls, name: str, *, num_train_timesteps: int, beta_schedule: str) -> RectifiedFlow:
-        """Flow has no noise schedule (``beta_schedule`` is unused); ``num_train_timesteps`` scales t."""
+    def from_trainer(
+        cls, name: str, *, num_train_timesteps: int, beta_schedule: str, **params: Any
+    ) -> RectifiedFlow:
+        """Flow has no noise schedule (``beta_schedule`` is unused); ``num_train_timesteps`` scales t; no
+        ``trainer.objective_params`` (refused rather than ignored)."""
+        refuse_params(name, params)
         return cls(timestep_scale=float(num_train_timesteps))
 
     def draw_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None) -> Tensor:

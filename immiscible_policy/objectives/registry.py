@@ -11,7 +11,8 @@ built-ins only. The built-ins are registered in this package's ``pyproject.toml`
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from immiscible_policy.objectives.base import Objective
 from immiscible_policy.registry import Entry, Registry, RegistryErrors, one_line
@@ -92,21 +93,28 @@ def get_class(name: str) -> type[Objective]:
     return REGISTRY.get_class(name)
 
 
-def create(name: str, *, num_train_timesteps: int, beta_schedule: str) -> Objective:
+def create(
+    name: str, *, num_train_timesteps: int, beta_schedule: str, params: Mapping[str, Any] | None = None
+) -> Objective:
     """The objective ``trainer.objective=name`` selects, built from the trainer's noise settings
-    (:meth:`Objective.from_trainer`); its :attr:`~Objective.name` is ``name``, so the core, the records
-    and the sampler checks all see the name the config gave."""
+    (:meth:`Objective.from_trainer`) and its own settings ``params`` (``trainer.objective_params``); its
+    :attr:`~Objective.name` is ``name``, so the core, the records and the sampler checks all see the name
+    the config gave."""
     cls = get_class(name)
     try:
         objective = cls.from_trainer(
-            name, num_train_timesteps=int(num_train_timesteps), beta_schedule=str(beta_schedule)
+            name,
+            num_train_timesteps=int(num_train_timesteps),
+            beta_schedule=str(beta_schedule),
+            **dict(params or {}),
         )
     except ObjectiveError:
         raise
     except (TypeError, ValueError, NotImplementedError) as exc:
         raise ObjectiveError(
             f"Objective '{name}' could not be built (num_train_timesteps={num_train_timesteps!r}, "
-            f"beta_schedule={beta_schedule!r}): {one_line(exc).rstrip('.')}."
+            f"beta_schedule={beta_schedule!r}, objective_params={dict(params or {})!r}): "
+            f"{one_line(exc).rstrip('.')}."
         ) from exc
     if not isinstance(objective, Objective):
         raise ObjectiveError(
