@@ -1,7 +1,8 @@
 """Where a run ran: the machine facts that decide its speed, recorded in every run's ``config.json``.
 
-Why: the same config trains 5x faster on one CPU than on another (AVX-512/AMX vs AVX2 only), so a
-time or throughput quoted from a run is only meaningful next to the host it was measured on.
+Why: the same config trains several times faster on one CPU than on another (AVX-512/AMX vs AVX2 only:
+docs/results.md), so a time or throughput quoted from a run is only meaningful next to the host it was
+measured on.
 """
 
 from __future__ import annotations

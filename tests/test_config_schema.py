@@ -187,8 +187,7 @@ def test_run_configs_written_before_the_schema_still_pass(run):
 
 def test_auto_sampler_is_decided_by_the_trainer_schema():
     """``trainer.sampler=auto``: each trainer's ``diffusion_sampler`` for diffusion objectives, the
-    objective's own for flow; the policy builder and the image trainer (resolve_sampler's default) agree
-    with the schema until they ask it."""
+    objective's own for flow; the policy builder and the image side ask the schema, so they agree."""
     from immiscible_policy.noising import resolve_sampler
     from immiscible_policy.policy.build import policy_sampler
 

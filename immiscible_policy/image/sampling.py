@@ -1,8 +1,7 @@
 """Image sample grids, shared by training (its grids), ``immiscible-sample`` and the analyses.
 
 The sampling itself (objective, sampler, class labels, batches, seeding) is
-:meth:`ImageDiffusion.sample <immiscible_policy.image.diffusion.ImageDiffusion.sample>`. The objectives,
-samplers and :func:`sample_labels` re-exported here stay for code that imported them from this module.
+:meth:`ImageDiffusion.sample <immiscible_policy.image.diffusion.ImageDiffusion.sample>`.
 """
 
 from __future__ import annotations
@@ -13,10 +12,8 @@ import numpy as np
 from torch import Tensor
 
 from immiscible_policy.image.data import to_uint8
-from immiscible_policy.image.diffusion import sample_labels
-from immiscible_policy.noising import OBJECTIVES, SAMPLERS, build_core, resolve_sampler
 
-__all__ = ["OBJECTIVES", "SAMPLERS", "build_core", "resolve_sampler", "sample_labels", "save_grid"]
+__all__ = ["save_grid"]
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path:
