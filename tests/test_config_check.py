@@ -204,7 +204,7 @@ def _unknown_keys(values: dict, cls: type, prefix: str) -> list[str]:
 @pytest.mark.parametrize("group", ["trainer", "model"])
 def test_every_shipped_trainer_key_is_known(group):
     """A key in configs/trainer/*.yaml or configs/model/*.yaml must be a field of its schema dataclass
-    (config_schema.py), sections included (else it is rejected as unknown)."""
+    (config_schema/), sections included (else it is rejected as unknown)."""
     for path in sorted((CONFIGS / group).glob("*.yaml")):
         values = yaml.safe_load(path.read_text()) or {}
         values.pop("defaults", None)

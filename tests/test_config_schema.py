@@ -1,4 +1,4 @@
-"""The settings' dataclasses (config_schema.py) are the one source of defaults, types and ranges.
+"""The settings' dataclasses (config_schema/) are the one source of defaults, types and ranges.
 
 What must hold: every field says what it means and its example passes its own check; Hydra composes each
 preset from the dataclass defaults plus the preset's overrides, and no preset restates a value it already

@@ -60,7 +60,7 @@ def build_encoder(vision_cfg: Any) -> ImageEncoder:
             "task.obs_type=image needs an image encoder: pick model=unet1d_image_cpu (CPU) or "
             "model=dp_image (diffusion_policy's sizes), or add a model.vision section."
         )
-    v = {**defaults_of(VisionConfig), **dict(vision_cfg)}  # absent keys: ResNet-18 (config_schema.py)
+    v = {**defaults_of(VisionConfig), **dict(vision_cfg)}  # absent keys: ResNet-18 (config_schema/models.py)
     return ImageEncoder(
         channels=tuple(v["channels"]),
         blocks=tuple(v["blocks"]),
