@@ -45,7 +45,13 @@ from immiscible_policy.config_schema import (
     trainer_sampler,
 )
 from immiscible_policy.host import resolve_device
-from immiscible_policy.noising import LEGACY_OBJECTIVE_KEY, SAMPLERS, trainer_objective
+from immiscible_policy.noising import (
+    LEGACY_OBJECTIVE_KEY,
+    SAMPLERS,
+    build_scheduler,
+    objective_params,
+    trainer_objective,
+)
 
 __all__ = ["check_config", "check_plain_name", "resume_mode", "show", "task_kind"]
 
@@ -178,6 +184,14 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
             _check_symmetric_rollouts(task)
 
     objective = _check_objective(tr)
+    params = objective_params(tr)
+    if params:  # the objective's own settings: built now, so a bad one fails before any data is loaded
+        build_scheduler(
+            objective,
+            num_train_timesteps=int(tr["num_train_timesteps"]),
+            beta_schedule=str(tr["beta_schedule"]),
+            params=params,
+        )
     sampler = _check_sampler(tr, objective, kind)
     assigner = _check_assigner(cfg, tr, kind, task)
     return {"kind": kind, "objective": objective, "sampler": sampler, "resume": mode, "assigner": assigner}

@@ -7,7 +7,6 @@ import json
 import sys
 import textwrap
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -422,28 +421,11 @@ def cfg_of(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
-def let_the_config_checker_accept(monkeypatch, name: str) -> None:
-    """config_check.py lists ``trainer.objective``'s choices from the built-in table (its ``objective``
-    and legacy-key specs) instead of asking the registry (:func:`trainer_objective`); until it does,
-    add ``name`` to those choice lists for this test. Nothing to patch once it asks the registry."""
-    from immiscible_policy import config_check
-
-    spec_type = getattr(config_check, "Spec", None)
-    for table in list(vars(config_check).values()):
-        if not isinstance(table, dict) or spec_type is None:
-            continue
-        for key in ("objective", LEGACY_OBJECTIVE_KEY):
-            spec = table.get(key)
-            if isinstance(spec, spec_type) and spec.kind == "choice" and name not in spec.choices:
-                monkeypatch.setitem(table, key, replace(spec, choices=(*spec.choices, name)))
-
-
 def test_a_registered_objective_trains_and_samples_through_the_policy_trainer(tmp_path, monkeypatch, toy):
     from immiscible_policy.config_check import check_config
     from immiscible_policy.policy.model import DiffusionPolicy
     from immiscible_policy.policy.train import train_policy
 
-    let_the_config_checker_accept(monkeypatch, toy)
     run = tmp_path / "run"
     cfg = cfg_of(
         "model=unet1d_sweep",
@@ -526,3 +508,11 @@ def test_objective_params_that_are_not_a_mapping_are_one_line():
 
     with pytest.raises(ValueError, match=r"^trainer.objective_params=3 is not a mapping of the objective's"):
         check_config(cfg_of("trainer.objective_params=3"), "policy")
+
+
+def test_objective_params_are_checked_with_the_config_before_any_data():
+    from immiscible_policy.config_check import check_config
+
+    cfg = cfg_of("trainer.objective=flow", "trainer.objective_params={sigma_max: 80}")
+    with pytest.raises(objectives.ObjectiveError, match=r"objective 'flow' takes no objective_params"):
+        check_config(cfg, "policy")
