@@ -21,12 +21,13 @@ from torch import Tensor
 
 from immiscible_policy.ema import ema_module
 from immiscible_policy.fit import Due, Trainer, every, fit
+from immiscible_policy.host import resolve_device
 from immiscible_policy.policy.build import build_model, make_policy, policy_sampler
 from immiscible_policy.policy.dataset import describe_source
 from immiscible_policy.policy.evaluate import rollout, validation_loss
 from immiscible_policy.policy.load import load_policy
 from immiscible_policy.policy.tasks import rolls_out, task_env
-from immiscible_policy.training import TrainingRun, preserve_rng, resolve_device, training_run
+from immiscible_policy.training import TrainingRun, preserve_rng, training_run
 
 # the loop is train_policy; the rest is re-exported for code that imported it from here
 __all__ = [

@@ -36,7 +36,6 @@ This ``__init__`` re-exports the names the trainers, the CLI, the benchmarks and
 ``immiscible_policy.training``, so none of them has to know the split.
 """
 
-from immiscible_policy.host import resolve_device
 from immiscible_policy.training.estimate import RunEstimate
 from immiscible_policy.training.optimization import make_optimization, optimizer_step
 from immiscible_policy.training.records import run_record
@@ -61,7 +60,6 @@ __all__ = [
     "optimizer_step",
     "plan_resume",
     "preserve_rng",
-    "resolve_device",
     "restore_training",
     "run_record",
     "save_then_barrier",
