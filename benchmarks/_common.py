@@ -239,15 +239,48 @@ def run_cell(
     # resume=auto: continues from the last checkpoint, or starts fresh when there is none
     cmd = [*TRAIN_CMD, *overrides, f"run_dir={run_dir}", "resume=auto", *extra]
     print(f"[sweep] {state} {row} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+    earlier = earlier_invocations(run_dir)
     t0 = time.time()
     proc = subprocess.run(cmd, env={**os.environ})
     if proc.returncode != 0:
         print(f"[sweep] cell {row} seed {seed} failed with exit code {proc.returncode}", flush=True)
         return None
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    cell = build(run_dir, records, (time.time() - t0) / 60, cmd[3:])
+    records = read_records(run_dir)
+    cell = build(run_dir, records, sum(earlier) + (time.time() - t0) / 60, cmd[3:])
+    cell["train_invocations"] = len(earlier) + 1
     write_json(done, cell)
     return cell
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    """A run's ``metrics.jsonl`` records (none when it has no such file yet)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def earlier_invocations(run_dir: Path) -> list[float]:
+    """Training minutes each earlier invocation of a resumed run spent, from its records' ``wall_min``.
+
+    Why: a cell's wall time is its cost, and a cell resumed in a later sitting would otherwise record only
+    the last invocation's minutes. Each trainer invocation counts ``wall_min`` from its own start, so the
+    records split into invocations where it drops; each counts to its last record (an interrupted
+    invocation's minutes after its last epoch are not known, so a resumed cell's total is a lower bound).
+    Records copied from another run at a fork (``forked_from.json``: up to its ``epoch``) are not this cell's
+    work and are skipped.
+    """
+    fork = run_dir / "forked_from.json"
+    skip = json.loads(fork.read_text()).get("epoch", 0) if fork.exists() else -1
+    spent: list[float] = []
+    last = None
+    for r in read_records(run_dir):
+        if r.get("epoch", 0) <= skip or "wall_min" not in r:
+            continue
+        if last is None or r["wall_min"] < last:
+            spent.append(0.0)
+        spent[-1] = last = r["wall_min"]
+    return spent
 
 
 def run_cells(

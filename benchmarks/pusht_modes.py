@@ -64,6 +64,7 @@ from _common import (  # noqa: E402
     machine,
     markdown_table,
     plot_mean_ci,
+    read_records,
     run_cells,
     summarize_rows,
     write_json,
@@ -266,7 +267,7 @@ def fork_warmup(out: Path, row: str, seed: int, warmup: int) -> Path | None:
     (ckpts / "last").symlink_to(found.name)
     # the twin's records up to the fork (later ones are dropped on resume); its paired_share says 1.0 (vanilla
     # "pairs" every row with the identity), where this recipe paired none of them yet
-    records = [json.loads(x) for x in (twin / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    records = read_records(twin)
     lines = [json.dumps({**r, "paired_share": 0.0}) for r in records if r.get("epoch", 0) <= start]
     (run_dir / "metrics.jsonl").write_text("".join(f"{x}\n" for x in lines))
     write_json(run_dir / "forked_from.json", {"checkpoint": str(found), "epoch": start})
