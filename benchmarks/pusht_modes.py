@@ -390,12 +390,14 @@ def vanilla_direction(cell: dict | None) -> str | None:
     return "cw" if cw >= ccw else "ccw"
 
 
-def mode_stats(cw: int, ccw: int, none: int, direction: str, demo_cw: float) -> dict:
-    """One symmetric-start evaluation: the share of ``direction``, TV to the demos, entropy, none share."""
+def mode_stats(cw: int, ccw: int, none: int, direction: str, demo_cw: tuple[float, float]) -> dict:
+    """One symmetric-start evaluation: the share of ``direction``, TV to the demos (``demo_cw``: the cw share
+    of the demos started far from the goal, and of those started near upside down), entropy, none share."""
     p_cw = share_of(cw, ccw, "cw")
     return {
         "dominant_share": share_of(cw, ccw, direction),
-        "tv_to_demos": abs(p_cw - demo_cw) if not math.isnan(p_cw) else float("nan"),
+        "tv_to_demos": abs(p_cw - demo_cw[0]) if not math.isnan(p_cw) else float("nan"),
+        "tv_to_demos_upside_down": abs(p_cw - demo_cw[1]) if not math.isnan(p_cw) else float("nan"),
         "entropy_bits": entropy_bits(p_cw) if not math.isnan(p_cw) else 0.0,
         "none_share": none / max(cw + ccw + none, 1),
     }
@@ -409,7 +411,10 @@ def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) 
     """Per row: the final symmetric-start mode statistics and scores (mean and 95% CI over seeds, the
     dominant direction of each seed taken from that seed's vanilla of the same objective and data), the
     same per evaluation epoch, and the final checkpoint at each sampling step count."""
-    demo_cw = demo["mirrored_cw_share"] if parse_row(row)[1] else demo["cw_share"]
+    if parse_row(row)[1]:  # mirrored demos: every split is 50 / 50 by construction
+        demo_cw = (demo["mirrored_cw_share"], demo["mirrored_cw_share"])
+    else:
+        demo_cw = (demo["cw_share"], demo["upside_down"]["cw_share"])
 
     def per_seed(point: dict, cell: dict, prefix: str = "sym_modes_") -> dict:
         direction = vanilla_direction(base.get(cell["seed"])) or vanilla_direction(cell)
@@ -457,6 +462,7 @@ def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) 
         "final": {
             "dominant_share": agg([f["dominant_share"] for f in finals]),
             "tv_to_demos": agg([f["tv_to_demos"] for f in finals]),
+            "tv_to_demos_upside_down": agg([f["tv_to_demos_upside_down"] for f in finals]),
             "entropy_bits": agg([f["entropy_bits"] for f in finals]),
             "none_share": agg([f["none_share"] for f in finals]),
             "mean_score": agg([p["mean_score"] for p in last]),
@@ -478,6 +484,12 @@ def pct(a: dict) -> str:
     return (
         "-" if not a["n"] else ci_text(100 * a["mean"], None if math.isnan(a["ci95"]) else 100 * a["ci95"], 1)
     )
+
+
+def share_ci(split: dict) -> str:
+    """'65% (41-85%)': a demo split's cw share and its exact interval."""
+    lo, hi = split["cw_share_ci95"]
+    return f"{100 * split['cw_share']:.0f}% ({100 * lo:.0f}-{100 * hi:.0f}%)"
 
 
 def num(a: dict, digits: int = 3) -> str:
@@ -525,7 +537,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         n = s["n_seeds"] + len(s["missing_seeds"])
         seeds = f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
         if not s["n_seeds"]:
-            table.append([s["row"], seeds] + [""] * 7)
+            table.append([s["row"], seeds] + [""] * 8)
             continue
         f = s["final"]
         van = by_row.get(s["row"].split("/")[0] + "/vanilla")
@@ -535,6 +547,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
                 seeds,
                 pct(f["dominant_share"]),
                 num(f["tv_to_demos"], 2),
+                num(f["tv_to_demos_upside_down"], 2),
                 num(f["entropy_bits"], 2),
                 num(f["sym_mean_score"]),
                 num(f["mean_score"]),
@@ -554,6 +567,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             "seeds",
             "dominant share % (symmetric)",
             "TV to demos",
+            "TV to demos near 180°",
             "entropy (bits)",
             "score (symmetric)",
             "score (50 standard)",
@@ -566,7 +580,10 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         "\n\nMean ± 95% t-interval over seeds. Dominant share = share of the direction that seed's vanilla "
         "policy (same objective and data) prefers, among the symmetric-start rollouts that turned the T "
         "(the paper's ordering); 50% is balanced. TV to demos = |cw share - the demos' cw share| "
-        f"(raw demos turned more than 135°: cw {demo['cw']} / ccw {demo['ccw']}; mirrored demos: 50/50). "
+        f"(raw demos started more than 135° from the goal: cw {demo['cw']} / ccw {demo['ccw']}; near 180°: "
+        f"those started within {demo['upside_down']['max_deg']:g}° of upside down, the symmetric starts' "
+        f"angle: cw {demo['upside_down']['cw']} / ccw {demo['upside_down']['ccw']}; mirrored demos: 50/50 "
+        "for both). "
         "Verdict: the dominant share's interval against vanilla's, and the standard-start score difference.\n"
     )
     md += "\n### The paper's Table I PushT row, beside ours\n\n"
@@ -618,7 +635,15 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
     md += (
         f"All {demo['all']['n']} demos: cw {demo['all']['cw']}, ccw {demo['all']['ccw']}, "
         f"none {demo['all']['none']}; started more than 135° from the goal ({demo['n']}): cw {demo['cw']}, "
-        f"ccw {demo['ccw']}, none {demo['none']}.\n"
+        f"ccw {demo['ccw']}, none {demo['none']} (cw share {share_ci(demo)}), {demo['long_way']['cw']} cw / "
+        f"{demo['long_way']['ccw']} ccw of them the long way round; started within "
+        f"{demo['upside_down']['max_deg']:g}° of upside down ({demo['upside_down']['n']}): "
+        f"cw {demo['upside_down']['cw']}, ccw {demo['upside_down']['ccw']}, none {demo['upside_down']['none']} "
+        f"(cw share {share_ci(demo['upside_down'])}), {demo['upside_down']['long_way']['cw']} cw / "
+        f"{demo['upside_down']['long_way']['ccw']} ccw the long way. Every other demo turns the shorter way, so "
+        "the far split follows which side of upside down the starts lie on; a policy at the symmetric starts "
+        "imitates the demos near 180°. Shares with their exact (Clopper-Pearson) 95% interval: a row's share "
+        "inside it is not told apart from the demos'.\n"
     )
     host_list = hosts(list(cells.values()))
     md += hosts_md(host_list)
@@ -675,21 +700,45 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
 
 
 def demo_split(zarr: str | None) -> dict:
-    """The demos' rotation split (all demos, and those started > 135° from the goal)."""
+    """The demos' rotation split (all demos, those started > 135° from the goal, and those started within
+    15° of upside down)."""
     from immiscible_policy.analysis.modes import demo_modes
 
     d = demo_modes(zarr)
-    far, every = d["far_from_goal"], d["all"]
+    far, every, up = d["far_from_goal"], d["all"], d["upside_down"]
     out = {
         "all": {"n": every["n_rollouts"], **every["rotation"]},
         "n": far["n_rollouts"],
         **far["rotation"],
         "cw_share": far["rotation"]["cw"] / max(far["rotation"]["cw"] + far["rotation"]["ccw"], 1),
+        "cw_share_ci95": clopper_pearson(far["rotation"]["cw"], far["rotation"]["ccw"]),
+        "long_way": far["long_way"],
+        "upside_down": {
+            "n": up["n_rollouts"],
+            **up["rotation"],
+            "cw_share": up["rotation"]["cw"] / max(up["rotation"]["cw"] + up["rotation"]["ccw"], 1),
+            "cw_share_ci95": clopper_pearson(up["rotation"]["cw"], up["rotation"]["ccw"]),
+            "long_way": up["long_way"],
+            "max_deg": up["max_deg"],
+        },
         "mirrored_cw_share": 0.5,
         "threshold_deg": d["threshold_deg"],
         "far_from_goal_deg": far["min_deg"],
     }
     return out
+
+
+def clopper_pearson(k: int, other: int) -> list[float]:
+    """Exact 95% interval of a share k / (k + other): the demo splits are small samples (20 demos near
+    upside down), so a policy's share is compared with an interval, not with a point."""
+    from scipy.stats import beta
+
+    n = k + other
+    if not n:
+        return [0.0, 1.0]
+    lo = 0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k))
+    return [lo, hi]
 
 
 def mode_examples(run_dir: Path, path: Path, seed: int, n: int = SYMMETRIC_ROLLOUTS) -> dict:

@@ -153,23 +153,35 @@ def test_demo_modes_on_a_small_store(tmp_path):
     agent[8:] = [x0 + 40.0 * np.cos(theta), y0 + 40.0 * np.sin(theta)]  # block-frame x = +40: right
     ep1 = np.column_stack([agent, block, turn % (2 * np.pi)])
     ep2 = np.tile([100.0, 100.0, 300.0, 300.0, 1.0], (20, 1))
+    # a third starts 174 degrees past the goal angle (the short way is ccw) and turns 190 degrees cw
+    ep3 = np.tile([100.0, 100.0, 300.0, 300.0, 0.0], (20, 1))
+    ep3[:, 4] = (np.pi / 4 + np.radians(174.0) + np.linspace(0.0, np.radians(190.0), 20)) % (2 * np.pi)
     store = tmp_path / "demos.zarr"
-    ReplayBuffer.create(store, {"state": np.vstack([ep1, ep2]).astype(np.float32)}, [n, n + 20])
+    states = np.vstack([ep1, ep2, ep3]).astype(np.float32)
+    ReplayBuffer.create(store, {"state": states}, [n, n + 20, n + 40])
     assert demo_modes(store) == json.loads(json.dumps(demo_modes(store)))  # plain JSON values
     assert analyze(["demo_modes", f"data={store}", f"out={tmp_path}"]) == 0  # the command: JSON + PNG
     d = json.loads((tmp_path / "demo_modes_pusht.json").read_text())
     assert (tmp_path / "demo_modes_pusht.png").stat().st_size > 5000
-    assert d["n_episodes"] == 2 and d["n_sliding_at_start"] == 1
-    assert [e["mode"] for e in d["episodes"]] == ["cw", "none"]
-    assert [e["approach"] for e in d["episodes"]] == ["right", "none"]
+    assert d["n_episodes"] == 3 and d["n_sliding_at_start"] == 1
+    assert [e["mode"] for e in d["episodes"]] == ["cw", "none", "cw"]
+    assert [e["approach"] for e in d["episodes"][:2]] == ["right", "none"]
+    assert [e["long_way"] for e in d["episodes"]] == [False, False, True]
+    assert d["episodes"][2]["start_from_goal_deg"] == pytest.approx(174.0, abs=0.01)
+    for name in ("far_from_goal", "upside_down"):  # 174 degrees: far from the goal and within 15 of 180
+        assert d[name]["rotation"] == {"cw": 1, "ccw": 0, "none": 0} and d[name]["long_way"] == {
+            "cw": 1,
+            "ccw": 0,
+        }
+    assert demo_modes(store, upside_down_deg=5)["upside_down"]["n_rollouts"] == 0
     assert d["episodes"][0]["rotation_deg"] == pytest.approx(math.degrees(1.5), abs=0.01)
     # the start angle, 6.0 rad, is 61 degrees short of the goal's 45 (mod 360): not among the far starts
     assert d["episodes"][0]["start_from_goal_deg"] == pytest.approx(
         math.degrees(6.0 - 2 * math.pi - math.pi / 4), abs=0.01
     )
-    assert d["all"]["rotation"] == {"cw": 1, "ccw": 0, "none": 1} and d["far_from_goal"]["n_rollouts"] == 0
+    assert d["all"]["rotation"] == {"cw": 2, "ccw": 0, "none": 1}
     # a larger threshold makes the 86-degree turn a "none"
-    assert demo_modes(store, threshold_deg=90)["all"]["rotation"] == {"cw": 0, "ccw": 0, "none": 2}
+    assert demo_modes(store, threshold_deg=90)["all"]["rotation"] == {"cw": 1, "ccw": 0, "none": 2}
 
 
 def test_demo_modes_command_errors_are_one_line(tmp_path, capsys):
@@ -191,6 +203,13 @@ def test_demo_split_matches_the_known_counts(source):
     assert d["n_episodes"] == 206 and d["threshold_deg"] == 45.0
     far = d["far_from_goal"]
     assert far["n_rollouts"] == 49 and far["rotation"] == {"cw": 26, "ccw": 23, "none": 0}
+    # near upside down (the symmetric starts' angle) the demos lean clockwise: 13 / 7, and the only three
+    # turns the long way round (all of them beyond 135 degrees, two within 15 of upside down) are clockwise
+    up = d["upside_down"]
+    assert up["max_deg"] == 15.0 and up["n_rollouts"] == 20
+    assert up["rotation"] == {"cw": 13, "ccw": 7, "none": 0} and up["long_way"] == {"cw": 2, "ccw": 0}
+    assert far["long_way"] == {"cw": 3, "ccw": 0} and sum(e["long_way"] for e in d["episodes"]) == 3
+    assert all(abs(e["start_from_goal_deg"]) > 135 for e in d["episodes"] if e["long_way"])
     assert d["all"]["rotation"] == {"cw": 91, "ccw": 72, "none": 43}
     assert sum(d["all"]["approach"].values()) == 206 and d["all"]["approach"]["none"] == 0
     # the threshold's evidence: one demo turns 42 degrees the wrong way before its committed turn, the

@@ -101,6 +101,18 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
         "ccw": 23,
         "none": 0,
         "cw_share": 26 / 49,
+        "cw_share_ci95": [0.38, 0.67],
+        "long_way": {"cw": 3, "ccw": 0},
+        "upside_down": {
+            "n": 20,
+            "cw": 13,
+            "ccw": 7,
+            "none": 0,
+            "cw_share": 0.65,
+            "cw_share_ci95": [0.41, 0.85],
+            "long_way": {"cw": 2, "ccw": 0},
+            "max_deg": 15.0,
+        },
         "mirrored_cw_share": 0.5,
         "threshold_deg": 45.0,
         "far_from_goal_deg": 135.0,
@@ -136,15 +148,20 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
     by = {s["row"]: s for s in payload["summary"]}
     assert by["epsilon/vanilla"]["final"]["dominant_share"]["mean"] == pytest.approx((0.9 + 0.8) / 2)
     assert by["epsilon/published"]["final"]["dominant_share"]["mean"] == pytest.approx(0.6)
-    # TV: raw rows against the raw demos' far-from-goal split, mirrored rows against 50/50
-    assert by["epsilon/published"]["final"]["per_seed"][0]["tv_to_demos"] == pytest.approx(abs(0.6 - 26 / 49))
+    # TV: raw rows against the raw demos' far-from-goal split and their near-upside-down split, mirrored rows
+    # against 50/50 for both
+    published = by["epsilon/published"]["final"]["per_seed"][0]
+    assert published["tv_to_demos"] == pytest.approx(abs(0.6 - 26 / 49))
+    assert published["tv_to_demos_upside_down"] == pytest.approx(abs(0.6 - 0.65))
     assert by["flow+mirror/vanilla"]["final"]["tv_to_demos"]["mean"] == pytest.approx(0.0)
+    assert by["flow+mirror/vanilla"]["final"]["tv_to_demos_upside_down"]["mean"] == pytest.approx(0.0)
     assert by["flow+mirror/vanilla"]["missing_seeds"] == [1]
     assert by["epsilon/vanilla"]["curve"][0]["dominant_share"]["mean"] == pytest.approx(0.5)  # epoch 15
     md = (tmp_path / "report.md").read_text()
     # vanilla's two seeds disagree (0.9, 0.8): its interval is wide, so no verdict on the modes
     assert "not distinguishable from vanilla; score -0.100 (intervals apart)" in md
-    assert "97.6 ± 1.6%" in md and "cw 26 / ccw 23" in md
+    assert "97.6 ± 1.6%" in md and "cw 26 / ccw 23" in md and "cw 13 / ccw 7" in md
+    assert "(cw share 65% (41-85%))" in md
     assert json.loads((tmp_path / "report.json").read_text())["demos"]["cw"] == 26
     assert (tmp_path / "modes.png").stat().st_size > 1000
 
@@ -220,3 +237,14 @@ def test_a_warmup_cell_forked_from_its_vanilla_twin_equals_training_it(sweep, tm
     want = [json.loads(x) for x in (scratch / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in recs] == [r["train_loss"] for r in want]
     assert [r["paired_share"] for r in recs] == [0.0, 1.0]
+
+
+def test_demo_share_interval_is_exact(sweep):
+    """Clopper-Pearson: the tail probabilities at the bounds are 2.5% each (checked by the binomial sums)."""
+    from scipy.stats import binom
+
+    lo, hi = sweep.clopper_pearson(13, 7)
+    assert binom.sf(12, 20, lo) == pytest.approx(0.025, abs=1e-9)  # P(X >= 13 | lo)
+    assert binom.cdf(13, 20, hi) == pytest.approx(0.025, abs=1e-9)  # P(X <= 13 | hi)
+    assert sweep.clopper_pearson(0, 5)[0] == 0.0 and sweep.clopper_pearson(5, 0)[1] == 1.0
+    assert sweep.clopper_pearson(0, 0) == [0.0, 1.0]

@@ -12,8 +12,9 @@ rotation is ``cw`` (tests/envs/test_pusht_modes.py checks it on rendered frames)
 is less than 135 degrees from the goal, and the largest turn the "wrong" way before a committed turn is
 42 degrees (one demo; 5.3 in the next), so a 45-degree net turn is a committed one and not a correction.
 The question "which way" is only open when both ways are about equally long: from the 49 demo starts more
-than 135 degrees from the goal, humans turn the T one way 26 times and the other way 23 times, and at
-the symmetric starts (``immiscible_envs.pusht.SYMMETRIC_STARTS``) both ways are exactly equally good.
+than 135 degrees from the goal, humans turn the T one way 26 times and the other way 23 times (46 of them
+still the shorter way), within 15 degrees of upside down 13 cw / 7 ccw, and at the symmetric starts
+(``immiscible_envs.pusht.SYMMETRIC_STARTS``, upside down) both ways are exactly equally good.
 
 **Approach side** (``approach_side``): which half of the T the agent touches first. The *first contact* is
 the first step at which the block's pose differs from its start pose by more than ``tol`` (the block only
@@ -50,6 +51,10 @@ ROTATION_MODES = ("cw", "ccw", "none")
 ROTATION_THRESHOLD_DEG = 45.0
 #: Demo starts farther than this from the goal angle are where the turning direction is a real choice.
 FAR_FROM_GOAL_DEG = 135.0
+#: Demo starts within this of upside down (pi from the goal): the symmetric starts' angle, so these are the
+#: demos a policy at those starts imitates; the wider far set mostly turns the short way, so its split
+#: mirrors on which side of upside down its starts lie (docs/modes.md).
+UPSIDE_DOWN_DEG = 15.0
 
 
 def side_of(local_x: float, margin: float = 10.0) -> str:
@@ -183,6 +188,7 @@ def demo_modes(
     threshold_deg: float = ROTATION_THRESHOLD_DEG,
     margin: float = 10.0,
     far_deg: float = FAR_FROM_GOAL_DEG,
+    upside_down_deg: float = UPSIDE_DOWN_DEG,
 ) -> dict[str, Any]:
     """Classify every PushT demo (``data/state`` (T, 5): agent xy, block xy, angle; ``meta/episode_ends``)
     by net rotation and approach side with the evaluation's definitions, and report the split.
@@ -196,8 +202,11 @@ def demo_modes(
     Returns ``{"path", "n_episodes", "threshold_deg", "n_sliding_at_start", "all": summary,
     "far_from_goal": summary with "min_deg" (the starts more than ``far_deg`` from the goal angle: where
     the direction is a choice), "max_opposite_turn_deg" (the three largest turns against a committed
-    demo's final direction before it: the evidence for the threshold), "episodes": [{"rotation_deg",
-    "start_from_goal_deg", "mode", "approach"}, ...]}`` (summaries as :func:`mode_summary`). ``zarr_path``
+    demo's final direction before it: the evidence for the threshold), "upside_down": summary with
+    "max_deg" (the starts within ``upside_down_deg`` of upside down, the symmetric starts' angle),
+    "episodes": [{"rotation_deg", "start_from_goal_deg", "mode", "approach", "long_way"}, ...]}``
+    (summaries as :func:`mode_summary`; the far and upside-down ones add "long_way": {"cw", "ccw"}, the
+    turns against the shorter way to the goal angle). ``zarr_path``
     None: the trainer's lookup (``$IMMISCIBLE_PUSHT_ZARR``, the shared store, else the low-dim demos
     embedded in the package: the same arrays); ``"embedded"`` picks those.
     """
@@ -220,6 +229,7 @@ def demo_modes(
         side = approach_side(s[rest:, :2], pose[rest:], margin=margin)[0]
         from_goal.append(float((s[0, 4] - GOAL_POSE[2] + np.pi) % (2 * np.pi) - np.pi))
         mode = rotation_mode(net, threshold_deg)
+        short = "ccw" if from_goal[-1] > 0 else "cw"  # a positive net rotation (cw) raises the angle
         nets.append(net)
         if mode != "none":
             turned = np.sign(net) * (pose[:, 2] - pose[0, 2])
@@ -230,12 +240,18 @@ def demo_modes(
                 "start_from_goal_deg": round(math.degrees(from_goal[-1]), 2),
                 "mode": mode,
                 "approach": side,
+                "long_way": mode not in ("none", short),
             }
         )
     far = [i for i, a in enumerate(from_goal) if abs(a) > math.radians(far_deg)]
+    upside_down = [i for i, a in enumerate(from_goal) if abs(a) >= math.pi - math.radians(upside_down_deg)]
 
-    def summary(rows: Sequence[int]) -> dict[str, Any]:
-        return mode_summary([nets[i] for i in rows], [episodes[i]["approach"] for i in rows], threshold_deg)
+    def summary(rows: Sequence[int], long_way: bool = False) -> dict[str, Any]:
+        out = mode_summary([nets[i] for i in rows], [episodes[i]["approach"] for i in rows], threshold_deg)
+        if long_way:
+            picked = [episodes[i]["mode"] for i in rows if episodes[i]["long_way"]]
+            out["long_way"] = {m: picked.count(m) for m in ("cw", "ccw")}
+        return out
 
     return {
         "path": os.path.normpath(str(zarr_path)),
@@ -243,7 +259,8 @@ def demo_modes(
         "threshold_deg": float(threshold_deg),
         "n_sliding_at_start": int(sliding),
         "all": summary(range(len(episodes))),
-        "far_from_goal": {"min_deg": float(far_deg), **summary(far)},
+        "far_from_goal": {"min_deg": float(far_deg), **summary(far, long_way=True)},
+        "upside_down": {"max_deg": float(upside_down_deg), **summary(upside_down, long_way=True)},
         "max_opposite_turn_deg": [round(d, 2) for d in sorted(opposite)[-3:][::-1]],
         "episodes": episodes,
     }

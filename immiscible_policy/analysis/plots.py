@@ -170,8 +170,9 @@ def plot_mode_history(path: Path, records: list[dict], x: str = "epoch", title: 
 
 def plot_demo_modes(path: Path, payload: dict) -> None:
     """Each demo's net rotation against its start's angle from the goal (``demo_modes``'s payload), coloured
-    by rotation mode: the shortest turn is the line y = -x, the threshold band is shaded, and the starts
-    beyond +-``far_deg`` (where the direction is a choice) lie outside the dotted lines."""
+    by rotation mode: the shortest turn is the line y = -x, the threshold band is shaded, the starts
+    beyond +-``far_deg`` (where the direction is a choice) lie outside the dotted lines, and those within
+    ``upside_down_deg`` of upside down (the symmetric starts' angle) in the shaded edges."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -184,6 +185,11 @@ def plot_demo_modes(path: Path, payload: dict) -> None:
     ax.plot([-180, 180], [180, -180], color="0.5", lw=0.8, ls="--", label="shortest turn to the goal")
     for x in (-far, far):
         ax.axvline(x, color="k", lw=0.6, ls=":")
+    up = payload["upside_down"]
+    ax.axvspan(
+        180 - up["max_deg"], 185, color="C2", alpha=0.12, label=f"within {up['max_deg']:g} deg of upside down"
+    )
+    ax.axvspan(-185, -180 + up["max_deg"], color="C2", alpha=0.12)
     for mode, color in (("cw", "C0"), ("ccw", "C1"), ("none", "0.4")):
         pts = [(e["start_from_goal_deg"], e["rotation_deg"]) for e in eps if e["mode"] == mode]
         if pts:
@@ -195,11 +201,12 @@ def plot_demo_modes(path: Path, payload: dict) -> None:
         ylabel="net rotation (deg, + = clockwise on screen)",
         xlim=(-185, 185),
         title=f"PushT demos ({payload['n_episodes']}): starts > {far:g} deg from the goal turn "
-        f"cw {rot['cw']} / ccw {rot['ccw']}",
+        f"cw {rot['cw']} / ccw {rot['ccw']};\nstarts within {up['max_deg']:g} deg of upside down: cw {up['rotation']['cw']} / "
+        f"ccw {up['rotation']['ccw']}",
     )
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="lower left")  # that corner is empty: the points follow y = -x
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -7,7 +7,8 @@
     immiscible-analyze modes checkpoint=RUN[,RUN...] [labels=a,b n_states=5 n_rollouts=16 max_steps=200
                              seeds=100000,... margin=10 sampler=ddpm num_inference_steps=100
                              allow_import=false out=DIR]
-    immiscible-analyze demo_modes [data=PATH threshold_deg=45 margin=10 far_deg=135 out=DIR]
+    immiscible-analyze demo_modes [data=PATH threshold_deg=45 margin=10 far_deg=135 upside_down_deg=15
+                                  out=DIR]
 
 Each writes a JSON and a PNG into ``out`` (default ``analysis/``). ``bijectivity`` reads the checkpoint
 kind from its config.json: policy (n=16 samples per observation, ``conditions`` observations) or image
@@ -231,9 +232,10 @@ def cmd_demo_modes(argv: list[str]) -> dict:
     from immiscible_policy.analysis.modes import demo_modes
     from immiscible_policy.analysis.plots import plot_demo_modes
 
-    opts, _ = _opts(argv, ("data", "threshold_deg", "margin", "far_deg", "out"))
+    opts, _ = _opts(argv, ("data", "threshold_deg", "margin", "far_deg", "upside_down_deg", "out"))
     numbers = {}
-    for key, default in (("threshold_deg", 45.0), ("margin", 10.0), ("far_deg", 135.0)):
+    defaults = (("threshold_deg", 45.0), ("margin", 10.0), ("far_deg", 135.0), ("upside_down_deg", 15.0))
+    for key, default in defaults:
         try:
             numbers[key] = float(opts.get(key, default))
         except (TypeError, ValueError):
@@ -242,10 +244,11 @@ def cmd_demo_modes(argv: list[str]) -> dict:
     out = Path(opts.get("out", "analysis"))
     _write(out / "demo_modes_pusht.json", payload)
     plot_demo_modes(out / "demo_modes_pusht.png", payload)
-    for name in ("all", "far_from_goal"):
+    for name in ("all", "far_from_goal", "upside_down"):
         m = payload[name]
+        long_way = f" long way {m['long_way']}" if "long_way" in m else ""
         print(
-            f"{name:13s} n={m['n_rollouts']:3d} rotation {m['rotation']} approach {m['approach']} "
+            f"{name:13s} n={m['n_rollouts']:3d} rotation {m['rotation']}{long_way} approach {m['approach']} "
             f"(threshold {payload['threshold_deg']:g} deg)"
         )
     return payload
