@@ -162,6 +162,7 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
     assert "not distinguishable from vanilla; score -0.100 (intervals apart)" in md
     assert "97.6 ± 1.6%" in md and "cw 26 / ccw 23" in md and "cw 13 / ccw 7" in md
     assert "(cw share 65% (41-85%))" in md
+    assert "| epsilon/published | 2 | not met (TV up to" in md  # and no goal row for a vanilla
     assert json.loads((tmp_path / "report.json").read_text())["demos"]["cw"] == 26
     assert (tmp_path / "modes.png").stat().st_size > 1000
 
@@ -248,3 +249,23 @@ def test_demo_share_interval_is_exact(sweep):
     assert binom.cdf(13, 20, hi) == pytest.approx(0.025, abs=1e-9)  # P(X <= 13 | hi)
     assert sweep.clopper_pearson(0, 5)[0] == 0.0 and sweep.clopper_pearson(5, 0)[1] == 1.0
     assert sweep.clopper_pearson(0, 0) == [0.0, 1.0]
+
+
+def test_goal_needs_the_tv_interval_under_ten_points_and_the_score_within_two(sweep):
+    def row(name, tv, ci, score):
+        agg = lambda m, c: {"mean": m, "ci95": c, "n": 5}  # noqa: E731
+        return {"row": name, "final": {"tv_to_demos": agg(tv, ci), "mean_score": agg(score, 0.01)}}
+
+    van = row("epsilon/vanilla", 0.3, 0.05, 0.95)
+    assert sweep.goal_check(row("epsilon/x", 0.05, 0.04, 0.94), van, "tv_to_demos") == "met"
+    assert (
+        sweep.goal_check(row("epsilon/x", 0.05, 0.06, 0.94), van, "tv_to_demos") == "not met (TV up to 0.11)"
+    )
+    assert (
+        sweep.goal_check(row("epsilon/x", 0.05, 0.04, 0.92), van, "tv_to_demos") == "not met (score -0.030)"
+    )
+    assert sweep.goal_check(van, van, "tv_to_demos") == ""  # vanilla is the reference, not a candidate
+    assert sweep.goal_check({"row": "epsilon/x", "n_seeds": 0}, van, "tv_to_demos") == ""  # no seed yet
+    one = row("epsilon/x", 0.05, float("nan"), 0.95)
+    one["final"]["tv_to_demos"]["n"] = 1
+    assert sweep.goal_check(one, van, "tv_to_demos") == "too few seeds"
