@@ -125,6 +125,12 @@ def parse_row(row: str) -> tuple[str, bool, str]:
     return objective, extra == "mirror", recipe
 
 
+def vanilla_of(row: str) -> str:
+    """The row a recipe is judged against: vanilla with the same objective and data ('flow+mirror/x' ->
+    'flow+mirror/vanilla'); a vanilla row is its own."""
+    return row.split("/")[0] + "/vanilla"
+
+
 def recipe_overrides(recipe: str, warmup: int) -> list[str]:
     """Hydra overrides of a recipe name (module docstring); ``-f<share>`` and ``-ramp`` suffixes."""
     base, *mods = recipe.split("-")
@@ -246,12 +252,12 @@ def fork_warmup(out: Path, row: str, seed: int, warmup: int) -> Path | None:
     saves ``warmup`` of ``--epochs`` epochs and their evaluations per warm-up cell. Nothing happens when the
     cell has started already, the recipe has no warm-up, or the twin has no checkpoint at that epoch yet.
     """
-    objective, mirror, recipe = parse_row(row)
+    recipe = parse_row(row)[2]
     start = start_epoch_of(recipe, warmup)
     run_dir = out / "runs" / cell_name(row, seed)
     if recipe == "vanilla" or start == 0 or (run_dir / "checkpoints").exists():
         return None
-    twin = out / "runs" / cell_name(f"{objective}{'+mirror' if mirror else ''}/vanilla", seed)
+    twin = out / "runs" / cell_name(vanilla_of(row), seed)
     found = None
     for ck in sorted((twin / "checkpoints").glob("[0-9]*")):
         config = ck / "config.json"
@@ -555,7 +561,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         rows,
         plan,
         cells,
-        lambda row: row.split("/")[0] + "/vanilla",
+        vanilla_of,
         lambda row, got, missing, base: {"missing_seeds": missing, **summarize_row(row, got, base, demo)},
     )
     by_row = {s["row"]: s for s in summary}
@@ -567,7 +573,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             table.append([s["row"], seeds] + [""] * 8)
             continue
         f = s["final"]
-        van = by_row.get(s["row"].split("/")[0] + "/vanilla")
+        van = by_row.get(vanilla_of(s["row"]))
         table.append(
             [
                 s["row"],
@@ -627,7 +633,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
                 goal_check(s, v, "tv_to_demos_upside_down"),
             ]
             for s in summary
-            if (v := by_row.get(s["row"].split("/")[0] + "/vanilla")) is not None and s["row"] != v["row"]
+            if (v := by_row.get(vanilla_of(s["row"]))) is not None and s["row"] != v["row"]
         ],
     )
     md += "\n\n### The paper's Table I PushT row, beside ours\n\n"
@@ -754,14 +760,12 @@ def demo_split(zarr: str | None) -> dict:
         "all": {"n": every["n_rollouts"], **every["rotation"]},
         "n": far["n_rollouts"],
         **far["rotation"],
-        "cw_share": far["rotation"]["cw"] / max(far["rotation"]["cw"] + far["rotation"]["ccw"], 1),
-        "cw_share_ci95": clopper_pearson(far["rotation"]["cw"], far["rotation"]["ccw"]),
+        **cw_share(far["rotation"]),
         "long_way": far["long_way"],
         "upside_down": {
             "n": up["n_rollouts"],
             **up["rotation"],
-            "cw_share": up["rotation"]["cw"] / max(up["rotation"]["cw"] + up["rotation"]["ccw"], 1),
-            "cw_share_ci95": clopper_pearson(up["rotation"]["cw"], up["rotation"]["ccw"]),
+            **cw_share(up["rotation"]),
             "long_way": up["long_way"],
             "max_deg": up["max_deg"],
         },
@@ -770,6 +774,12 @@ def demo_split(zarr: str | None) -> dict:
         "far_from_goal_deg": far["min_deg"],
     }
     return out
+
+
+def cw_share(rotation: dict) -> dict:
+    """A demo split's cw share among the turns and its exact 95% interval."""
+    cw, ccw = rotation["cw"], rotation["ccw"]
+    return {"cw_share": cw / max(cw + ccw, 1), "cw_share_ci95": clopper_pearson(cw, ccw)}
 
 
 def clopper_pearson(k: int, other: int) -> list[float]:

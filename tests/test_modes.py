@@ -180,6 +180,7 @@ def test_demo_modes_on_a_small_store(tmp_path):
         math.degrees(6.0 - 2 * math.pi - math.pi / 4), abs=0.01
     )
     assert d["all"]["rotation"] == {"cw": 2, "ccw": 0, "none": 1}
+    assert d["all"]["long_way"] == {"cw": 1, "ccw": 0}
     # a larger threshold makes the 86-degree turn a "none"
     assert demo_modes(store, threshold_deg=90)["all"]["rotation"] == {"cw": 1, "ccw": 0, "none": 2}
 
@@ -208,7 +209,8 @@ def test_demo_split_matches_the_known_counts(source):
     up = d["upside_down"]
     assert up["max_deg"] == 15.0 and up["n_rollouts"] == 20
     assert up["rotation"] == {"cw": 13, "ccw": 7, "none": 0} and up["long_way"] == {"cw": 2, "ccw": 0}
-    assert far["long_way"] == {"cw": 3, "ccw": 0} and sum(e["long_way"] for e in d["episodes"]) == 3
+    assert far["long_way"] == d["all"]["long_way"] == {"cw": 3, "ccw": 0}
+    assert sum(e["long_way"] for e in d["episodes"]) == 3
     assert all(abs(e["start_from_goal_deg"]) > 135 for e in d["episodes"] if e["long_way"])
     assert d["all"]["rotation"] == {"cw": 91, "ccw": 72, "none": 43}
     assert sum(d["all"]["approach"].values()) == 206 and d["all"]["approach"]["none"] == 0

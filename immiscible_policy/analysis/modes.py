@@ -205,8 +205,8 @@ def demo_modes(
     demo's final direction before it: the evidence for the threshold), "upside_down": summary with
     "max_deg" (the starts within ``upside_down_deg`` of upside down, the symmetric starts' angle),
     "episodes": [{"rotation_deg", "start_from_goal_deg", "mode", "approach", "long_way"}, ...]}``
-    (summaries as :func:`mode_summary`; the far and upside-down ones add "long_way": {"cw", "ccw"}, the
-    turns against the shorter way to the goal angle). ``zarr_path``
+    (summaries as :func:`mode_summary` plus "long_way": {"cw", "ccw"}, the turns against the shorter way
+    to the goal angle). ``zarr_path``
     None: the trainer's lookup (``$IMMISCIBLE_PUSHT_ZARR``, the shared store, else the low-dim demos
     embedded in the package: the same arrays); ``"embedded"`` picks those.
     """
@@ -246,12 +246,10 @@ def demo_modes(
     far = [i for i, a in enumerate(from_goal) if abs(a) > math.radians(far_deg)]
     upside_down = [i for i, a in enumerate(from_goal) if abs(a) >= math.pi - math.radians(upside_down_deg)]
 
-    def summary(rows: Sequence[int], long_way: bool = False) -> dict[str, Any]:
+    def summary(rows: Sequence[int]) -> dict[str, Any]:
         out = mode_summary([nets[i] for i in rows], [episodes[i]["approach"] for i in rows], threshold_deg)
-        if long_way:
-            picked = [episodes[i]["mode"] for i in rows if episodes[i]["long_way"]]
-            out["long_way"] = {m: picked.count(m) for m in ("cw", "ccw")}
-        return out
+        picked = [episodes[i]["mode"] for i in rows if episodes[i]["long_way"]]
+        return {**out, "long_way": {m: picked.count(m) for m in ("cw", "ccw")}}
 
     return {
         "path": os.path.normpath(str(zarr_path)),
@@ -259,8 +257,8 @@ def demo_modes(
         "threshold_deg": float(threshold_deg),
         "n_sliding_at_start": int(sliding),
         "all": summary(range(len(episodes))),
-        "far_from_goal": {"min_deg": float(far_deg), **summary(far, long_way=True)},
-        "upside_down": {"max_deg": float(upside_down_deg), **summary(upside_down, long_way=True)},
+        "far_from_goal": {"min_deg": float(far_deg), **summary(far)},
+        "upside_down": {"max_deg": float(upside_down_deg), **summary(upside_down)},
         "max_opposite_turn_deg": [round(d, 2) for d in sorted(opposite)[-3:][::-1]],
         "episodes": episodes,
     }

@@ -246,9 +246,9 @@ def cmd_demo_modes(argv: list[str]) -> dict:
     plot_demo_modes(out / "demo_modes_pusht.png", payload)
     for name in ("all", "far_from_goal", "upside_down"):
         m = payload[name]
-        long_way = f" long way {m['long_way']}" if "long_way" in m else ""
         print(
-            f"{name:13s} n={m['n_rollouts']:3d} rotation {m['rotation']}{long_way} approach {m['approach']} "
+            f"{name:13s} n={m['n_rollouts']:3d} rotation {m['rotation']} long way {m['long_way']} "
+            f"approach {m['approach']} "
             f"(threshold {payload['threshold_deg']:g} deg)"
         )
     return payload
