@@ -283,7 +283,22 @@ def fork_warmup(out: Path, row: str, seed: int, warmup: int) -> Path | None:
     return found
 
 
-CURVE_KEYS = ("epoch", "step", "train_min", "train_loss", "mean_score", "success_rate", "paired_share")
+#: what a cell keeps of each evaluation epoch's record: scores, the paired share, and the pairing's training
+#: diagnostics (``condition_leak``: held-out R^2 of the paired noise regressed on the observation, the
+#: prior a sampler drawing N(0, I) never meets; ``pair_l2``, ``noise_proj_x0``), beside every ``modes_`` /
+#: ``sym_`` key
+CURVE_KEYS = (
+    "epoch",
+    "step",
+    "train_min",
+    "train_loss",
+    "mean_score",
+    "success_rate",
+    "paired_share",
+    "condition_leak",
+    "pair_l2",
+    "noise_proj_x0",
+)
 
 
 def run_cell(row: str, seed: int, args) -> dict | None:
@@ -444,6 +459,7 @@ def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) 
                 "mean_score": agg([p["mean_score"] for p, _ in pts]),
                 "sym_mean_score": agg([p.get("sym_mean_score") for p, _ in pts]),
                 "paired_share": float(np.mean([p.get("paired_share", 1.0) for p, _ in pts])),
+                "condition_leak": agg([p.get("condition_leak", float("nan")) for p, _ in pts]),
             }
         )
     steps = {}
@@ -474,6 +490,7 @@ def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) 
             "mean_score": agg([p["mean_score"] for p in last]),
             "sym_mean_score": agg([p.get("sym_mean_score") for p in last]),
             "sym_success": agg([p.get("sym_success_rate") for p in last]),
+            "condition_leak": agg([c["curve"][-1].get("condition_leak", float("nan")) for c in got]),
             "per_seed": [
                 {"seed": c["seed"], **f, "split": split_of(headline(c), "sym_modes_")}
                 for c, f in zip(got, finals)
@@ -502,9 +519,15 @@ def num(a: dict, digits: int = 3) -> str:
     return "-" if not a["n"] else ci_text(a["mean"], a["ci95"], digits)
 
 
+#: above this mean share of symmetric rollouts that do not turn the T, a verdict says how few turn before
+#: it speaks of modes (a broken policy's split is not two kept modes)
+NO_TURN = 0.2
+
+
 def verdict(s: dict, van: dict | None) -> str:
     """Keeps both modes / collapses / not distinguishable vs its vanilla, from the symmetric-start
-    dominant share's interval; plus the standard-start score it costs (interval overlap)."""
+    dominant share's interval (led by how few rollouts turn the T when more than ``NO_TURN`` do not);
+    plus the standard-start score it costs (interval overlap)."""
     f = s["final"]
     d = f["dominant_share"]
     if not d["n"] or van is None or not van["final"]["dominant_share"]["n"] or s["row"] == van["row"]:
@@ -521,6 +544,9 @@ def verdict(s: dict, van: dict | None) -> str:
         if lo > vhi
         else "not distinguishable from vanilla"
     )
+    none = f["none_share"]["mean"]
+    if none > NO_TURN:  # a split of the few rollouts that still turn is not two kept modes
+        modes = f"turns the T in only {1 - none:.0%} of symmetric rollouts; among those, {modes}"
     sc, vs = f["mean_score"], van["final"]["mean_score"]
     cost = sc["mean"] - vs["mean"]
     apart = abs(cost) > sc["ci95"] + vs["ci95"]
@@ -570,7 +596,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         n = s["n_seeds"] + len(s["missing_seeds"])
         seeds = f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
         if not s["n_seeds"]:
-            table.append([s["row"], seeds] + [""] * 8)
+            table.append([s["row"], seeds] + [""] * 9)
             continue
         f = s["final"]
         van = by_row.get(vanilla_of(s["row"]))
@@ -585,6 +611,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
                 num(f["sym_mean_score"]),
                 num(f["mean_score"]),
                 pct(f["none_share"]),
+                num(f["condition_leak"]),
                 verdict(s, van),
             ]
         )
@@ -605,6 +632,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             "score (symmetric)",
             "score (50 standard)",
             "no turn %",
+            "noise leak R²",
             "verdict",
         ],
         table,
@@ -616,8 +644,11 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         f"(raw demos started more than 135° from the goal: cw {demo['cw']} / ccw {demo['ccw']}; near 180°: "
         f"those started within {demo['upside_down']['max_deg']:g}° of upside down, the symmetric starts' "
         f"angle: cw {demo['upside_down']['cw']} / ccw {demo['upside_down']['ccw']}; mirrored demos: 50/50 "
-        "for both). "
-        "Verdict: the dominant share's interval against vanilla's, and the standard-start score difference.\n"
+        "for both). Noise leak R² = held-out R² of the paired training noise regressed on the observation "
+        "over the final epoch's last 4096 training rows (ridge): the share of the noise a sampler drawing N(0, I) at inference "
+        "cannot reproduce; ~0 for independent noise. "
+        "Verdict: the dominant share's interval against vanilla's (led by the share of rollouts that turn "
+        f"the T when more than {NO_TURN:.0%} do not), and the standard-start score difference.\n"
     )
     md += (
         f"\n### The goal: TV <= {GOAL_TV:.2f} on its interval at a score no more than {GOAL_SCORE:.2f} below "

@@ -29,7 +29,7 @@ def sweep():
     return mod
 
 
-def make_cell(row, seed, sym_split, score=0.9):
+def make_cell(row, seed, sym_split, score=0.9, leak=0.0):
     cw, ccw, none = sym_split
     point = {
         "epoch": 30,
@@ -41,8 +41,9 @@ def make_cell(row, seed, sym_split, score=0.9):
         "sym_modes_ccw": ccw,
         "sym_modes_none": none,
         "paired_share": 1.0,
+        "condition_leak": leak,
     }
-    early = {**point, "epoch": 15, "sym_modes_cw": 25, "sym_modes_ccw": 25}
+    early = {**point, "epoch": 15, "sym_modes_cw": 25, "sym_modes_ccw": 25, "condition_leak": -1.0}
     sample = {"mean_score": score, "success_rate": 0.0, "cw": cw, "ccw": ccw, "none": none}
     return {
         "row": row,
@@ -124,8 +125,8 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
     made = [
         make_cell("epsilon/vanilla", 0, (45, 5, 0)),
         make_cell("epsilon/vanilla", 1, (10, 40, 0)),
-        make_cell("epsilon/published", 0, (30, 20, 0), score=0.8),
-        make_cell("epsilon/published", 1, (20, 30, 0), score=0.8),
+        make_cell("epsilon/published", 0, (30, 20, 0), score=0.8, leak=0.06),
+        make_cell("epsilon/published", 1, (20, 30, 0), score=0.8, leak=0.04),
         make_cell("flow+mirror/vanilla", 0, (25, 25, 0)),
     ]
     for c in made:
@@ -157,6 +158,9 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
     assert by["flow+mirror/vanilla"]["final"]["tv_to_demos_upside_down"]["mean"] == pytest.approx(0.0)
     assert by["flow+mirror/vanilla"]["missing_seeds"] == [1]
     assert by["epsilon/vanilla"]["curve"][0]["dominant_share"]["mean"] == pytest.approx(0.5)  # epoch 15
+    # the noise leak column is the final epoch's, not an earlier one's
+    assert by["epsilon/published"]["final"]["condition_leak"]["mean"] == pytest.approx(0.05)
+    assert by["epsilon/published"]["curve"][0]["condition_leak"]["mean"] == pytest.approx(-1.0)
     md = (tmp_path / "report.md").read_text()
     # vanilla's two seeds disagree (0.9, 0.8): its interval is wide, so no verdict on the modes
     assert "not distinguishable from vanilla; score -0.100 (intervals apart)" in md
@@ -168,9 +172,14 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
 
 
 def test_verdict_needs_disjoint_intervals(sweep):
-    def row(name, share, ci, score=0.9, score_ci=0.01):
+    def row(name, share, ci, score=0.9, score_ci=0.01, none=0.0):
         agg = lambda m, c: {"mean": m, "ci95": c, "n": 5}  # noqa: E731
-        return {"row": name, "final": {"dominant_share": agg(share, ci), "mean_score": agg(score, score_ci)}}
+        final = {
+            "dominant_share": agg(share, ci),
+            "mean_score": agg(score, score_ci),
+            "none_share": agg(none, 0),
+        }
+        return {"row": name, "final": final}
 
     van = row("epsilon/vanilla", 0.95, 0.03)
     assert sweep.verdict(row("epsilon/x", 0.6, 0.1, 0.89), van).startswith(
@@ -182,6 +191,14 @@ def test_verdict_needs_disjoint_intervals(sweep):
         == "more collapsed than vanilla; score -0.400 (intervals apart)"
     )
     assert sweep.verdict(van, van) == ""
+    # a balanced split of a policy that mostly stops turning the T is not two kept modes: the verdict says so
+    # first (at NO_TURN = 20% and above it; not below)
+    broken = sweep.verdict(row("epsilon/x", 0.55, 0.05, 0.12, none=0.63), van)
+    assert broken == (
+        "turns the T in only 37% of symmetric rollouts; among those, keeps both modes better than vanilla; "
+        "score -0.780 (intervals apart)"
+    )
+    assert sweep.verdict(row("epsilon/x", 0.55, 0.05, none=0.2), van).startswith("keeps both modes")
 
 
 def test_headline_is_the_final_checkpoint_at_the_papers_sampler(sweep):
