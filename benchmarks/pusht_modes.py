@@ -37,6 +37,7 @@ Usage:
     OMP_NUM_THREADS=1 python benchmarks/pusht_modes.py &   # one worker per core
     OMP_NUM_THREADS=1 python benchmarks/pusht_modes.py
     python benchmarks/pusht_modes.py --report-only         # report.{md,json}, modes.png
+    python benchmarks/pusht_modes.py --report-only --fill-noise-share   # measure it for older cells first
     python benchmarks/pusht_modes.py --report-only --video flow/vanilla   # one rollout of each mode
 """
 
@@ -228,6 +229,47 @@ def final_evals(run_dir: Path, objective: str, seed: int) -> dict:
     return out
 
 
+#: the noise-share measurement of a final checkpoint: observations (evenly spaced validation windows) and
+#: samples per observation, with the checkpoint's own sampler (the per-epoch one: DDIM-16 / Euler-16)
+NOISE_SHARE_OBS, NOISE_SHARE_SAMPLES = 64, 16
+
+
+def noise_share_of(run_dir: Path, seed: int) -> dict:
+    """How much of the final policy's action comes from its sampling noise rather than its observation
+    (:mod:`immiscible_policy.analysis.noise_share`); saved in the run's ``final/`` once measured."""
+    from immiscible_policy.analysis.runs import policy_checkpoint_noise_share
+
+    path = run_dir / "final" / "noise_share.json"
+    if not path.exists():
+        res, _ = policy_checkpoint_noise_share(
+            str(run_dir),
+            n_obs=NOISE_SHARE_OBS,
+            samples=NOISE_SHARE_SAMPLES,
+            seed=seed,
+            sampler=None,
+            num_inference_steps=None,
+            device="cpu",
+        )
+        write_json(path, res)
+    res = json.loads(path.read_text())
+    return {k: res[k] for k in ("noise_share", "within_obs_std", "between_obs_std", "sampler")}
+
+
+def fill_noise_share(out: Path) -> list[str]:
+    """Give the finished cells written before the sweep measured the noise share that measurement, from
+    their run's final checkpoint (``runs/`` must still hold it); the names of the cells filled."""
+    filled = []
+    for path in sorted((out / "cells").glob("*.json")):
+        cell = json.loads(path.read_text())
+        run_dir = out / "runs" / path.stem
+        if "noise_share" in cell or not (run_dir / "checkpoints").exists():
+            continue
+        cell["noise_share"] = noise_share_of(run_dir, cell["seed"])
+        write_json(path, cell)
+        filled.append(path.stem)
+    return filled
+
+
 def slim(m: dict) -> dict:
     """Score, success and the rotation split of an evaluation's metrics (per-episode lists dropped)."""
     rot = m["modes"]["rotation"]
@@ -347,6 +389,7 @@ def run_cell(row: str, seed: int, args) -> dict | None:
             "eval_sampler": f"{sampler}-{steps}",
             "curve": curve,
             "final": final_evals(run_dir, objective, seed),
+            "noise_share": noise_share_of(run_dir, seed),
             "forked_from": (
                 json.loads((run_dir / "forked_from.json").read_text())
                 if (run_dir / "forked_from.json").exists()
@@ -491,6 +534,7 @@ def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) 
             "sym_mean_score": agg([p.get("sym_mean_score") for p in last]),
             "sym_success": agg([p.get("sym_success_rate") for p in last]),
             "condition_leak": agg([c["curve"][-1].get("condition_leak", float("nan")) for c in got]),
+            "noise_share": agg([c.get("noise_share", {}).get("noise_share", float("nan")) for c in got]),
             "per_seed": [
                 {"seed": c["seed"], **f, "split": split_of(headline(c), "sym_modes_")}
                 for c, f in zip(got, finals)
@@ -596,7 +640,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         n = s["n_seeds"] + len(s["missing_seeds"])
         seeds = f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
         if not s["n_seeds"]:
-            table.append([s["row"], seeds] + [""] * 9)
+            table.append([s["row"], seeds] + [""] * 10)
             continue
         f = s["final"]
         van = by_row.get(vanilla_of(s["row"]))
@@ -612,6 +656,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
                 num(f["mean_score"]),
                 pct(f["none_share"]),
                 num(f["condition_leak"]),
+                num(f["noise_share"]),
                 verdict(s, van),
             ]
         )
@@ -633,6 +678,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             "score (50 standard)",
             "no turn %",
             "noise leak R²",
+            "action noise share",
             "verdict",
         ],
         table,
@@ -646,7 +692,10 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         f"angle: cw {demo['upside_down']['cw']} / ccw {demo['upside_down']['ccw']}; mirrored demos: 50/50 "
         "for both). Noise leak R² = held-out R² of the paired training noise regressed on the observation "
         "over the final epoch's last 4096 training rows (ridge): the share of the noise a sampler drawing N(0, I) at inference "
-        "cannot reproduce; ~0 for independent noise. "
+        "cannot reproduce; ~0 for independent noise. Action noise share = the share of the final policy's "
+        f"action variance that comes from its sampling noise rather than its observation ({NOISE_SHARE_SAMPLES} "
+        f"samples for each of {NOISE_SHARE_OBS} validation observations, the per-epoch sampler; "
+        "`immiscible-analyze noise_share`): a policy that reads its action off the noise scatters. "
         "Verdict: the dominant share's interval against vanilla's (led by the share of rollouts that turn "
         f"the T when more than {NO_TURN:.0%} do not), and the standard-start score difference.\n"
     )
@@ -905,6 +954,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--report-only", action="store_true")
     p.add_argument(
+        "--fill-noise-share",
+        action="store_true",
+        help="first give finished cells without a noise share one, from their run's final checkpoint",
+    )
+    p.add_argument(
         "--video",
         metavar="ROW",
         default=None,
@@ -917,6 +971,8 @@ def main(argv=None) -> int:
     for row in args.rows:
         parse_row(row)
     plan = planned_seeds(args.rows, args.seeds)
+    if args.fill_noise_share:
+        print(f"[sweep] noise share filled in: {fill_noise_share(args.out) or 'none'}", flush=True)
     if not args.report_only:
         run_cells(cell_order(args.rows, plan), lambda row, seed: run_cell(row, seed, args), args.max_minutes)
     report(args.rows, plan, args)

@@ -29,7 +29,7 @@ def sweep():
     return mod
 
 
-def make_cell(row, seed, sym_split, score=0.9, leak=0.0):
+def make_cell(row, seed, sym_split, score=0.9, leak=0.0, noise=None):
     cw, ccw, none = sym_split
     point = {
         "epoch": 30,
@@ -51,6 +51,7 @@ def make_cell(row, seed, sym_split, score=0.9, leak=0.0):
         "curve": [early, point],
         "final": {"ddim-1": {"standard": sample, "symmetric": sample}},
         "machine": {"cpu_model": "test"},
+        **({"noise_share": {"noise_share": noise}} if noise is not None else {}),
     }
 
 
@@ -125,8 +126,8 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
     made = [
         make_cell("epsilon/vanilla", 0, (45, 5, 0)),
         make_cell("epsilon/vanilla", 1, (10, 40, 0)),
-        make_cell("epsilon/published", 0, (30, 20, 0), score=0.8, leak=0.06),
-        make_cell("epsilon/published", 1, (20, 30, 0), score=0.8, leak=0.04),
+        make_cell("epsilon/published", 0, (30, 20, 0), score=0.8, leak=0.06, noise=0.3),
+        make_cell("epsilon/published", 1, (20, 30, 0), score=0.8, leak=0.04, noise=0.4),
         make_cell("flow+mirror/vanilla", 0, (25, 25, 0)),
     ]
     for c in made:
@@ -161,6 +162,8 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
     # the noise leak column is the final epoch's, not an earlier one's
     assert by["epsilon/published"]["final"]["condition_leak"]["mean"] == pytest.approx(0.05)
     assert by["epsilon/published"]["curve"][0]["condition_leak"]["mean"] == pytest.approx(-1.0)
+    assert by["epsilon/published"]["final"]["noise_share"]["mean"] == pytest.approx(0.35)
+    assert by["epsilon/vanilla"]["final"]["noise_share"]["n"] == 0  # cells without it: no number, no zero
     md = (tmp_path / "report.md").read_text()
     # vanilla's two seeds disagree (0.9, 0.8): its interval is wide, so no verdict on the modes
     assert "not distinguishable from vanilla; score -0.100 (intervals apart)" in md
@@ -286,3 +289,33 @@ def test_goal_needs_the_tv_interval_under_ten_points_and_the_score_within_two(sw
     one = row("epsilon/x", 0.05, float("nan"), 0.95)
     one["final"]["tv_to_demos"]["n"] = 1
     assert sweep.goal_check(one, van, "tv_to_demos") == "too few seeds"
+
+
+def test_fill_noise_share_measures_only_cells_without_it_whose_run_is_kept(sweep, tmp_path, monkeypatch):
+    measured = []
+
+    def fake(run_dir, seed):
+        measured.append((run_dir.name, seed))
+        return {"noise_share": 0.1 * seed}
+
+    monkeypatch.setattr(sweep, "noise_share_of", fake)
+    (tmp_path / "cells").mkdir()
+    for c, kept in (
+        (make_cell("epsilon/vanilla", 1, (1, 1, 0)), True),
+        (make_cell("epsilon/vanilla", 2, (1, 1, 0)), False),
+    ):
+        name = f"epsilon-vanilla-s{c['seed']}"
+        (tmp_path / "cells" / f"{name}.json").write_text(json.dumps(c))
+        if kept:
+            (tmp_path / "runs" / name / "checkpoints").mkdir(parents=True)
+    done = make_cell("epsilon/vanilla", 3, (1, 1, 0), noise=0.5)
+    (tmp_path / "cells" / "epsilon-vanilla-s3.json").write_text(json.dumps(done))
+    (tmp_path / "runs" / "epsilon-vanilla-s3" / "checkpoints").mkdir(parents=True)
+    assert sweep.fill_noise_share(tmp_path) == ["epsilon-vanilla-s1"]
+    assert measured == [("epsilon-vanilla-s1", 1)]
+    cell = json.loads((tmp_path / "cells" / "epsilon-vanilla-s1.json").read_text())
+    assert (
+        cell["noise_share"] == {"noise_share": 0.1}
+        and cell["curve"] == make_cell("epsilon/vanilla", 1, (1, 1, 0))["curve"]
+    )
+    assert "noise_share" not in json.loads((tmp_path / "cells" / "epsilon-vanilla-s2.json").read_text())

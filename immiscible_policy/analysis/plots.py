@@ -107,6 +107,44 @@ def plot_nearest(path: Path, extras: dict) -> None:
     save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
 
 
+def plot_noise_share(path: Path, payload: dict) -> None:
+    """Two panels of bars, one bar per checkpoint: the noise share of the action's variance, and the
+    within- against the between-observation standard deviation."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names, runs = list(payload["runs"]), list(payload["runs"].values())
+    fig = Figure(figsize=(max(6.0, 1.6 * len(names) + 2), 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 2, 1)
+    shares = [r["noise_share"] for r in runs]
+    ax.bar(range(len(names)), shares, color=[f"C{i}" for i in range(len(names))])
+    for i, v in enumerate(shares):
+        ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+    ax.set(ylim=(0, max(1.0, *shares) * 1.05))
+    ax.set_title("share of the action's variance\nfrom the sampling noise", fontsize=8)
+    ax = fig.add_subplot(1, 2, 2)
+    width = 0.4
+    xs = range(len(names))
+    ax.bar(
+        [x - width / 2 for x in xs], [r["within_obs_std"] for r in runs], width, label="within an observation"
+    )
+    ax.bar(
+        [x + width / 2 for x in xs], [r["between_obs_std"] for r in runs], width, label="between observations"
+    )
+    ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+    ax.set_title("action std (env units, RMS over coordinates)", fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(
+        f"{payload['task']}: {payload['samples']} samples for each of {payload['n_obs']} observations",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
 def plot_modes(path: Path, payload: dict) -> None:
     """Grouped bars: left share per start for each checkpoint (mean binary entropy in the legend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -227,3 +227,52 @@ def checkpoint_modes(
         "starts": per_start,
     }
     return result, ck
+
+
+def policy_checkpoint_noise_share(
+    path: str,
+    *,
+    n_obs: int,
+    samples: int,
+    seed: int,
+    sampler: str | None,
+    num_inference_steps: int | None,
+    device: str,
+    allow_import: bool | None = None,
+):
+    """(result, checkpoint): :func:`~immiscible_policy.analysis.noise_share.noise_share` of a policy
+    checkpoint on ``n_obs`` evenly spaced windows of its own validation episodes (its training windows,
+    said in ``condition_split``, when it has none), with its own sampler unless one is given."""
+    from immiscible_policy.analysis.noise_share import noise_share
+    from immiscible_policy.policy.load import load_policy
+
+    kind, task = checkpoint_kind(path)
+    if kind != "policy":
+        raise ValueError(f"{path} is a {task} {kind} checkpoint; noise_share needs a policy checkpoint.")
+    _, policy, cfg, ck = load_policy(path, device=device, allow_import=allow_import)
+    policy.sampler = str(policy.sampler if sampler is None else sampler)
+    if num_inference_steps is not None:
+        policy.num_inference_steps = int(num_inference_steps)
+    dataset = policy_dataset(cfg.task)
+    windows, split = dataset.get_validation_dataset().all_windows(), "validation"
+    if windows["obs"].shape[0] == 0:
+        windows, split = dataset.all_windows(), "train"
+    if windows["obs"].shape[0] < 2:
+        raise ValueError(f"{path}: the run's dataset has fewer than 2 windows to condition on.")
+    pick = torch.linspace(0, windows["obs"].shape[0] - 1, min(n_obs, windows["obs"].shape[0])).long()
+    obs = windows["obs"][pick][:, : policy.n_obs_steps]
+    res = noise_share(
+        lambda o, g: policy.predict_action(o, generator=g),
+        obs,
+        samples=samples,
+        seed=seed,
+        device=policy.device,
+    )
+    result = {
+        "checkpoint": str(ck.path),
+        "assigner": ck.config.get("assigner"),
+        "sampler": f"{policy.sampler} {policy.num_inference_steps} steps",
+        "condition_split": split,
+        **res,
+    }
+    return result, ck

@@ -9,6 +9,8 @@
                              allow_import=false out=DIR]
     immiscible-analyze demo_modes [data=PATH threshold_deg=45 margin=10 far_deg=135 upside_down_deg=15
                                   out=DIR]
+    immiscible-analyze noise_share checkpoint=RUN[,RUN...] [labels=a,b n_obs=64 samples=16 seed=0
+                                   sampler=ddim num_inference_steps=16 device=cpu allow_import=false out=DIR]
 
 Each writes a JSON and a PNG into ``out`` (default ``analysis/``). ``bijectivity`` reads the checkpoint
 kind from its config.json: policy (n=16 samples per observation, ``conditions`` observations) or image
@@ -22,7 +24,10 @@ episodes, nearest chunks from its training episodes.
 as the left or right half of the T (see ``immiscible_policy.analysis.modes``). ``demo_modes`` classifies
 the PushT demos (``data``: a zarr store, default the shared one) by rotation mode and approach side with
 the evaluation's definitions (docs/modes.md): ``demo_modes_pusht.json`` and a scatter of each demo's turn
-against its start's angle from the goal.
+against its start's angle from the goal. ``noise_share`` samples ``samples`` actions for each of ``n_obs``
+validation observations of a policy checkpoint and reports the share of the action's variance that comes
+from the sampling noise rather than the observation (``immiscible_policy.analysis.noise_share``):
+``noise_share_<task>.json`` and a bar per checkpoint.
 ``allow_import=true`` (or ``IMMISCIBLE_ALLOW_IMPORT=1``) trusts checkpoints whose assigner is a
 ``module:Class`` path rather than a registered strategy; without it they are refused before anything
 is imported. The computations live in ``immiscible_policy.analysis.runs``, the figures in
@@ -254,12 +259,58 @@ def cmd_demo_modes(argv: list[str]) -> dict:
     return payload
 
 
+def cmd_noise_share(argv: list[str]) -> dict:
+    from immiscible_policy.analysis.plots import plot_noise_share
+    from immiscible_policy.analysis.runs import policy_checkpoint_noise_share
+
+    allowed = ("checkpoint", "labels", "n_obs", "samples", "seed", "sampler", "num_inference_steps")
+    opts, _ = _opts(argv, (*allowed, "device", "out", "allow_import"))
+    cks = _checkpoints(opts)
+    tasks = {checkpoint_kind(path) for path, _ in cks}
+    if len(tasks) != 1:
+        raise ValueError(
+            f"checkpoints mix kinds/tasks {sorted(tasks)}; compare one task's policies at a time."
+        )
+    kind, task = tasks.pop()
+    numbers = {}
+    for key, default, least in (("n_obs", 64, 2), ("samples", 16, 2), ("seed", 0, 0)):
+        try:
+            numbers[key] = int(opts.get(key, default))
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}={opts[key]!r}: use a whole number.") from None
+        if numbers[key] < least:
+            raise ValueError(f"{key}={numbers[key]}: use at least {least}.")
+    steps = opts.get("num_inference_steps")
+    runs = {}
+    for path, label in tqdm(cks, desc="noise_share", leave=False):
+        res, ck = policy_checkpoint_noise_share(
+            path,
+            **numbers,
+            sampler=None if opts.get("sampler") is None else str(opts["sampler"]),
+            num_inference_steps=None if steps is None else int(steps),
+            device=str(opts.get("device", "cpu")),
+            allow_import=opts.get("allow_import"),
+        )
+        _add_run(runs, run_label(label, ck), res)
+    out = Path(opts.get("out", "analysis"))
+    payload = {"kind": kind, "task": task, **numbers, "runs": runs}
+    _write(out / f"noise_share_{task}.json", payload)
+    plot_noise_share(out / f"noise_share_{task}.png", payload)
+    for name, r in runs.items():
+        print(
+            f"{name:12s} noise share {r['noise_share']:.3f} (within-observation std {r['within_obs_std']:.3g}, "
+            f"between {r['between_obs_std']:.3g}; {r['sampler']})"
+        )
+    return payload
+
+
 COMMANDS = {
     "mixing": cmd_mixing,
     "losses": cmd_losses,
     "bijectivity": cmd_bijectivity,
     "modes": cmd_modes,
     "demo_modes": cmd_demo_modes,
+    "noise_share": cmd_noise_share,
 }
 
 
