@@ -825,8 +825,42 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         title="PushT: does the policy keep both rotation modes? (0.5 = balanced)",
         ylim=(0.0, 1.02),
     )
+    plot_noise_share(summary, cells, args.out / "noise_share.png")
     print(md)
     return payload
+
+
+def plot_noise_share(summary: list[dict], cells: dict, path: Path) -> None:
+    """One point per finished cell against its final policy's action noise share: the standard-start score
+    (left) and the dominant share at the symmetric starts (right), one colour per row."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.2))
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for k, s in enumerate(x for x in summary if x["n_seeds"]):
+        got = [c for (row, _), c in sorted(cells.items()) if row == s["row"] and "noise_share" in c]
+        if not got:
+            continue
+        share = [c["noise_share"]["noise_share"] for c in got]
+        seeds = {p["seed"]: p["dominant_share"] for p in s["final"]["per_seed"]}
+        style = {"color": f"C{k % 10}", "marker": "os^D"[k // 10 % 4], "label": s["row"]}
+        left.scatter(share, [headline(c)["mean_score"] for c in got], **style)
+        right.scatter(share, [seeds.get(c["seed"], float("nan")) for c in got], **style)
+    left.set(xlabel="action noise share (final policy)", ylabel="score, 50 standard starts", ylim=(0, 1.02))
+    right.set(xlabel="action noise share (final policy)", ylabel="dominant share, symmetric starts")
+    right.axhline(0.5, color="k", lw=0.8, ls=":")
+    ticks = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=7, frameon=False)
+    fig.suptitle("PushT: a policy whose action follows its sampling noise (one point per seed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def demo_split(zarr: str | None) -> dict:
