@@ -597,6 +597,31 @@ def verdict(s: dict, van: dict | None) -> str:
     return f"{modes}; score {cost:+.3f}" + (" (intervals apart)" if apart else " (overlapping)")
 
 
+def against_demos(s: dict, demo: dict) -> str:
+    """A vanilla row's verdict: in how many seeds its symmetric-start split is more one-sided than the demos'
+    (Fisher's exact test at 5% of the seed's cw / ccw against the demos', both finite samples; "more
+    one-sided": further from 50 / 50), against the demos near 180° and those far from the goal. Mirrored
+    rows compare with the mirrored demos (each split doubled and balanced)."""
+    from scipy.stats import fisher_exact
+
+    per_seed = s.get("final", {}).get("per_seed", [])
+    if not per_seed:
+        return ""
+    mirrored = parse_row(s["row"])[1]
+    parts = []
+    for name, d in (("near 180°", demo["upside_down"]), ("far from the goal", demo)):
+        ref = (d["cw"] + d["ccw"],) * 2 if mirrored else (d["cw"], d["ccw"])
+        ref_dev = abs(ref[0] / sum(ref) - 0.5)
+        k = sum(
+            cw + ccw > 0
+            and fisher_exact([[cw, ccw], list(ref)])[1] < 0.05
+            and abs(cw / (cw + ccw) - 0.5) > ref_dev
+            for cw, ccw, _ in (p["split"] for p in per_seed)
+        )
+        parts.append(f"{k} of {len(per_seed)} seeds against those {name} ({ref[0]} / {ref[1]})")
+    return "more one-sided than its demos: " + ", ".join(parts) + "; Fisher's exact test, 5%"
+
+
 #: the issue's goal: a split within 10 points of the demos' (the TV interval's upper end) at a standard-start
 #: score no more than 0.02 below vanilla's (mean difference)
 GOAL_TV, GOAL_SCORE = 0.10, 0.02
@@ -635,6 +660,13 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         lambda row, got, missing, base: {"missing_seeds": missing, **summarize_row(row, got, base, demo)},
     )
     by_row = {s["row"]: s for s in summary}
+    for s in summary:  # the verdicts travel in report.json too (the README's table is made from it)
+        van = by_row.get(vanilla_of(s["row"]))
+        if not s["n_seeds"]:
+            s["verdict"] = ""
+        else:
+            s["verdict"] = against_demos(s, demo) if van is s else verdict(s, van)
+        s["goal"] = {k: goal_check(s, van, k) for k in ("tv_to_demos", "tv_to_demos_upside_down")}
     table = []
     for s in summary:
         n = s["n_seeds"] + len(s["missing_seeds"])
@@ -643,7 +675,6 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             table.append([s["row"], seeds] + [""] * 10)
             continue
         f = s["final"]
-        van = by_row.get(vanilla_of(s["row"]))
         table.append(
             [
                 s["row"],
@@ -657,7 +688,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
                 pct(f["none_share"]),
                 num(f["condition_leak"]),
                 num(f["noise_share"]),
-                verdict(s, van),
+                s["verdict"],
             ]
         )
     md = (
@@ -697,7 +728,8 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         f"samples for each of {NOISE_SHARE_OBS} validation observations, the per-epoch sampler; "
         "`immiscible-analyze noise_share`): a policy that reads its action off the noise scatters. "
         "Verdict: the dominant share's interval against vanilla's (led by the share of rollouts that turn "
-        f"the T when more than {NO_TURN:.0%} do not), and the standard-start score difference.\n"
+        f"the T when more than {NO_TURN:.0%} do not), and the standard-start score difference; for a vanilla "
+        "row, the seeds whose split is more one-sided than the demos'.\n"
     )
     md += (
         f"\n### The goal: TV <= {GOAL_TV:.2f} on its interval at a score no more than {GOAL_SCORE:.2f} below "
@@ -709,8 +741,8 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             [
                 s["row"],
                 s["n_seeds"],
-                goal_check(s, v, "tv_to_demos"),
-                goal_check(s, v, "tv_to_demos_upside_down"),
+                s["goal"]["tv_to_demos"],
+                s["goal"]["tv_to_demos_upside_down"],
             ]
             for s in summary
             if (v := by_row.get(vanilla_of(s["row"]))) is not None and s["row"] != v["row"]

@@ -164,6 +164,20 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
     assert by["epsilon/published"]["curve"][0]["condition_leak"]["mean"] == pytest.approx(-1.0)
     assert by["epsilon/published"]["final"]["noise_share"]["mean"] == pytest.approx(0.35)
     assert by["epsilon/vanilla"]["final"]["noise_share"]["n"] == 0  # cells without it: no number, no zero
+    # a vanilla row is judged against its demos, seed by seed (45/5 and 10/40 are both more one-sided than
+    # 13/7 and 26/23); a mirrored row against the mirrored demos, balanced by construction
+    assert by["epsilon/vanilla"]["verdict"] == (
+        "more one-sided than its demos: 2 of 2 seeds against those near 180° (13 / 7), 2 of 2 seeds against "
+        "those far from the goal (26 / 23); Fisher's exact test, 5%"
+    )
+    assert by["flow+mirror/vanilla"]["verdict"].startswith(
+        "more one-sided than its demos: 0 of 1 seeds against those near 180° (20 / 20), 0 of 1 seeds against "
+        "those far from the goal (49 / 49)"
+    )
+    assert (
+        by["epsilon/published"]["verdict"]
+        == "not distinguishable from vanilla; score -0.100 (intervals apart)"
+    )
     md = (tmp_path / "report.md").read_text()
     # vanilla's two seeds disagree (0.9, 0.8): its interval is wide, so no verdict on the modes
     assert "not distinguishable from vanilla; score -0.100 (intervals apart)" in md
