@@ -131,6 +131,16 @@ def _checkpoints(opts: dict) -> list[tuple[str, str | None]]:
     return list(zip(paths, labels, strict=True))
 
 
+def _one_task(cks: list[tuple[str, str | None]]) -> tuple[str, str]:
+    """(kind, task) shared by every checkpoint; a one-line error when they mix kinds or tasks."""
+    kinds = {checkpoint_kind(path) for path, _ in cks}
+    if len(kinds) != 1:
+        raise ValueError(
+            f"checkpoints mix kinds/tasks {sorted(kinds)}; compare checkpoints of one task at a time."
+        )
+    return kinds.pop()
+
+
 def _add_run(runs: dict, name: str, result) -> None:
     if name in runs:
         raise ValueError(f"two checkpoints are labelled {name!r}; pass labels=a,b,... to tell them apart.")
@@ -147,12 +157,7 @@ def cmd_bijectivity(argv: list[str]) -> dict:
         + ("allow_import",),
     )
     cks = _checkpoints(opts)
-    kinds = {checkpoint_kind(path) for path, _ in cks}
-    if len(kinds) != 1:
-        raise ValueError(
-            f"checkpoints mix kinds/tasks {sorted(kinds)}; compare checkpoints of one task at a time."
-        )
-    kind, task = kinds.pop()
+    kind, task = _one_task(cks)
     steps, device = int(opts.get("steps", 50)), str(opts.get("device", "cpu"))
     refine, allow_import = int(opts.get("refine", 0)), opts.get("allow_import")
     runs, extras = {}, {}
@@ -266,12 +271,7 @@ def cmd_noise_share(argv: list[str]) -> dict:
     allowed = ("checkpoint", "labels", "n_obs", "samples", "seed", "sampler", "num_inference_steps")
     opts, _ = _opts(argv, (*allowed, "device", "out", "allow_import"))
     cks = _checkpoints(opts)
-    tasks = {checkpoint_kind(path) for path, _ in cks}
-    if len(tasks) != 1:
-        raise ValueError(
-            f"checkpoints mix kinds/tasks {sorted(tasks)}; compare one task's policies at a time."
-        )
-    kind, task = tasks.pop()
+    kind, task = _one_task(cks)
     numbers = {}
     for key, default, least in (("n_obs", 64, 2), ("samples", 16, 2), ("seed", 0, 0)):
         try:
