@@ -209,7 +209,7 @@ def _import_assigner(path: str):
     return edit
 
 
-@pytest.mark.parametrize("command", ["bijectivity", "modes", "noise_share"])
+@pytest.mark.parametrize("command", ["bijectivity", "modes", "noise_share", "leak"])
 def test_untrusted_policy_checkpoint_is_refused(command, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(ALLOW_IMPORT_ENV, raising=False)
     sys.modules.pop("this", None)

@@ -145,6 +145,35 @@ def plot_noise_share(path: Path, payload: dict) -> None:
     fig.savefig(path, dpi=100)
 
 
+def plot_leak(path: Path, payload: dict) -> None:
+    """Three panels of bars, one bar per recipe: the condition leak (held-out R^2), the noise's projection on
+    its own chunk, and the mean pair distance."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names, runs = list(payload["runs"]), list(payload["runs"].values())
+    fig = Figure(figsize=(max(9.0, 1.8 * len(names) + 3), 3.8))
+    FigureCanvasAgg(fig)
+    panels = (("condition leak: held-out R² of the\nnoise from the observation", "condition_leak", "+.3f"),)
+    panels += (("the noise's projection on its\nown chunk (0: independent)", "noise_proj_x0", "+.2f"),)
+    panels += (("mean L2 from a chunk to its noise", "pair_l2", ".3f"),)
+    for k, (title, key, fmt) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, k + 1)
+        vals = [r[key] for r in runs]
+        ax.bar(range(len(names)), vals, color=[f"C{i}" for i in range(len(names))])
+        for i, v in enumerate(vals):
+            ax.text(i, v, format(v, fmt), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=8)
+        ax.axhline(0, color="k", lw=0.6)
+    fig.suptitle(
+        f"{payload['task']}: pairing recipes before training (batch {payload['batch']})", fontsize=10
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
 def plot_modes(path: Path, payload: dict) -> None:
     """Grouped bars: left share per start for each checkpoint (mean binary entropy in the legend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

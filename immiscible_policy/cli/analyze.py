@@ -9,6 +9,8 @@
                              allow_import=false out=DIR]
     immiscible-analyze demo_modes [data=PATH threshold_deg=45 margin=10 far_deg=135 upside_down_deg=15
                                   out=DIR]
+    immiscible-analyze leak [data=PATH mirror=false | checkpoint=RUN] [recipes=vanilla,linear+standardize=true,...
+                            labels=a,b batch=256 rows=8192 seed=0 allow_import=false out=DIR]
     immiscible-analyze noise_share checkpoint=RUN[,RUN...] [labels=a,b n_obs=64 samples=16 seed=0
                                    sampler=ddim num_inference_steps=16 device=cpu allow_import=false out=DIR]
 
@@ -27,7 +29,10 @@ the evaluation's definitions (docs/modes.md): ``demo_modes_pusht.json`` and a sc
 against its start's angle from the goal. ``noise_share`` samples ``samples`` actions for each of ``n_obs``
 validation observations of a policy checkpoint and reports the share of the action's variance that comes
 from the sampling noise rather than the observation (``immiscible_policy.analysis.noise_share``):
-``noise_share_<task>.json`` and a bar per checkpoint.
+``noise_share_<task>.json`` and a bar per checkpoint. ``leak`` computes, before any training, how much each
+pairing recipe (``strategy+key=value+...``: the strategy's options and the schedule's ``fraction`` ...)
+leaks the observation into a low-dim policy's training noise (``immiscible_policy.analysis.leak``) on the
+PushT demos or a run's own data: ``leak_<task>.json`` and a bar per recipe.
 ``allow_import=true`` (or ``IMMISCIBLE_ALLOW_IMPORT=1``) trusts checkpoints whose assigner is a
 ``module:Class`` path rather than a registered strategy; without it they are refused before anything
 is imported. The computations live in ``immiscible_policy.analysis.runs``, the figures in
@@ -272,14 +277,7 @@ def cmd_noise_share(argv: list[str]) -> dict:
     opts, _ = _opts(argv, (*allowed, "device", "out", "allow_import"))
     cks = _checkpoints(opts)
     kind, task = _one_task(cks)
-    numbers = {}
-    for key, default, least in (("n_obs", 64, 2), ("samples", 16, 2), ("seed", 0, 0)):
-        try:
-            numbers[key] = int(opts.get(key, default))
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}={opts[key]!r}: use a whole number.") from None
-        if numbers[key] < least:
-            raise ValueError(f"{key}={numbers[key]}: use at least {least}.")
+    numbers = _whole_numbers(opts, (("n_obs", 64, 2), ("samples", 16, 2), ("seed", 0, 0)))
     steps = opts.get("num_inference_steps")
     runs = {}
     for path, label in tqdm(cks, desc="noise_share", leave=False):
@@ -304,6 +302,63 @@ def cmd_noise_share(argv: list[str]) -> dict:
     return payload
 
 
+#: the recipes ``leak`` compares by default: vanilla, the published matching on all / half / a quarter of
+#: each batch, and the other pairings of the PushT modes sweep
+LEAK_RECIPES = (
+    "vanilla,linear+standardize=true,linear+standardize=true+fraction=0.5,"
+    "linear+standardize=true+fraction=0.25,c2ot+standardize=true,knn+k=4"
+)
+
+
+def cmd_leak(argv: list[str]) -> dict:
+    from immiscible_policy.analysis.leak import recipe_leak
+    from immiscible_policy.analysis.plots import plot_leak
+    from immiscible_policy.analysis.runs import pairing_data
+
+    allowed = ("data", "mirror", "checkpoint", "recipes", "labels", "batch", "rows", "seed", "out")
+    opts, _ = _opts(argv, (*allowed, "allow_import"))
+    if "checkpoint" in opts and ("data" in opts or "mirror" in opts):
+        raise ValueError("give data= (and mirror=) or checkpoint=, not both: a run brings its own data.")
+    recipes = _names(opts.get("recipes", LEAK_RECIPES))
+    labels = _names(opts.get("labels", "")) or recipes
+    if len(labels) != len(recipes):
+        raise ValueError(f"labels= has {len(labels)} names for {len(recipes)} recipes; give one per recipe.")
+    numbers = _whole_numbers(opts, (("batch", 256, 2), ("rows", 8192, 64), ("seed", 0, 0)))
+    actions, cond, task, source = pairing_data(
+        None if opts.get("data") is None else str(opts["data"]),
+        None if opts.get("checkpoint") is None else str(opts["checkpoint"]),
+        mirror=bool_option(opts, "mirror", False),
+        allow_import=opts.get("allow_import"),
+    )
+    runs = {}
+    for recipe, label in tqdm(list(zip(recipes, labels)), desc="leak", leave=False):
+        _add_run(runs, label, recipe_leak(recipe, actions, cond, **numbers))
+    out = Path(opts.get("out", "analysis"))
+    payload = {"task": task, **source, "windows": int(actions.shape[0]), **numbers, "runs": runs}
+    _write(out / f"leak_{task}.json", payload)
+    plot_leak(out / f"leak_{task}.png", payload)
+    for name, r in runs.items():
+        print(
+            f"{name:40s} leak R2 {r['condition_leak']:+.4f}  noise proj {r['noise_proj_x0']:+.3f}  "
+            f"norm {r['noise_norm_ratio']:.3f}  pair L2 {r['pair_l2']:.3f}  share {r['paired_share']:.2f}"
+        )
+    return payload
+
+
+def _whole_numbers(opts: dict, spec) -> dict:
+    """``{key: int}`` for each (key, default, least) of ``spec``: one-line errors for a non-number or a
+    number below its least."""
+    numbers = {}
+    for key, default, least in spec:
+        try:
+            numbers[key] = int(opts.get(key, default))
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}={opts[key]!r}: use a whole number.") from None
+        if numbers[key] < least:
+            raise ValueError(f"{key}={numbers[key]}: use at least {least}.")
+    return numbers
+
+
 COMMANDS = {
     "mixing": cmd_mixing,
     "losses": cmd_losses,
@@ -311,6 +366,7 @@ COMMANDS = {
     "modes": cmd_modes,
     "demo_modes": cmd_demo_modes,
     "noise_share": cmd_noise_share,
+    "leak": cmd_leak,
 }
 
 
