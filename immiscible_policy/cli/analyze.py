@@ -290,15 +290,27 @@ def cmd_noise_share(argv: list[str]) -> dict:
             allow_import=opts.get("allow_import"),
         )
         _add_run(runs, run_label(label, ck), res)
-    out = Path(opts.get("out", "analysis"))
     payload = {"kind": kind, "task": task, **numbers, "runs": runs}
-    _write(out / f"noise_share_{task}.json", payload)
-    plot_noise_share(out / f"noise_share_{task}.png", payload)
-    for name, r in runs.items():
-        print(
+    return _finish(
+        opts,
+        f"noise_share_{task}",
+        payload,
+        plot_noise_share,
+        lambda name, r: (
             f"{name:12s} noise share {r['noise_share']:.3f} (within-observation std {r['within_obs_std']:.3g}, "
             f"between {r['between_obs_std']:.3g}; {r['sampler']})"
-        )
+        ),
+    )
+
+
+def _finish(opts: dict, stem: str, payload: dict, plot, line) -> dict:
+    """Write ``<out>/<stem>.json`` and ``<stem>.png`` (``plot(path, payload)``), print ``line(name, run)``
+    for each of the payload's runs; the payload."""
+    out = Path(opts.get("out", "analysis"))
+    _write(out / f"{stem}.json", payload)
+    plot(out / f"{stem}.png", payload)
+    for name, r in payload["runs"].items():
+        print(line(name, r))
     return payload
 
 
@@ -333,16 +345,17 @@ def cmd_leak(argv: list[str]) -> dict:
     runs = {}
     for recipe, label in tqdm(list(zip(recipes, labels)), desc="leak", leave=False):
         _add_run(runs, label, recipe_leak(recipe, actions, cond, **numbers))
-    out = Path(opts.get("out", "analysis"))
     payload = {"task": task, **source, "windows": int(actions.shape[0]), **numbers, "runs": runs}
-    _write(out / f"leak_{task}.json", payload)
-    plot_leak(out / f"leak_{task}.png", payload)
-    for name, r in runs.items():
-        print(
+    return _finish(
+        opts,
+        f"leak_{task}",
+        payload,
+        plot_leak,
+        lambda name, r: (
             f"{name:40s} leak R2 {r['condition_leak']:+.4f}  noise proj {r['noise_proj_x0']:+.3f}  "
             f"norm {r['noise_norm_ratio']:.3f}  pair L2 {r['pair_l2']:.3f}  share {r['paired_share']:.2f}"
-        )
-    return payload
+        ),
+    )
 
 
 def _whole_numbers(opts: dict, spec) -> dict:
