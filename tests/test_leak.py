@@ -70,6 +70,8 @@ def test_bad_sizes_are_one_line(determined):
         recipe_leak("vanilla", actions, cond, batch=4096, rows=8192)
     with pytest.raises(ValueError, match="rows=32: use at least 128"):
         recipe_leak("vanilla", actions, cond, batch=128, rows=32)
+    with pytest.raises(ValueError, match="non-finite"):
+        recipe_leak("vanilla", actions.clone().fill_(float("nan")), cond, batch=128, rows=256)
     with pytest.raises(ValueError, match="one condition each"):
         recipe_leak("vanilla", actions, cond[:10], batch=8, rows=64)
 

@@ -23,6 +23,8 @@ Read the leak beside ``noise_proj_x0``: a linear probe underestimates the leak f
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -89,12 +91,19 @@ def recipe_leak(spec: str, actions: Tensor, cond: Tensor, *, batch: int, rows: i
         noises.append(paired.noise.flatten(1))
         stats.append(noise_stats(paired.x0, paired.noise))
         shares.append(paired.info["paired_share"])
+    out = {
+        "condition_leak": condition_leak(torch.cat(conds)[:rows], torch.cat(noises)[:rows]),
+        **{k: float(torch.stack([st[k] for st in stats]).mean()) for k in stats[0]},
+    }
+    if not all(math.isfinite(v) for v in out.values()):
+        raise ValueError(
+            f"recipe {spec!r}: a non-finite leak or noise statistic (non-finite data?); nothing is reported."
+        )
     return {
         "recipe": spec,
         "strategy": name,
         "settings": settings,
-        "condition_leak": condition_leak(torch.cat(conds)[:rows], torch.cat(noises)[:rows]),
-        **{k: float(torch.stack([st[k] for st in stats]).mean()) for k in stats[0]},
+        **out,
         "paired_share": float(sum(shares) / len(shares)),
         "batch": batch,
         "rows": rows,
