@@ -39,6 +39,17 @@ def _policy_ckpt(root: Path, edit=None) -> Path:
     return step
 
 
+def _image_ckpt(root: Path, assigner: str) -> Path:
+    """A tiny image checkpoint (8x8, one channel) whose config names ``assigner``."""
+    config = {
+        "cfg": {"assigner": {"name": assigner, "params": {}}, "model": {}, "trainer": {}},
+        "image": {"image_size": 8, "channels": 1, "num_classes": 0},
+    }
+    return save_checkpoint(
+        root / "run", 1, model_state={"w": torch.zeros(1)}, config=config, training_state={"step": 1}
+    )
+
+
 def _one_line_error(argv, capsys) -> str:
     assert analyze(argv) == 2
     err = capsys.readouterr().err.split("\r")[-1].strip()  # after any cleared progress bar
@@ -237,13 +248,7 @@ def test_import_path_assigner_analysed_when_opted_in(tmp_path, capsys, monkeypat
 def test_untrusted_image_checkpoint_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(ALLOW_IMPORT_ENV, raising=False)
     sys.modules.pop("this", None)
-    config = {
-        "cfg": {"assigner": {"name": "this:Anything", "params": {}}, "model": {}, "trainer": {}},
-        "image": {"image_size": 8, "channels": 1, "num_classes": 0},
-    }
-    step = save_checkpoint(
-        tmp_path / "run", 1, model_state={"w": torch.zeros(1)}, config=config, training_state={"step": 1}
-    )
+    step = _image_ckpt(tmp_path, "this:Anything")
     err = _one_line_error(["bijectivity", f"checkpoint={step}", f"out={tmp_path}"], capsys)
     assert "assigner 'this:Anything' is not a registered strategy" in err and "allow_import=true" in err
     assert "this" not in sys.modules

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from test_analyze_runs import _one_line_error, _policy_ckpt, needs_pusht
+from test_analyze_runs import _image_ckpt, _one_line_error, _policy_ckpt, needs_pusht
 
 from immiscible_policy.analysis.leak import parse_recipe, recipe_leak
 from immiscible_policy.cli.analyze import main as analyze
@@ -101,4 +101,6 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert "not both" in _one_line_error(both, capsys)
     labels = ["leak", "recipes=vanilla,linear", "labels=a", f"out={tmp_path}"]
     assert "labels= has 1 names for 2 recipes" in _one_line_error(labels, capsys)
-    assert "batch=1: use at least 2" in _one_line_error(["leak", "batch=1", f"out={tmp_path}"], capsys)
+    assert "batch=1: use an integer >= 2" in _one_line_error(["leak", "batch=1", f"out={tmp_path}"], capsys)
+    image = ["leak", f"checkpoint={_image_ckpt(tmp_path, 'vanilla')}", f"out={tmp_path}"]
+    assert "leak needs a policy checkpoint" in _one_line_error(image, capsys)

@@ -13,10 +13,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_analyze_runs import _one_line_error, _policy_ckpt, needs_pusht
+from test_analyze_runs import _image_ckpt, _one_line_error, _policy_ckpt, needs_pusht
 
 from immiscible_policy.analysis.noise_share import noise_share
-from immiscible_policy.checkpoint import save_checkpoint
 from immiscible_policy.cli.analyze import main as analyze
 
 OBS = torch.linspace(-3, 3, 40).reshape(40, 1, 1).repeat(1, 2, 3)  # 40 observations, 2 steps, 3 numbers
@@ -81,21 +80,15 @@ def test_cli_on_a_policy_checkpoint(tmp_path):
 
 def test_cli_bad_options_are_one_line(tmp_path, capsys):
     step = _policy_ckpt(tmp_path)
-    assert "samples=1: use at least 2" in _one_line_error(
+    assert "samples=1: use an integer >= 2" in _one_line_error(
         ["noise_share", f"checkpoint={step}", "samples=1", f"out={tmp_path}"], capsys
     )
-    assert "n_obs='many': use a whole number" in _one_line_error(
+    assert "n_obs='many': use an integer >= 2" in _one_line_error(
         ["noise_share", f"checkpoint={step}", "n_obs=many", f"out={tmp_path}"], capsys
     )
 
 
 def test_cli_refuses_an_image_checkpoint(tmp_path, capsys):
-    config = {
-        "cfg": {"assigner": {"name": "vanilla", "params": {}}, "model": {}, "trainer": {}},
-        "image": {"image_size": 8, "channels": 1, "num_classes": 0},
-    }
-    step = save_checkpoint(
-        tmp_path / "run", 1, model_state={"w": torch.zeros(1)}, config=config, training_state={"step": 1}
-    )
+    step = _image_ckpt(tmp_path, "vanilla")
     err = _one_line_error(["noise_share", f"checkpoint={step}", f"out={tmp_path}"], capsys)
     assert "noise_share needs a policy checkpoint" in err

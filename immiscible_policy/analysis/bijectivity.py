@@ -141,10 +141,7 @@ def policy_bijectivity(
     its observations from the training windows and says so (``condition_split: "train"``).
     """
     train = dataset.all_windows()
-    val = dataset.get_validation_dataset().all_windows()
-    split = "validation"
-    if val["obs"].shape[0] == 0:
-        val, split = train, "train"
+    val, split = dataset.conditioning_windows()
     if val["obs"].shape[0] == 0:
         raise ValueError(
             "the run's dataset has no windows to condition on (no train or validation episodes)."

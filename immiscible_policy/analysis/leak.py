@@ -30,8 +30,6 @@ from torch import Tensor
 
 __all__ = ["parse_recipe", "recipe_leak"]
 
-SCHEDULE_KEYS = ("start_epoch", "fraction", "ramp_epochs")
-
 
 def _value(text: str):
     low = text.lower()

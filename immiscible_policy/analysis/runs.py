@@ -82,6 +82,14 @@ def checkpoint_kind(path: str) -> tuple[str, str]:
     return kind_of(checkpoint_config(path), path)
 
 
+def require_policy_checkpoint(path: str, command: str) -> str:
+    """The task of a policy checkpoint; a one-line error naming ``command`` for any other kind."""
+    kind, task = checkpoint_kind(path)
+    if kind != "policy":
+        raise ValueError(f"{path} is a {task} {kind} checkpoint; {command} needs a policy checkpoint.")
+    return task
+
+
 def task_family(config: Mapping[str, Any]) -> str:
     """The task family (``pusht`` | ``robomimic``) of a policy checkpoint's recorded task config."""
     from immiscible_policy.policy.tasks import task_env
@@ -246,17 +254,12 @@ def policy_checkpoint_noise_share(
     from immiscible_policy.analysis.noise_share import noise_share
     from immiscible_policy.policy.load import load_policy
 
-    kind, task = checkpoint_kind(path)
-    if kind != "policy":
-        raise ValueError(f"{path} is a {task} {kind} checkpoint; noise_share needs a policy checkpoint.")
+    require_policy_checkpoint(path, "noise_share")
     _, policy, cfg, ck = load_policy(path, device=device, allow_import=allow_import)
     policy.sampler = str(policy.sampler if sampler is None else sampler)
     if num_inference_steps is not None:
         policy.num_inference_steps = int(num_inference_steps)
-    dataset = policy_dataset(cfg.task)
-    windows, split = dataset.get_validation_dataset().all_windows(), "validation"
-    if windows["obs"].shape[0] == 0:
-        windows, split = dataset.all_windows(), "train"
+    windows, split = policy_dataset(cfg.task).conditioning_windows()
     if windows["obs"].shape[0] < 2:
         raise ValueError(f"{path}: the run's dataset has fewer than 2 windows to condition on.")
     pick = torch.linspace(0, windows["obs"].shape[0] - 1, min(n_obs, windows["obs"].shape[0])).long()
@@ -289,9 +292,7 @@ def pairing_data(
     if checkpoint is not None:
         from immiscible_policy.policy.load import load_policy
 
-        kind, task = checkpoint_kind(checkpoint)
-        if kind != "policy":
-            raise ValueError(f"{checkpoint} is a {task} {kind} checkpoint; leak needs a policy checkpoint.")
+        task = require_policy_checkpoint(checkpoint, "leak")
         _, policy, cfg, ck = load_policy(checkpoint, device="cpu", allow_import=allow_import)
         if policy.image_shape is not None:
             raise ValueError(f"{checkpoint} is an image policy; leak measures low-dim policies' conditions.")

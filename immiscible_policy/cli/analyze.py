@@ -48,7 +48,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from immiscible_policy.analysis.runs import DATA, SCHEDULES, checkpoint_kind, run_label
-from immiscible_policy.cli._kv import bool_option, error_line, parse_kv, require_checkpoint
+from immiscible_policy.cli._kv import bool_option, error_line, int_option, parse_kv, require_checkpoint
 from immiscible_policy.outputs import check_writable
 
 __all__ = ["COMMANDS", "DATA", "SCHEDULES", "checkpoint_kind", "main"]
@@ -277,7 +277,10 @@ def cmd_noise_share(argv: list[str]) -> dict:
     opts, _ = _opts(argv, (*allowed, "device", "out", "allow_import"))
     cks = _checkpoints(opts)
     kind, task = _one_task(cks)
-    numbers = _whole_numbers(opts, (("n_obs", 64, 2), ("samples", 16, 2), ("seed", 0, 0)))
+    numbers = {
+        k: int_option(opts, k, d, least)
+        for k, d, least in (("n_obs", 64, 2), ("samples", 16, 2), ("seed", 0, 0))
+    }
     steps = opts.get("num_inference_steps")
     runs = {}
     for path, label in tqdm(cks, desc="noise_share", leave=False):
@@ -335,7 +338,10 @@ def cmd_leak(argv: list[str]) -> dict:
     labels = _names(opts.get("labels", "")) or recipes
     if len(labels) != len(recipes):
         raise ValueError(f"labels= has {len(labels)} names for {len(recipes)} recipes; give one per recipe.")
-    numbers = _whole_numbers(opts, (("batch", 256, 2), ("rows", 8192, 64), ("seed", 0, 0)))
+    numbers = {
+        k: int_option(opts, k, d, least)
+        for k, d, least in (("batch", 256, 2), ("rows", 8192, 64), ("seed", 0, 0))
+    }
     actions, cond, task, source = pairing_data(
         None if opts.get("data") is None else str(opts["data"]),
         None if opts.get("checkpoint") is None else str(opts["checkpoint"]),
@@ -356,20 +362,6 @@ def cmd_leak(argv: list[str]) -> dict:
             f"norm {r['noise_norm_ratio']:.3f}  pair L2 {r['pair_l2']:.3f}  share {r['paired_share']:.2f}"
         ),
     )
-
-
-def _whole_numbers(opts: dict, spec) -> dict:
-    """``{key: int}`` for each (key, default, least) of ``spec``: one-line errors for a non-number or a
-    number below its least."""
-    numbers = {}
-    for key, default, least in spec:
-        try:
-            numbers[key] = int(opts.get(key, default))
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}={opts[key]!r}: use a whole number.") from None
-        if numbers[key] < least:
-            raise ValueError(f"{key}={numbers[key]}: use at least {least}.")
-    return numbers
 
 
 COMMANDS = {

@@ -210,6 +210,15 @@ class LowdimWindowDataset(torch.utils.data.Dataset):
         val._select(self.val_mask)
         return val
 
+    def conditioning_windows(self) -> tuple[dict[str, torch.Tensor], str]:
+        """(windows, split): the windows an analysis conditions a trained policy on, those of the validation
+        episodes (``"validation"``), or the training windows (``"train"``) for a run without validation
+        episodes (``val_ratio=0``)."""
+        val = self.get_validation_dataset().all_windows()
+        if val["obs"].shape[0]:
+            return val, "validation"
+        return self.all_windows(), "train"
+
     @property
     def obs_dim(self) -> int:
         return int(self.obs.shape[-1])
