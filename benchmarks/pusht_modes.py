@@ -950,7 +950,7 @@ def mode_examples(run_dir: Path, path: Path, seed: int, n: int = SYMMETRIC_ROLLO
     import torch
     from immiscible_envs.pusht import MAX_EPISODE_STEPS, PushTEnv
 
-    from immiscible_policy.analysis.modes import rotation_mode
+    from immiscible_policy.metrics.pusht_modes import rotation_mode
     from immiscible_policy.policy.load import load_policy
     from immiscible_policy.video import write_video
 

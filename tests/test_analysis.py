@@ -168,7 +168,7 @@ def _approach(local_contact: tuple[float, float], theta: float, origin=(200.0, 3
 
 @pytest.mark.parametrize("theta", [0.0, np.pi / 2, np.pi, -2.5])
 def test_approach_side_uses_the_block_frame(theta):
-    from immiscible_policy.analysis.modes import approach_side
+    from immiscible_policy.metrics.pusht_modes import approach_side
 
     side, k, x = approach_side(*_approach((-40.0, -20.0), theta))
     assert (
@@ -182,7 +182,7 @@ def test_approach_side_uses_the_block_frame(theta):
 
 
 def test_approach_side_none_and_bad_shapes():
-    from immiscible_policy.analysis.modes import approach_side
+    from immiscible_policy.metrics.pusht_modes import approach_side
 
     agent, pose = _approach((-40.0, -20.0), 0.3)
     pose[:] = pose[0]  # the block never moves
@@ -192,7 +192,7 @@ def test_approach_side_none_and_bad_shapes():
 
 
 def test_mode_summary_and_binary_entropy():
-    from immiscible_policy.analysis.modes import binary_entropy, summarize
+    from immiscible_policy.metrics.pusht_modes import binary_entropy, summarize
 
     assert binary_entropy(0.5) == pytest.approx(1.0) and binary_entropy(0.0) == binary_entropy(1.0) == 0.0
     s = summarize(["left", "right", "left", "left", "center", "none"])

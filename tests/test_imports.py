@@ -197,7 +197,8 @@ def test_no_import_cycle():
     graph = import_graph(PACKAGE_DIR)
     assert len(graph) > 50 and "immiscible_policy.policy.train" in graph
     assert "immiscible_policy.policy.build" in graph["immiscible_policy.policy.train"]
-    assert "immiscible_policy.analysis.plots" in graph["immiscible_policy.training.run"]  # in a function
+    # an import inside a function counts too
+    assert "immiscible_policy.metrics.pusht_modes" in graph["immiscible_policy.policy.rollout"]
     cycles = find_cycles(graph)
     assert not cycles, (
         f"{len(cycles)} import cycle(s), imports inside functions included (move the code both sides "

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from immiscible_policy.analysis.modes import (
+from immiscible_policy.analysis.modes import demo_modes
+from immiscible_policy.cli.analyze import main as analyze
+from immiscible_policy.metrics.pusht_modes import (
     ROTATION_THRESHOLD_DEG,
-    demo_modes,
     flat_modes,
     mode_line,
     mode_summary,
@@ -20,7 +21,6 @@ from immiscible_policy.analysis.modes import (
     rotation_mode,
     side_of,
 )
-from immiscible_policy.cli.analyze import main as analyze
 from immiscible_policy.policy.dataset import default_pusht_zarr
 
 ZARR = Path(default_pusht_zarr())
@@ -117,7 +117,7 @@ def test_mode_summary_shares_entropy_and_flat_keys():
 
 
 def test_mode_plot_from_records(tmp_path):
-    from immiscible_policy.analysis.plots import plot_mode_history
+    from immiscible_policy.run_log import plot_mode_history
 
     records = [
         {

@@ -127,7 +127,7 @@ def block_keypoints(block_xy: np.ndarray, angle: np.ndarray | float) -> np.ndarr
 def block_moved(pose: np.ndarray, start_pose: np.ndarray, tol: float = CONTACT_TOL) -> np.ndarray:
     """Whether the block pose(s) (..., 3) [x, y, angle] differ from ``start_pose`` (3,) by more than ``tol``
     in any coordinate: the first-contact test, shared by the env's tracking and
-    ``immiscible_policy.analysis.modes.approach_side`` (one definition)."""
+    ``immiscible_policy.metrics.pusht_modes.approach_side`` (one definition)."""
     return np.abs(np.asarray(pose, np.float64) - np.asarray(start_pose, np.float64)).max(axis=-1) > tol
 
 

@@ -11,17 +11,12 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "MODE_PREFIXES",
     "plot_bijectivity",
     "plot_demo_modes",
     "plot_lines",
-    "plot_mode_history",
     "plot_modes",
     "plot_nearest",
 ]
-
-#: The record keys' prefixes of the rotation-mode counts a policy run logs (``<prefix>cw`` ...), with titles.
-MODE_PREFIXES = {"modes_": "standard starts", "sym_modes_": "symmetric starts"}
 
 
 def plot_lines(path: Path, series: dict, xlabel: str, ylabel: str, title: str) -> None:
@@ -197,42 +192,6 @@ def plot_modes(path: Path, payload: dict) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-
-
-def plot_mode_history(path: Path, records: list[dict], x: str = "epoch", title: str | None = None) -> bool:
-    """Rotation-mode shares against ``x`` from a run's records: one panel for the standard starts
-    (``modes_cw`` / ``modes_ccw`` / ``modes_none``) and one for the symmetric starts (``sym_modes_*``), each
-    share = count / rollouts. Returns False (and writes nothing) when no record has mode counts."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    panels = []
-    for prefix, name in MODE_PREFIXES.items():
-        rows = [r for r in records if isinstance(r.get(x), int | float) and f"{prefix}cw" in r]
-        if rows:
-            panels.append((prefix, name, rows))
-    if not panels:
-        return False
-    fig = Figure(figsize=(6.5, 2.6 * len(panels)), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
-    for ax, (prefix, name, rows) in zip(axes, panels):
-        xs = [r[x] for r in rows]
-        totals = [max(1, sum(int(r[f"{prefix}{m}"]) for m in ("cw", "ccw", "none"))) for r in rows]
-        for mode, color in (("cw", "C0"), ("ccw", "C1"), ("none", "0.6")):
-            ys = [int(r[f"{prefix}{mode}"]) / n for r, n in zip(rows, totals)]
-            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, color=color, label=mode)
-        ax.set_ylim(-0.03, 1.03)
-        ax.axhline(0.5, color="k", lw=0.6, ls=":")
-        ax.set_ylabel(f"share of rollouts\n({name}, n={totals[-1]})", fontsize="small")
-        ax.legend(loc="best", fontsize="small", ncol=3)
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel(x)
-    fig.suptitle(title or "PushT rotation modes (cw / ccw as the video shows them)", fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return True
 
 
 def plot_demo_modes(path: Path, payload: dict) -> None:

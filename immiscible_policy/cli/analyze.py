@@ -23,7 +23,7 @@ checkpoint's data comes from its own task family and split (``task.env``: PushT 
 ``val_ratio`` / ``split_seed`` / ``max_train_episodes`` as recorded): observations from its validation
 episodes, nearest chunks from its training episodes.
 ``modes`` rolls PushT policies out from fixed test starts and classifies each rollout's first contact
-as the left or right half of the T (see ``immiscible_policy.analysis.modes``). ``demo_modes`` classifies
+as the left or right half of the T (see ``immiscible_policy.metrics.pusht_modes``). ``demo_modes`` classifies
 the PushT demos (``data``: a zarr store, default the shared one) by rotation mode and approach side with
 the evaluation's definitions (docs/modes.md): ``demo_modes_pusht.json`` and a scatter of each demo's turn
 against its start's angle from the goal. ``noise_share`` samples ``samples`` actions for each of ``n_obs``

@@ -141,7 +141,7 @@ def evaluate_checkpoint(opts: dict) -> dict:
 
 def _modes(m: dict) -> str:
     """``turns cw/ccw/none a/b/c (dominant d)`` of one block of metrics (empty without PushT modes)."""
-    from immiscible_policy.analysis.modes import flat_modes, mode_line
+    from immiscible_policy.metrics.pusht_modes import flat_modes, mode_line
 
     return mode_line(flat_modes(m["modes"]), "modes_") if "modes" in m else ""
 

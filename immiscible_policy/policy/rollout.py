@@ -18,7 +18,7 @@ where n is the number of still-running episodes (it shrinks as episodes finish).
 image policy splits it) and the video shows the camera frame beside the usual view.
 
 Every evaluation also reports which way each rollout turned the T and which half it touched first
-(``modes``; definitions in :mod:`immiscible_policy.analysis.modes`, docs/modes.md), from the env's own
+(``modes``; definitions in :mod:`immiscible_policy.metrics.pusht_modes`, docs/modes.md), from the env's own
 per-step tracking (``info["net_rotation"]``, ``info["contact_local_x"]``): no trajectory is kept.
 ``starts="symmetric"`` rolls out from the symmetric starts instead of the legacy test starts.
 """
@@ -79,7 +79,7 @@ class PushTScore:
     def __init__(
         self, n_episodes: int, *, rotation_threshold_deg: float | None = None, margin: float = 10.0
     ) -> None:
-        from immiscible_policy.analysis.modes import ROTATION_THRESHOLD_DEG
+        from immiscible_policy.metrics.pusht_modes import ROTATION_THRESHOLD_DEG
 
         self.scores = np.zeros(n_episodes)
         self.final_cov = np.zeros(n_episodes)
@@ -99,7 +99,7 @@ class PushTScore:
         self.contact_x[episode] = info["contact_local_x"]
 
     def metrics(self) -> dict[str, Any]:
-        from immiscible_policy.analysis.modes import mode_summary, rotation_mode, side_of
+        from immiscible_policy.metrics.pusht_modes import mode_summary, rotation_mode, side_of
 
         success = self.max_cov >= SUCCESS_COVERAGE
         sides = [side_of(float(x), self.margin) for x in self.contact_x]
@@ -149,7 +149,7 @@ def evaluate(
     Returns: {"mean_score", "success_rate", "scores" (list, per episode), "seeds", "final_coverage",
     "max_coverage", "success", "rotation" (net rotation, rad, + = clockwise on screen), "rotation_mode"
     (cw | ccw | none), "approach_side" (left | center | right | none), "modes" (their summary:
-    :func:`immiscible_policy.analysis.modes.mode_summary`), "starts", "n_steps", "n_episodes", "seconds",
+    :func:`immiscible_policy.metrics.pusht_modes.mode_summary`), "starts", "n_steps", "n_episodes", "seconds",
     "video_path"} (lists per episode).
     """
     if starts not in STARTS:

@@ -106,7 +106,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
         ``task.eval.n_video_episodes`` episodes, in ``run_dir/videos/epoch_NNNN.<format>``. PushT adds the
         rotation modes (``modes_*``) and, with ``task.eval.symmetric_rollouts`` > 0, the symmetric starts'
         score and modes (``sym_*``; docs/modes.md)."""
-        from immiscible_policy.analysis.modes import flat_modes
+        from immiscible_policy.metrics.pusht_modes import flat_modes
 
         ema_policy = policy.with_net(ema_module(opt.ema, net))  # the EMA weights, the policy's settings
         if not rolls_out(task):  # task=lerobot task.eval_env=none: no env, the validation loss instead
@@ -139,7 +139,7 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
 
     def report(record: dict[str, Any], due: Due) -> None:
         """The epoch's line: its loss, and the scores when it was evaluated."""
-        from immiscible_policy.analysis.modes import mode_line
+        from immiscible_policy.metrics.pusht_modes import mode_line
 
         score = (
             f" score {record['mean_score']:.3f} success {record['success_rate']:.2f}"

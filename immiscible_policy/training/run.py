@@ -24,7 +24,7 @@ from immiscible_policy.host import resolve_device
 from immiscible_policy.loggers import logger_names
 from immiscible_policy.noising import rename_legacy_objective
 from immiscible_policy.parallel import Topology, make_topology
-from immiscible_policy.run_log import RunLogger, plot_curves
+from immiscible_policy.run_log import RunLogger, plot_curves, plot_mode_history
 from immiscible_policy.training.optimization import Optimization, make_optimization
 from immiscible_policy.training.records import open_run_log, pending_record, run_record
 from immiscible_policy.training.resume import claim_run, nothing_to_do
@@ -218,8 +218,6 @@ class TrainingRun:
         if self.main and self.logger.jsonl_path.exists():
             plot_curves(self.logger.jsonl_path, self.run_dir / "curves.png", **kw)
             if any("modes_cw" in r or "sym_modes_cw" in r for r in self.logger.records):
-                from immiscible_policy.analysis.plots import plot_mode_history
-
                 plot_mode_history(self.run_dir / "modes.png", self.logger.records, x=kw.get("x", "epoch"))
 
 

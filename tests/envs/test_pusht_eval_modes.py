@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from immiscible_envs.pusht import SYMMETRIC_STARTS
 
-from immiscible_policy.analysis.modes import rotation_mode
+from immiscible_policy.metrics.pusht_modes import rotation_mode
 from immiscible_policy.policy.rollout import evaluate
 
 MODE_KEYS = {

@@ -18,7 +18,7 @@ from immiscible_envs.pusht import (
     block_moved,
 )
 
-from immiscible_policy.analysis.modes import approach_side, rotation_mode, side_of
+from immiscible_policy.metrics.pusht_modes import approach_side, rotation_mode, side_of
 
 #: gym-pusht draws the block LightSlateGray with a lighter fill; nothing else on screen has these colours
 BLOCK_RGB = np.array([[119, 136, 153], [143, 163, 184]])
