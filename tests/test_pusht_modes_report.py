@@ -8,6 +8,7 @@ the sweep. Training and rollouts are not exercised here (that is the sweep).
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import sys
@@ -22,11 +23,24 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pusht_modes.py"
 
 @pytest.fixture(scope="module")
 def sweep():
+    """The sweep script (cells, forks, noise share); it puts benchmarks/ on the path for the two below."""
     sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("pusht_modes_under_test", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def grid(sweep):
+    """Rows, recipes and the cell order (benchmarks/pusht_modes_grid.py)."""
+    return importlib.import_module("pusht_modes_grid")
+
+
+@pytest.fixture(scope="module")
+def rep(sweep):
+    """Statistics, verdicts and the report (benchmarks/pusht_modes_report.py)."""
+    return importlib.import_module("pusht_modes_report")
 
 
 def make_cell(row, seed, sym_split, score=0.9, leak=0.0, noise=None):
@@ -55,29 +69,29 @@ def make_cell(row, seed, sym_split, score=0.9, leak=0.0, noise=None):
     }
 
 
-def test_recipes_become_the_schedule_overrides(sweep):
-    assert sweep.recipe_overrides("vanilla", 10) == ["assigner=vanilla"]
-    assert sweep.recipe_overrides("published", 7) == [
+def test_recipes_become_the_schedule_overrides(grid):
+    assert grid.recipe_overrides("vanilla", 10) == ["assigner=vanilla"]
+    assert grid.recipe_overrides("published", 7) == [
         "assigner=linear",
         "assigner.params.standardize=true",
         "assigner.start_epoch=7",
     ]
-    assert sweep.recipe_overrides("published-f0.25-ramp", 10)[-2:] == [
+    assert grid.recipe_overrides("published-f0.25-ramp", 10)[-2:] == [
         "assigner.fraction=0.25",
         "assigner.ramp_epochs=10",
     ]
-    assert "assigner.start_epoch=0" in sweep.recipe_overrides("published-nowarmup", 10)
-    assert sweep.parse_row("flow+mirror/vanilla") == ("flow", True, "vanilla")
+    assert "assigner.start_epoch=0" in grid.recipe_overrides("published-nowarmup", 10)
+    assert grid.parse_row("flow+mirror/vanilla") == ("flow", True, "vanilla")
     for bad in ("flw/vanilla", "flow+flip/vanilla", "flow/published-x", "flow/vanilla-f0.5", "flow/"):
         with pytest.raises(SystemExit):
-            sweep.parse_row(bad)
+            grid.parse_row(bad)
 
 
-def test_pilot_first_then_the_paper_rows_to_ten_seeds(sweep):
-    rows = list(dict.fromkeys(sweep.PILOT + [r for g in sweep.PRIORITY.values() for r in g]))
-    plan = sweep.planned_seeds(rows, None)
-    order = sweep.cell_order(rows, plan)
-    assert set(order[:12]) == {(r, s) for s in (0, 1) for r in sweep.PILOT}
+def test_pilot_first_then_the_paper_rows_to_ten_seeds(grid):
+    rows = list(dict.fromkeys(grid.PILOT + [r for g in grid.PRIORITY.values() for r in g]))
+    plan = grid.planned_seeds(rows, None)
+    order = grid.cell_order(rows, plan)
+    assert set(order[:12]) == {(r, s) for s in (0, 1) for r in grid.PILOT}
     # vanilla runs a seed ahead, so a warm-up cell finds its twin's checkpoint to fork from
     assert order[:4] == [
         ("epsilon/vanilla", 0),
@@ -91,11 +105,11 @@ def test_pilot_first_then_the_paper_rows_to_ten_seeds(sweep):
             assert (twin, seed) not in plan.get(twin, []) or order.index((twin, seed)) < i - 1
     assert plan["epsilon/vanilla"] == list(range(10)) and plan["flow+mirror/vanilla"] == list(range(5))
     assert len(order) == len(set(order)) == sum(len(v) for v in plan.values())
-    a_done = max(i for i, (r, _) in enumerate(order) if r in sweep.PRIORITY["a"])
-    assert all(r not in sweep.PRIORITY["c"] for r, _ in order[12 : a_done + 1])  # after the pilot
+    a_done = max(i for i, (r, _) in enumerate(order) if r in grid.PRIORITY["a"])
+    assert all(r not in grid.PRIORITY["c"] for r, _ in order[12 : a_done + 1])  # after the pilot
 
 
-def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(sweep, tmp_path, monkeypatch):
+def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(rep, tmp_path, monkeypatch):
     demo = {
         "all": {"n": 206, "cw": 60, "ccw": 70, "none": 76},
         "n": 49,
@@ -119,7 +133,7 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
         "threshold_deg": 45.0,
         "far_from_goal_deg": 135.0,
     }
-    monkeypatch.setattr(sweep, "demo_split", lambda zarr: demo)
+    monkeypatch.setattr(rep, "demo_split", lambda zarr: demo)
     cells = tmp_path / "cells"
     cells.mkdir()
     # seed 0's vanilla prefers cw, seed 1's ccw: the recipe's dominant share is read in those directions
@@ -146,7 +160,7 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
         zarr=None,
     )
     rows = ["epsilon/vanilla", "epsilon/published", "flow+mirror/vanilla"]
-    payload = sweep.report(rows, {r: [0, 1] for r in rows}, args)
+    payload = rep.report(rows, {r: [0, 1] for r in rows}, args)
     by = {s["row"]: s for s in payload["summary"]}
     assert by["epsilon/vanilla"]["final"]["dominant_share"]["mean"] == pytest.approx((0.9 + 0.8) / 2)
     assert by["epsilon/published"]["final"]["dominant_share"]["mean"] == pytest.approx(0.6)
@@ -188,7 +202,7 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(s
     assert (tmp_path / "modes.png").stat().st_size > 1000
 
 
-def test_verdict_needs_disjoint_intervals(sweep):
+def test_verdict_needs_disjoint_intervals(rep):
     def row(name, share, ci, score=0.9, score_ci=0.01, none=0.0):
         agg = lambda m, c: {"mean": m, "ci95": c, "n": 5}  # noqa: E731
         final = {
@@ -199,37 +213,37 @@ def test_verdict_needs_disjoint_intervals(sweep):
         return {"row": name, "final": final}
 
     van = row("epsilon/vanilla", 0.95, 0.03)
-    assert sweep.verdict(row("epsilon/x", 0.6, 0.1, 0.89), van).startswith(
+    assert rep.verdict(row("epsilon/x", 0.6, 0.1, 0.89), van).startswith(
         "keeps both modes better than vanilla"
     )
-    assert sweep.verdict(row("epsilon/x", 0.9, 0.1), van).startswith("not distinguishable from vanilla")
+    assert rep.verdict(row("epsilon/x", 0.9, 0.1), van).startswith("not distinguishable from vanilla")
     assert (
-        sweep.verdict(row("epsilon/x", 0.99, 0.005, 0.5), van)
+        rep.verdict(row("epsilon/x", 0.99, 0.005, 0.5), van)
         == "more collapsed than vanilla; score -0.400 (intervals apart)"
     )
-    assert sweep.verdict(van, van) == ""
+    assert rep.verdict(van, van) == ""
     # a balanced split of a policy that mostly stops turning the T is not two kept modes: the verdict says so
     # first (at NO_TURN = 20% and above it; not below)
-    broken = sweep.verdict(row("epsilon/x", 0.55, 0.05, 0.12, none=0.63), van)
+    broken = rep.verdict(row("epsilon/x", 0.55, 0.05, 0.12, none=0.63), van)
     assert broken == (
         "turns the T in only 37% of symmetric rollouts; among those, keeps both modes better than vanilla; "
         "score -0.780 (intervals apart)"
     )
-    assert sweep.verdict(row("epsilon/x", 0.55, 0.05, none=0.2), van).startswith("keeps both modes")
+    assert rep.verdict(row("epsilon/x", 0.55, 0.05, none=0.2), van).startswith("keeps both modes")
 
 
-def test_headline_is_the_final_checkpoint_at_the_papers_sampler(sweep):
+def test_headline_is_the_final_checkpoint_at_the_papers_sampler(rep):
     cell = make_cell("epsilon/vanilla", 0, (40, 10, 0))
     cell["final"]["ddpm-100"] = {
         "standard": {"mean_score": 0.7, "success_rate": 0.0},
         "symmetric": {"mean_score": 0.4, "success_rate": 0.0, "cw": 5, "ccw": 45, "none": 0},
     }
-    assert sweep.headline(cell)["mean_score"] == 0.7 and sweep.vanilla_direction(cell) == "ccw"
+    assert rep.headline(cell)["mean_score"] == 0.7 and rep.vanilla_direction(cell) == "ccw"
     del cell["final"]["ddpm-100"]
-    assert sweep.headline(cell) is cell["curve"][-1] and sweep.vanilla_direction(cell) == "cw"
+    assert rep.headline(cell) is cell["curve"][-1] and rep.vanilla_direction(cell) == "cw"
 
 
-def test_a_warmup_cell_forked_from_its_vanilla_twin_equals_training_it(sweep, tmp_path):
+def test_a_warmup_cell_forked_from_its_vanilla_twin_equals_training_it(sweep, grid, tmp_path):
     """The sweep starts warm-up cells from vanilla's checkpoint at the warm-up epoch: exactly the same run."""
     from hydra import compose, initialize_config_dir
     from safetensors.torch import load_file
@@ -255,7 +269,7 @@ def test_a_warmup_cell_forked_from_its_vanilla_twin_equals_training_it(sweep, tm
         "trainer.progress=false",
         "task.max_train_episodes=5",
     ]
-    recipe = sweep.recipe_overrides("published", 1)
+    recipe = grid.recipe_overrides("published", 1)
     twin = tmp_path / "runs" / sweep.cell_name("flow/vanilla", 0)
     train_policy(cfg_of(*tiny, "assigner=vanilla", f"run_dir={twin}"), twin)
     assert sweep.fork_warmup(tmp_path, "flow/vanilla", 0, warmup=1) is None  # vanilla never forks
@@ -274,35 +288,31 @@ def test_a_warmup_cell_forked_from_its_vanilla_twin_equals_training_it(sweep, tm
     assert [r["paired_share"] for r in recs] == [0.0, 1.0]
 
 
-def test_demo_share_interval_is_exact(sweep):
+def test_demo_share_interval_is_exact(rep):
     """Clopper-Pearson: the tail probabilities at the bounds are 2.5% each (checked by the binomial sums)."""
     from scipy.stats import binom
 
-    lo, hi = sweep.clopper_pearson(13, 7)
+    lo, hi = rep.clopper_pearson(13, 7)
     assert binom.sf(12, 20, lo) == pytest.approx(0.025, abs=1e-9)  # P(X >= 13 | lo)
     assert binom.cdf(13, 20, hi) == pytest.approx(0.025, abs=1e-9)  # P(X <= 13 | hi)
-    assert sweep.clopper_pearson(0, 5)[0] == 0.0 and sweep.clopper_pearson(5, 0)[1] == 1.0
-    assert sweep.clopper_pearson(0, 0) == [0.0, 1.0]
+    assert rep.clopper_pearson(0, 5)[0] == 0.0 and rep.clopper_pearson(5, 0)[1] == 1.0
+    assert rep.clopper_pearson(0, 0) == [0.0, 1.0]
 
 
-def test_goal_needs_the_tv_interval_under_ten_points_and_the_score_within_two(sweep):
+def test_goal_needs_the_tv_interval_under_ten_points_and_the_score_within_two(rep):
     def row(name, tv, ci, score):
         agg = lambda m, c: {"mean": m, "ci95": c, "n": 5}  # noqa: E731
         return {"row": name, "final": {"tv_to_demos": agg(tv, ci), "mean_score": agg(score, 0.01)}}
 
     van = row("epsilon/vanilla", 0.3, 0.05, 0.95)
-    assert sweep.goal_check(row("epsilon/x", 0.05, 0.04, 0.94), van, "tv_to_demos") == "met"
-    assert (
-        sweep.goal_check(row("epsilon/x", 0.05, 0.06, 0.94), van, "tv_to_demos") == "not met (TV up to 0.11)"
-    )
-    assert (
-        sweep.goal_check(row("epsilon/x", 0.05, 0.04, 0.92), van, "tv_to_demos") == "not met (score -0.030)"
-    )
-    assert sweep.goal_check(van, van, "tv_to_demos") == ""  # vanilla is the reference, not a candidate
-    assert sweep.goal_check({"row": "epsilon/x", "n_seeds": 0}, van, "tv_to_demos") == ""  # no seed yet
+    assert rep.goal_check(row("epsilon/x", 0.05, 0.04, 0.94), van, "tv_to_demos") == "met"
+    assert rep.goal_check(row("epsilon/x", 0.05, 0.06, 0.94), van, "tv_to_demos") == "not met (TV up to 0.11)"
+    assert rep.goal_check(row("epsilon/x", 0.05, 0.04, 0.92), van, "tv_to_demos") == "not met (score -0.030)"
+    assert rep.goal_check(van, van, "tv_to_demos") == ""  # vanilla is the reference, not a candidate
+    assert rep.goal_check({"row": "epsilon/x", "n_seeds": 0}, van, "tv_to_demos") == ""  # no seed yet
     one = row("epsilon/x", 0.05, float("nan"), 0.95)
     one["final"]["tv_to_demos"]["n"] = 1
-    assert sweep.goal_check(one, van, "tv_to_demos") == "too few seeds"
+    assert rep.goal_check(one, van, "tv_to_demos") == "too few seeds"
 
 
 def test_fill_noise_share_measures_only_cells_without_it_whose_run_is_kept(sweep, tmp_path, monkeypatch):

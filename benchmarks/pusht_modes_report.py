@@ -1,0 +1,637 @@
+"""The PushT modes report: per-row statistics over seeds, verdicts, the goal check, tables and figures.
+
+Reads the cells ``pusht_modes.py`` wrote (``cells/*.json``) and writes ``report.{md,json}``, ``modes.png``
+and ``noise_share.png``; nothing here trains. Definitions: a row's dominant share is the share of the
+direction that seed's vanilla policy prefers (the paper's ordering), TV is measured against the demos'
+split classified with the evaluation's own code (docs/modes.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from _common import (
+    ci95,
+    ci_text,
+    hosts,
+    hosts_md,
+    load_cells,
+    machine,
+    markdown_table,
+    plot_mean_ci,
+    summarize_rows,
+    write_report,
+)
+from pusht_modes_grid import (
+    EVAL_SAMPLER,
+    FINAL,
+    NOISE_SHARE_OBS,
+    NOISE_SHARE_SAMPLES,
+    SYMMETRIC_ROLLOUTS,
+    parse_row,
+    vanilla_of,
+)
+
+from immiscible_policy.metrics.pusht_modes import binary_entropy
+
+#: Immiscible Diffusion Policy, Table I, PushT (10 seeds x 50 rollouts; their counts: a share is of the
+#: rollouts that turned, ordered by each seed's Diffusion Policy frequency)
+PAPER = [
+    {"row": "Diffusion Policy (paper)", "dominant": "97.6 ± 1.6%", "score": "95.16 ± 0.30"},
+    {"row": "Immiscible DP, Hungarian + warm-up (paper)", "dominant": "65 / 35", "score": "95.39 ± 0.10"},
+    {"row": "expert demos (paper)", "dominant": "43.1 / 56.9", "score": "-"},
+]
+
+
+def split_of(point: dict, prefix: str) -> tuple[int, int, int]:
+    """(cw, ccw, none) counts of an evaluation point (record keys ``<prefix>cw`` ...)."""
+    return tuple(int(point.get(f"{prefix}{k}") or 0) for k in ("cw", "ccw", "none"))
+
+
+def share_of(cw: int, ccw: int, direction: str) -> float:
+    """The share of ``direction`` among the rollouts that turned (NaN when none turned)."""
+    n = cw + ccw
+    return float("nan") if n == 0 else (cw if direction == "cw" else ccw) / n
+
+
+#: the final checkpoint's headline setting per objective: the paper's DDPM-100 for epsilon, Euler-16 for flow
+HEADLINE = {"epsilon": "ddpm-100", "flow": "euler-16"}
+
+
+def headline(cell: dict) -> dict:
+    """The final checkpoint at its objective's HEADLINE setting, as an evaluation point (``mean_score``,
+    ``sym_mean_score``, ``sym_success_rate``, ``sym_modes_cw`` ...); the last training evaluation for a cell
+    without it (synthetic or older cells)."""
+    final = cell.get("final", {}).get(
+        HEADLINE.get(cell.get("objective") or cell["row"].split("/")[0].split("+")[0], "")
+    )
+    if final is None:
+        return cell["curve"][-1]
+    sym = final["symmetric"]
+    return {
+        "mean_score": final["standard"]["mean_score"],
+        "sym_mean_score": sym["mean_score"],
+        "sym_success_rate": sym["success_rate"],
+        **{f"sym_modes_{k}": sym[k] for k in ("cw", "ccw", "none")},
+    }
+
+
+def vanilla_direction(cell: dict | None) -> str | None:
+    """The direction a seed's vanilla policy prefers at the symmetric starts (its final checkpoint)."""
+    if cell is None:
+        return None
+    cw, ccw, _ = split_of(headline(cell), "sym_modes_")
+    return "cw" if cw >= ccw else "ccw"
+
+
+def mode_stats(cw: int, ccw: int, none: int, direction: str, demo_cw: tuple[float, float]) -> dict:
+    """One symmetric-start evaluation: the share of ``direction``, TV to the demos (``demo_cw``: the cw share
+    of the demos started far from the goal, and of those started near upside down), entropy, none share."""
+    p_cw = share_of(cw, ccw, "cw")
+    return {
+        "dominant_share": share_of(cw, ccw, direction),
+        "tv_to_demos": abs(p_cw - demo_cw[0]) if not math.isnan(p_cw) else float("nan"),
+        "tv_to_demos_upside_down": abs(p_cw - demo_cw[1]) if not math.isnan(p_cw) else float("nan"),
+        "entropy_bits": binary_entropy(p_cw) if not math.isnan(p_cw) else 0.0,
+        "none_share": none / max(cw + ccw + none, 1),
+    }
+
+
+def finite(values: list[float]) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
+def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) -> dict:
+    """Per row: the final symmetric-start mode statistics and scores (mean and 95% CI over seeds, the
+    dominant direction of each seed taken from that seed's vanilla of the same objective and data), the
+    same per evaluation epoch, and the final checkpoint at each sampling step count."""
+    if parse_row(row)[1]:  # mirrored demos: every split is 50 / 50 by construction
+        demo_cw = (demo["mirrored_cw_share"], demo["mirrored_cw_share"])
+    else:
+        demo_cw = (demo["cw_share"], demo["upside_down"]["cw_share"])
+
+    def per_seed(point: dict, cell: dict, prefix: str = "sym_modes_") -> dict:
+        direction = vanilla_direction(base.get(cell["seed"])) or vanilla_direction(cell)
+        return mode_stats(*split_of(point, prefix), direction, demo_cw)
+
+    def agg(values: list[float]) -> dict:
+        v = finite(values)
+        return {"mean": float(np.mean(v)) if v else float("nan"), "ci95": ci95(v), "n": len(v)}
+
+    finals = [per_seed(headline(c), c) for c in got]
+    epochs = sorted(set.intersection(*[{p["epoch"] for p in c["curve"]} for c in got]))
+    curve = []
+    for e in epochs:
+        pts = [(next(p for p in c["curve"] if p["epoch"] == e), c) for c in got]
+        stats = [per_seed(p, c) for p, c in pts]
+        curve.append(
+            {
+                "epoch": e,
+                "dominant_share": agg([s["dominant_share"] for s in stats]),
+                "tv_to_demos": agg([s["tv_to_demos"] for s in stats]),
+                "mean_score": agg([p["mean_score"] for p, _ in pts]),
+                "sym_mean_score": agg([p.get("sym_mean_score") for p, _ in pts]),
+                "paired_share": float(np.mean([p.get("paired_share", 1.0) for p, _ in pts])),
+                "condition_leak": agg([p.get("condition_leak", float("nan")) for p, _ in pts]),
+            }
+        )
+    steps = {}
+    for key in dict.fromkeys(k for c in got for k in c["final"]):
+        cells = [c for c in got if key in c["final"]]
+        sym = [c["final"][key]["symmetric"] for c in cells]
+        stats = [
+            mode_stats(s["cw"], s["ccw"], s["none"], vanilla_direction(base.get(c["seed"])) or "cw", demo_cw)
+            for s, c in zip(sym, cells)
+        ]
+        steps[key] = {
+            "score": agg([c["final"][key]["standard"]["mean_score"] for c in cells]),
+            "sym_score": agg([s["mean_score"] for s in sym]),
+            "dominant_share": agg([s["dominant_share"] for s in stats]),
+            "tv_to_demos": agg([s["tv_to_demos"] for s in stats]),
+        }
+    last = [headline(c) for c in got]
+    return {
+        "row": row,
+        "label": row,
+        "n_seeds": len(got),
+        "final": {
+            "dominant_share": agg([f["dominant_share"] for f in finals]),
+            "tv_to_demos": agg([f["tv_to_demos"] for f in finals]),
+            "tv_to_demos_upside_down": agg([f["tv_to_demos_upside_down"] for f in finals]),
+            "entropy_bits": agg([f["entropy_bits"] for f in finals]),
+            "none_share": agg([f["none_share"] for f in finals]),
+            "mean_score": agg([p["mean_score"] for p in last]),
+            "sym_mean_score": agg([p.get("sym_mean_score") for p in last]),
+            "sym_success": agg([p.get("sym_success_rate") for p in last]),
+            "condition_leak": agg([c["curve"][-1].get("condition_leak", float("nan")) for c in got]),
+            "noise_share": agg([c.get("noise_share", {}).get("noise_share", float("nan")) for c in got]),
+            "per_seed": [
+                {"seed": c["seed"], **f, "split": split_of(headline(c), "sym_modes_")}
+                for c, f in zip(got, finals)
+            ],
+        },
+        "curve": curve,
+        "final_steps": steps,
+        "s_per_epoch": 60
+        * float(np.median([c["curve"][-1]["train_min"] / c["curve"][-1]["epoch"] for c in got])),
+    }
+
+
+def pct(a: dict) -> str:
+    return (
+        "-" if not a["n"] else ci_text(100 * a["mean"], None if math.isnan(a["ci95"]) else 100 * a["ci95"], 1)
+    )
+
+
+def share_ci(split: dict) -> str:
+    """'65% (41-85%)': a demo split's cw share and its exact interval."""
+    lo, hi = split["cw_share_ci95"]
+    return f"{100 * split['cw_share']:.0f}% ({100 * lo:.0f}-{100 * hi:.0f}%)"
+
+
+def num(a: dict, digits: int = 3) -> str:
+    return "-" if not a["n"] else ci_text(a["mean"], a["ci95"], digits)
+
+
+#: above this mean share of symmetric rollouts that do not turn the T, a verdict says how few turn before
+#: it speaks of modes (a broken policy's split is not two kept modes)
+NO_TURN = 0.2
+
+
+def verdict(s: dict, van: dict | None) -> str:
+    """Keeps both modes / collapses / not distinguishable vs its vanilla, from the symmetric-start
+    dominant share's interval (led by how few rollouts turn the T when more than ``NO_TURN`` do not);
+    plus the standard-start score it costs (interval overlap)."""
+    f = s["final"]
+    d = f["dominant_share"]
+    if not d["n"] or van is None or not van["final"]["dominant_share"]["n"] or s["row"] == van["row"]:
+        return ""
+    v = van["final"]["dominant_share"]
+    if d["n"] < 2 or v["n"] < 2:
+        return "too few seeds"
+    lo, hi = d["mean"] - d["ci95"], d["mean"] + d["ci95"]
+    vlo, vhi = v["mean"] - v["ci95"], v["mean"] + v["ci95"]
+    modes = (
+        "keeps both modes better than vanilla"
+        if hi < vlo
+        else "more collapsed than vanilla"
+        if lo > vhi
+        else "not distinguishable from vanilla"
+    )
+    none = f["none_share"]["mean"]
+    if none > NO_TURN:  # a split of the few rollouts that still turn is not two kept modes
+        modes = f"turns the T in only {1 - none:.0%} of symmetric rollouts; among those, {modes}"
+    sc, vs = f["mean_score"], van["final"]["mean_score"]
+    cost = sc["mean"] - vs["mean"]
+    apart = abs(cost) > sc["ci95"] + vs["ci95"]
+    return f"{modes}; score {cost:+.3f}" + (" (intervals apart)" if apart else " (overlapping)")
+
+
+def against_demos(s: dict, demo: dict) -> str:
+    """A vanilla row's verdict: in how many seeds its symmetric-start split is more one-sided than the demos'
+    (Fisher's exact test at 5% of the seed's cw / ccw against the demos', both finite samples; "more
+    one-sided": further from 50 / 50), against the demos near 180° and those far from the goal. Mirrored
+    rows compare with the mirrored demos (each split doubled and balanced)."""
+    from scipy.stats import fisher_exact
+
+    per_seed = s.get("final", {}).get("per_seed", [])
+    if not per_seed:
+        return ""
+    mirrored = parse_row(s["row"])[1]
+    parts = []
+    for name, d in (("near 180°", demo["upside_down"]), ("far from the goal", demo)):
+        ref = (d["cw"] + d["ccw"],) * 2 if mirrored else (d["cw"], d["ccw"])
+        ref_dev = abs(ref[0] / sum(ref) - 0.5)
+        k = sum(
+            cw + ccw > 0
+            and fisher_exact([[cw, ccw], list(ref)])[1] < 0.05
+            and abs(cw / (cw + ccw) - 0.5) > ref_dev
+            for cw, ccw, _ in (p["split"] for p in per_seed)
+        )
+        parts.append(f"{k} of {len(per_seed)} seeds against those {name} ({ref[0]} / {ref[1]})")
+    return "more one-sided than its demos: " + ", ".join(parts) + "; Fisher's exact test, 5%"
+
+
+#: the issue's goal: a split within 10 points of the demos' (the TV interval's upper end) at a standard-start
+#: score no more than 0.02 below vanilla's (mean difference)
+GOAL_TV, GOAL_SCORE = 0.10, 0.02
+
+
+def goal_check(s: dict, van: dict | None, key: str) -> str:
+    """'met' / 'not met (why)' for the goal against the demo split ``key`` (``tv_to_demos`` or
+    ``tv_to_demos_upside_down``); empty for vanilla rows and rows without seeds, 'too few seeds' below 2."""
+    f = s.get("final")  # absent while a row has no finished seed
+    if (
+        f is None
+        or not f[key]["n"]
+        or van is None
+        or s["row"] == van["row"]
+        or not van["final"]["mean_score"]["n"]
+    ):
+        return ""
+    if f[key]["n"] < 2:
+        return "too few seeds"
+    tv_hi = min(f[key]["mean"] + f[key]["ci95"], 1.0)  # a t-interval of two seeds can pass 1; TV cannot
+    cost = van["final"]["mean_score"]["mean"] - f["mean_score"]["mean"]
+    why = ([f"TV up to {tv_hi:.2f}"] if tv_hi > GOAL_TV else []) + (
+        [f"score {-cost:+.3f}"] if cost > GOAL_SCORE else []
+    )
+    return "met" if not why else f"not met ({', '.join(why)})"
+
+
+def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
+    cells = load_cells(args.out)
+    demo = demo_split(args.zarr)
+    summary = summarize_rows(
+        rows,
+        plan,
+        cells,
+        vanilla_of,
+        lambda row, got, missing, base: {"missing_seeds": missing, **summarize_row(row, got, base, demo)},
+    )
+    by_row = {s["row"]: s for s in summary}
+    for s in summary:  # the verdicts travel in report.json too (the README's table is made from it)
+        van = by_row.get(vanilla_of(s["row"]))
+        if not s["n_seeds"]:
+            s["verdict"] = ""
+        else:
+            s["verdict"] = against_demos(s, demo) if van is s else verdict(s, van)
+        s["goal"] = {k: goal_check(s, van, k) for k in ("tv_to_demos", "tv_to_demos_upside_down")}
+    table = []
+    for s in summary:
+        n = s["n_seeds"] + len(s["missing_seeds"])
+        seeds = f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
+        if not s["n_seeds"]:
+            table.append([s["row"], seeds] + [""] * 10)
+            continue
+        f = s["final"]
+        table.append(
+            [
+                s["row"],
+                seeds,
+                pct(f["dominant_share"]),
+                num(f["tv_to_demos"], 2),
+                num(f["tv_to_demos_upside_down"], 2),
+                num(f["entropy_bits"], 2),
+                num(f["sym_mean_score"]),
+                num(f["mean_score"]),
+                pct(f["none_share"]),
+                num(f["condition_leak"]),
+                num(f["noise_share"]),
+                s["verdict"],
+            ]
+        )
+    md = (
+        f"### PushT modes: final EMA policy after {args.epochs} epochs ({args.model}, batch {args.batch_size}, "
+        f"AdamW lr {args.lr:g} cosine; warm-up {args.warmup} epochs; {SYMMETRIC_ROLLOUTS} rollouts at the "
+        "symmetric starts; scored with DDPM-100 for epsilon (the paper's setting) and Euler-16 for flow; the "
+        "per-epoch table samples with 16 steps, DDIM for epsilon)\n\n"
+    )
+    md += markdown_table(
+        [
+            "row",
+            "seeds",
+            "dominant share % (symmetric)",
+            "TV to demos",
+            "TV to demos near 180°",
+            "entropy (bits)",
+            "score (symmetric)",
+            "score (50 standard)",
+            "no turn %",
+            "noise leak R²",
+            "action noise share",
+            "verdict",
+        ],
+        table,
+    )
+    md += (
+        "\n\nMean ± 95% t-interval over seeds. Dominant share = share of the direction that seed's vanilla "
+        "policy (same objective and data) prefers, among the symmetric-start rollouts that turned the T "
+        "(the paper's ordering); 50% is balanced. TV to demos = |cw share - the demos' cw share| "
+        f"(raw demos started more than 135° from the goal: cw {demo['cw']} / ccw {demo['ccw']}; near 180°: "
+        f"those started within {demo['upside_down']['max_deg']:g}° of upside down, the symmetric starts' "
+        f"angle: cw {demo['upside_down']['cw']} / ccw {demo['upside_down']['ccw']}; mirrored demos: 50/50 "
+        "for both). Noise leak R² = held-out R² of the paired training noise regressed on the observation "
+        "over the final epoch's last 4096 training rows (ridge): the share of the noise a sampler drawing N(0, I) at inference "
+        "cannot reproduce; ~0 for independent noise. Action noise share = the share of the final policy's "
+        f"action variance that comes from its sampling noise rather than its observation ({NOISE_SHARE_SAMPLES} "
+        f"samples for each of {NOISE_SHARE_OBS} validation observations, the per-epoch sampler; "
+        "`immiscible-analyze noise_share`): a policy that reads its action off the noise scatters. "
+        "Verdict: the dominant share's interval against vanilla's (led by the share of rollouts that turn "
+        f"the T when more than {NO_TURN:.0%} do not), and the standard-start score difference; for a vanilla "
+        "row, the seeds whose split is more one-sided than the demos'.\n"
+    )
+    md += (
+        f"\n### The goal: TV <= {GOAL_TV:.2f} on its interval at a score no more than {GOAL_SCORE:.2f} below "
+        "vanilla's\n\n"
+    )
+    md += markdown_table(
+        ["row", "seeds", "against the far demos", "against the demos near 180°"],
+        [
+            [
+                s["row"],
+                s["n_seeds"],
+                s["goal"]["tv_to_demos"],
+                s["goal"]["tv_to_demos_upside_down"],
+            ]
+            for s in summary
+            if (v := by_row.get(vanilla_of(s["row"]))) is not None and s["row"] != v["row"]
+        ],
+    )
+    md += "\n\n### The paper's Table I PushT row, beside ours\n\n"
+    md += markdown_table(
+        ["row", "dominant mode", "score"], [[p["row"], p["dominant"], p["score"]] for p in PAPER]
+    )
+    md += "\n\n### Per evaluation epoch (dominant share % / standard score)\n\n"
+    epochs = sorted({p["epoch"] for s in summary for p in s.get("curve", [])})
+    md += markdown_table(
+        ["row", *[f"epoch {e}" for e in epochs]],
+        [
+            [s["row"]]
+            + [
+                next(
+                    (
+                        f"{pct(p['dominant_share'])} / {num(p['mean_score'], 2)}"
+                        for p in s["curve"]
+                        if p["epoch"] == e
+                    ),
+                    "",
+                )
+                for e in epochs
+            ]
+            for s in summary
+            if s["n_seeds"]
+        ],
+    )
+    keys = sorted(
+        {k for s in summary for k in s.get("final_steps", {})}, key=lambda k: (k[0], int(k.split("-")[1]))
+    )
+    md += "\n\n### Final checkpoint vs sampling steps (standard score / symmetric dominant share %)\n\n"
+    md += markdown_table(
+        ["row", *keys],
+        [
+            [s["row"]]
+            + [
+                (
+                    f"{num(v['score'], 2)} / {pct(v['dominant_share'])}"
+                    if (v := s["final_steps"].get(k))
+                    else ""
+                )
+                for k in keys
+            ]
+            for s in summary
+            if s["n_seeds"]
+        ],
+    )
+    md += "\n\n### The demos, classified with the same code\n\n"
+    md += (
+        f"All {demo['all']['n']} demos: cw {demo['all']['cw']}, ccw {demo['all']['ccw']}, "
+        f"none {demo['all']['none']}; started more than 135° from the goal ({demo['n']}): cw {demo['cw']}, "
+        f"ccw {demo['ccw']}, none {demo['none']} (cw share {share_ci(demo)}), {demo['long_way']['cw']} cw / "
+        f"{demo['long_way']['ccw']} ccw of them the long way round; started within "
+        f"{demo['upside_down']['max_deg']:g}° of upside down ({demo['upside_down']['n']}): "
+        f"cw {demo['upside_down']['cw']}, ccw {demo['upside_down']['ccw']}, none {demo['upside_down']['none']} "
+        f"(cw share {share_ci(demo['upside_down'])}), {demo['upside_down']['long_way']['cw']} cw / "
+        f"{demo['upside_down']['long_way']['ccw']} ccw the long way. Every other demo turns the shorter way, so "
+        "the far split follows which side of upside down the starts lie on; a policy at the symmetric starts "
+        "imitates the demos near 180°. Shares with their exact (Clopper-Pearson) 95% interval: a row's share "
+        "inside it is not told apart from the demos'.\n"
+    )
+    host_list = hosts(list(cells.values()))
+    md += hosts_md(host_list)
+    payload = {
+        "machine": machine(),
+        "hosts": [json.loads(h) for h in host_list],
+        "seeds": plan,
+        "protocol": {
+            "model": args.model,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "eval_every": args.eval_every,
+            "warmup": args.warmup,
+            "eval_sampler": {k: f"{a}-{b}" for k, (a, b) in EVAL_SAMPLER.items()},
+            "final": {k: [f"{a}-{b}" for a, b in v] for k, v in FINAL.items()},
+            "symmetric_rollouts": SYMMETRIC_ROLLOUTS,
+            "overrides": args.override,
+        },
+        "demos": demo,
+        "paper": PAPER,
+        "summary": summary,
+        "command": " ".join(sys.argv),
+    }
+    write_report(args.out, md, payload)
+    plot_mean_ci(
+        [
+            {
+                "label": s["row"],
+                "n_seeds": s["n_seeds"],
+                "curve": [
+                    {
+                        "epoch": p["epoch"],
+                        "share": p["dominant_share"]["mean"],
+                        "ci95": p["dominant_share"]["ci95"],
+                    }
+                    for p in s["curve"]
+                ],
+            }
+            for s in summary
+            if s["n_seeds"]
+        ],
+        args.out / "modes.png",
+        x="epoch",
+        y="share",
+        ci="ci95",
+        xlabel="epoch",
+        ylabel="dominant share at the symmetric starts",
+        title="PushT: does the policy keep both rotation modes? (0.5 = balanced)",
+        ylim=(0.0, 1.02),
+    )
+    plot_noise_share(summary, cells, args.out / "noise_share.png")
+    print(md)
+    return payload
+
+
+def plot_noise_share(summary: list[dict], cells: dict, path: Path) -> None:
+    """One point per finished cell against its final policy's action noise share: the standard-start score
+    (left) and the dominant share at the symmetric starts (right), one colour per row."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.2))
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for k, s in enumerate(x for x in summary if x["n_seeds"]):
+        got = [c for (row, _), c in sorted(cells.items()) if row == s["row"] and "noise_share" in c]
+        if not got:
+            continue
+        share = [c["noise_share"]["noise_share"] for c in got]
+        seeds = {p["seed"]: p["dominant_share"] for p in s["final"]["per_seed"]}
+        style = {"color": f"C{k % 10}", "marker": "os^D"[k // 10 % 4], "label": s["row"]}
+        left.scatter(share, [headline(c)["mean_score"] for c in got], **style)
+        right.scatter(share, [seeds.get(c["seed"], float("nan")) for c in got], **style)
+    left.set(xlabel="action noise share (final policy)", ylabel="score, 50 standard starts", ylim=(0, 1.02))
+    right.set(xlabel="action noise share (final policy)", ylabel="dominant share, symmetric starts")
+    right.axhline(0.5, color="k", lw=0.8, ls=":")
+    ticks = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=7, frameon=False)
+    fig.suptitle("PushT: a policy whose action follows its sampling noise (one point per seed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def demo_split(zarr: str | None) -> dict:
+    """The demos' rotation split (all demos, those started > 135° from the goal, and those started within
+    15° of upside down)."""
+    from immiscible_policy.analysis.modes import demo_modes
+
+    d = demo_modes(zarr)
+    far, every, up = d["far_from_goal"], d["all"], d["upside_down"]
+    out = {
+        "all": {"n": every["n_rollouts"], **every["rotation"]},
+        "n": far["n_rollouts"],
+        **far["rotation"],
+        **cw_share(far["rotation"]),
+        "long_way": far["long_way"],
+        "upside_down": {
+            "n": up["n_rollouts"],
+            **up["rotation"],
+            **cw_share(up["rotation"]),
+            "long_way": up["long_way"],
+            "max_deg": up["max_deg"],
+        },
+        "mirrored_cw_share": 0.5,
+        "threshold_deg": d["threshold_deg"],
+        "far_from_goal_deg": far["min_deg"],
+    }
+    return out
+
+
+def cw_share(rotation: dict) -> dict:
+    """A demo split's cw share among the turns and its exact 95% interval."""
+    cw, ccw = rotation["cw"], rotation["ccw"]
+    return {"cw_share": cw / max(cw + ccw, 1), "cw_share_ci95": clopper_pearson(cw, ccw)}
+
+
+def clopper_pearson(k: int, other: int) -> list[float]:
+    """Exact 95% interval of a share k / (k + other): the demo splits are small samples (20 demos near
+    upside down), so a policy's share is compared with an interval, not with a point."""
+    from scipy.stats import beta
+
+    n = k + other
+    if not n:
+        return [0.0, 1.0]
+    lo = 0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k))
+    return [lo, hi]
+
+
+def mode_examples(run_dir: Path, path: Path, seed: int, n: int = SYMMETRIC_ROLLOUTS) -> dict:
+    """A video with one rollout of each rotation mode at the symmetric starts (first ``cw``, then ``ccw``).
+
+    The ``n`` rollouts run as the evaluation runs them (one batch, one seeded generator, rollout i from
+    symmetric start i); each rollout's actions are recorded, and the first of each mode is replayed with
+    rendering (the physics is deterministic: the replay is the rollout). Returns the modes and starts."""
+    import torch
+    from immiscible_envs.pusht import MAX_EPISODE_STEPS, PushTEnv
+
+    from immiscible_policy.metrics.pusht_modes import rotation_mode
+    from immiscible_policy.policy.load import load_policy
+    from immiscible_policy.video import write_video
+
+    _, policy, cfg, _ = load_policy(run_dir, device="cpu")
+    gen = torch.Generator().manual_seed(int(seed))
+    envs = [PushTEnv(obs_type=str(cfg.task.obs_type), render_mode=None) for _ in range(n)]
+    hist, actions, info = [], [[] for _ in range(n)], [None] * n
+    start_seed = int(cfg.task.eval.start_seed)
+    for i, env in enumerate(envs):
+        obs, info[i] = env.reset(seed=start_seed + i, options={"starts": "symmetric"})
+        hist.append([obs] * policy.n_obs_steps)
+    active, steps = list(range(n)), 0
+    while active and steps < MAX_EPISODE_STEPS:
+        chunk = policy.predict_action(
+            np.stack([np.stack(hist[i][-policy.n_obs_steps :]) for i in active]), generator=gen
+        )
+        still = []
+        for row, i in enumerate(active):
+            done = False
+            for a in chunk[row][: MAX_EPISODE_STEPS - steps]:
+                obs, _, done, _, info[i] = envs[i].step(a)
+                hist[i].append(obs)
+                actions[i].append(a)
+                if done:
+                    break
+            if not done:
+                still.append(i)
+        steps += chunk.shape[1]
+        active = still
+    modes = [rotation_mode(inf["net_rotation"]) for inf in info]
+    frames, shown = [], {}
+    for mode in ("cw", "ccw"):
+        if mode not in modes:
+            continue
+        i = modes.index(mode)
+        shown[mode] = i
+        env = PushTEnv(obs_type=str(cfg.task.obs_type), render_mode="rgb_array")
+        env.reset(seed=start_seed + i, options={"starts": "symmetric"})
+        frames.append(env.render())
+        for a in actions[i]:
+            env.step(a)
+            frames.append(env.render())
+        frames += [frames[-1]] * 10  # hold the end a second before the next mode
+    if frames:
+        write_video(path, frames, fps=10)
+    return {
+        "modes": {m: modes.count(m) for m in ("cw", "ccw", "none")},
+        "shown_rollouts": shown,
+        "path": str(path),
+    }
