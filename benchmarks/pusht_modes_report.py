@@ -284,6 +284,8 @@ def goal_check(s: dict, van: dict | None, key: str) -> str:
 
 
 def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
+    """Summarise every row from the finished cells, judge it (verdict, goal), and write ``report.{md,json}``,
+    ``modes.png`` and ``noise_share.png`` into ``args.out``; returns the JSON payload."""
     cells = load_cells(args.out)
     demo = demo_split(args.zarr)
     summary = summarize_rows(
@@ -301,6 +303,49 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         else:
             s["verdict"] = against_demos(s, demo) if van is s else verdict(s, van)
         s["goal"] = {k: goal_check(s, van, k) for k in ("tv_to_demos", "tv_to_demos_upside_down")}
+    host_list = hosts(list(cells.values()))
+    md = (
+        main_table_md(summary, demo, args)
+        + goal_table_md(summary, by_row)
+        + "\n\n### The paper's Table I PushT row, beside ours\n\n"
+        + markdown_table(
+            ["row", "dominant mode", "score"], [[p["row"], p["dominant"], p["score"]] for p in PAPER]
+        )
+        + epoch_table_md(summary)
+        + steps_table_md(summary)
+        + demos_md(demo)
+        + hosts_md(host_list)
+    )
+    payload = {
+        "machine": machine(),
+        "hosts": [json.loads(h) for h in host_list],
+        "seeds": plan,
+        "protocol": {
+            "model": args.model,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "eval_every": args.eval_every,
+            "warmup": args.warmup,
+            "eval_sampler": {k: f"{a}-{b}" for k, (a, b) in EVAL_SAMPLER.items()},
+            "final": {k: [f"{a}-{b}" for a, b in v] for k, v in FINAL.items()},
+            "symmetric_rollouts": SYMMETRIC_ROLLOUTS,
+            "overrides": args.override,
+        },
+        "demos": demo,
+        "paper": PAPER,
+        "summary": summary,
+        "command": " ".join(sys.argv),
+    }
+    write_report(args.out, md, payload)
+    plot_mode_curves(summary, args.out / "modes.png")
+    plot_noise_share(summary, cells, args.out / "noise_share.png")
+    print(md)
+    return payload
+
+
+def main_table_md(summary: list[dict], demo: dict, args) -> str:
+    """The headline table (one row per recipe: final modes, scores, leak, noise share, verdict) and its key."""
     table = []
     for s in summary:
         n = s["n_seeds"] + len(s["missing_seeds"])
@@ -365,7 +410,12 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         f"the T when more than {NO_TURN:.0%} do not), and the standard-start score difference; for a vanilla "
         "row, the seeds whose split is more one-sided than the demos'.\n"
     )
-    md += (
+    return md
+
+
+def goal_table_md(summary: list[dict], by_row: dict[str, dict]) -> str:
+    """The goal check of every recipe row against both demo splits."""
+    md = (
         f"\n### The goal: TV <= {GOAL_TV:.2f} on its interval at a score no more than {GOAL_SCORE:.2f} below "
         "vanilla's\n\n"
     )
@@ -382,11 +432,12 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             if (v := by_row.get(vanilla_of(s["row"]))) is not None and s["row"] != v["row"]
         ],
     )
-    md += "\n\n### The paper's Table I PushT row, beside ours\n\n"
-    md += markdown_table(
-        ["row", "dominant mode", "score"], [[p["row"], p["dominant"], p["score"]] for p in PAPER]
-    )
-    md += "\n\n### Per evaluation epoch (dominant share % / standard score)\n\n"
+    return md
+
+
+def epoch_table_md(summary: list[dict]) -> str:
+    """Dominant share and standard score of every row at each evaluation epoch."""
+    md = "\n\n### Per evaluation epoch (dominant share % / standard score)\n\n"
     epochs = sorted({p["epoch"] for s in summary for p in s.get("curve", [])})
     md += markdown_table(
         ["row", *[f"epoch {e}" for e in epochs]],
@@ -407,10 +458,15 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             if s["n_seeds"]
         ],
     )
+    return md
+
+
+def steps_table_md(summary: list[dict]) -> str:
+    """The final checkpoint of every row at each sampling setting."""
     keys = sorted(
         {k for s in summary for k in s.get("final_steps", {})}, key=lambda k: (k[0], int(k.split("-")[1]))
     )
-    md += "\n\n### Final checkpoint vs sampling steps (standard score / symmetric dominant share %)\n\n"
+    md = "\n\n### Final checkpoint vs sampling steps (standard score / symmetric dominant share %)\n\n"
     md += markdown_table(
         ["row", *keys],
         [
@@ -427,8 +483,12 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             if s["n_seeds"]
         ],
     )
-    md += "\n\n### The demos, classified with the same code\n\n"
-    md += (
+    return md
+
+
+def demos_md(demo: dict) -> str:
+    """The demos' own split, classified with the evaluation's code."""
+    return "\n\n### The demos, classified with the same code\n\n" + (
         f"All {demo['all']['n']} demos: cw {demo['all']['cw']}, ccw {demo['all']['ccw']}, "
         f"none {demo['all']['none']}; started more than 135° from the goal ({demo['n']}): cw {demo['cw']}, "
         f"ccw {demo['ccw']}, none {demo['none']} (cw share {share_ci(demo)}), {demo['long_way']['cw']} cw / "
@@ -441,30 +501,10 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         "imitates the demos near 180°. Shares with their exact (Clopper-Pearson) 95% interval: a row's share "
         "inside it is not told apart from the demos'.\n"
     )
-    host_list = hosts(list(cells.values()))
-    md += hosts_md(host_list)
-    payload = {
-        "machine": machine(),
-        "hosts": [json.loads(h) for h in host_list],
-        "seeds": plan,
-        "protocol": {
-            "model": args.model,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
-            "epochs": args.epochs,
-            "eval_every": args.eval_every,
-            "warmup": args.warmup,
-            "eval_sampler": {k: f"{a}-{b}" for k, (a, b) in EVAL_SAMPLER.items()},
-            "final": {k: [f"{a}-{b}" for a, b in v] for k, v in FINAL.items()},
-            "symmetric_rollouts": SYMMETRIC_ROLLOUTS,
-            "overrides": args.override,
-        },
-        "demos": demo,
-        "paper": PAPER,
-        "summary": summary,
-        "command": " ".join(sys.argv),
-    }
-    write_report(args.out, md, payload)
+
+
+def plot_mode_curves(summary: list[dict], path: Path) -> None:
+    """Each row's dominant share at the symmetric starts against epoch (mean and 95% interval over seeds)."""
     plot_mean_ci(
         [
             {
@@ -482,7 +522,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             for s in summary
             if s["n_seeds"]
         ],
-        args.out / "modes.png",
+        path,
         x="epoch",
         y="share",
         ci="ci95",
@@ -491,9 +531,6 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         title="PushT: does the policy keep both rotation modes? (0.5 = balanced)",
         ylim=(0.0, 1.02),
     )
-    plot_noise_share(summary, cells, args.out / "noise_share.png")
-    print(md)
-    return payload
 
 
 def plot_noise_share(summary: list[dict], cells: dict, path: Path) -> None:
