@@ -27,6 +27,8 @@ Rows are ``<objective>[+mirror]/<recipe>``; ``+mirror`` trains on the demos plus
     knn                   knn (k=4), start_epoch=W
     c2ot-f0.5-ramp        ours: condition-aware, half the batch, ramped (keeps p(noise | obs) Gaussian
                           and leaves half of each batch's noise untouched)
+    c2ot-nb8              ours: condition-aware pairing within neighbour batches (groups of a window and
+                          its 7 nearest by observation from other demos; trainer.neighbour_batches)
 
 A finished cell writes ``cells/<cell>.json``; reruns skip finished cells and resume interrupted ones (and
 their finished final evaluations); several workers share the list (one per core, ``OMP_NUM_THREADS=1``).

@@ -61,9 +61,10 @@ def vanilla_of(row: str) -> str:
 
 
 def recipe_overrides(recipe: str, warmup: int) -> list[str]:
-    """Hydra overrides of a recipe name (module docstring); ``-f<share>`` and ``-ramp`` suffixes."""
+    """Hydra overrides of a recipe name (module docstring); ``-f<share>``, ``-ramp``, ``-nowarmup`` and
+    ``-nb<k>`` (neighbour batches of k from the start) suffixes."""
     base, *mods = recipe.split("-")
-    fraction, ramp, start = None, False, warmup
+    fraction, ramp, start, groups = None, False, warmup, None
     for m in mods:
         if m == "ramp":
             ramp = True
@@ -71,20 +72,26 @@ def recipe_overrides(recipe: str, warmup: int) -> list[str]:
             start = 0
         elif m.startswith("f") and m[1:].replace(".", "", 1).isdigit():
             fraction = float(m[1:])
+        elif m.startswith("nb") and m[2:].isdigit() and int(m[2:]) > 1:
+            groups = int(m[2:])
         else:
-            raise SystemExit(f"recipe {recipe!r}: unknown part {m!r} (use -f<share>, -ramp, -nowarmup).")
+            raise SystemExit(
+                f"recipe {recipe!r}: unknown part {m!r} (use -f<share>, -ramp, -nowarmup, -nb<k>)."
+            )
     if base == "vanilla":
         if mods:
             raise SystemExit(f"recipe {recipe!r}: vanilla takes no options.")
         return ["assigner=vanilla"]
-    groups = {
+    strategies = {
         "published": ["assigner=linear", "assigner.params.standardize=true"],
         "c2ot": ["assigner=c2ot", "assigner.params.standardize=true"],
         "knn": ["assigner=knn", "++assigner.params.k=4"],
     }
-    if base not in groups:
-        raise SystemExit(f"recipe {recipe!r}: unknown base {base!r}; use vanilla, {', '.join(groups)}.")
-    out = [*groups[base], f"assigner.start_epoch={start}"]
+    if base not in strategies:
+        raise SystemExit(f"recipe {recipe!r}: unknown base {base!r}; use vanilla, {', '.join(strategies)}.")
+    out = [*strategies[base], f"assigner.start_epoch={start}"]
+    if groups is not None:
+        out.append(f"trainer.neighbour_batches={groups}")
     if fraction is not None:
         out.append(f"assigner.fraction={fraction}")
     if ramp:

@@ -180,6 +180,7 @@ def check_config(cfg: Any, kind: str | None = None) -> dict[str, Any]:
     check_section("task", task, TASKS[kind])
     if kind == "policy":
         _check_mirror(task)
+        _check_neighbour_batches(tr, task)
         if isinstance(task.get("eval"), Mapping):
             _check_symmetric_rollouts(task)
 
@@ -273,6 +274,26 @@ def _check_mirror(task: Mapping[str, Any]) -> None:
     from immiscible_policy.policy.tasks import task_mirror
 
     task_mirror(task)
+
+
+def _check_neighbour_batches(tr: Mapping[str, Any], task: Mapping[str, Any]) -> None:
+    """``trainer.neighbour_batches`` = k > 1 only where a batch (per rank) holds whole groups and the
+    neighbours can be found from the observations the network sees (low-dim), before any data is read."""
+    k = int(tr.get("neighbour_batches") or 1)
+    if k == 1:
+        return
+    batch = int(tr["batch_size"])
+    if batch % k:
+        divisors = [d for d in range(2, min(batch, 64) + 1) if batch % d == 0][:4]
+        raise ValueError(
+            f"trainer.neighbour_batches={k} must divide trainer.batch_size={batch} (a batch holds whole groups); "
+            f"use one of {divisors or [1]}."
+        )
+    if task.get("obs_type") == "image":
+        raise ValueError(
+            f"trainer.neighbour_batches={k} finds neighbours by low-dim observation, but task {task.get('name')!r} "
+            "observes images; use trainer.neighbour_batches=1."
+        )
 
 
 def _check_symmetric_rollouts(task: Mapping[str, Any]) -> None:

@@ -80,6 +80,9 @@ class Trainer:
     checkpoint: Callable[[int, int, dict[str, Any]], None]  # (step, epoch, pending): run.checkpoint
     evaluate: Callable[[dict[str, Any], Due], dict[str, Any]]  # scores into the record -> media
     report: Callable[[dict[str, Any], Due], None]  # the printed line of a logged record
+    # (rows, seed, epoch) -> the epoch's data order: a permutation of the rows, or any row sequence that
+    # fills the epoch's batches (policy/neighbour_batches.py); a function of (seed, epoch) so resume replays it
+    order: Callable[[int, int, int], Tensor] = epoch_order
 
 
 def stop_at(tr: Any, unit: str, at: int, total: int) -> int:
@@ -156,7 +159,7 @@ def fit(run: TrainingRun, t: Trainer, *, at: int, step: int) -> dict[str, Any]:
     try:
         for k, (epoch, i, done) in enumerate(_steps(t, at, step, stop)):
             if epoch != order_epoch:  # a new epoch: its data order and its pairing share
-                order, order_epoch = epoch_order(t.rows, seed, epoch).to(run.device), epoch
+                order, order_epoch = t.order(t.rows, seed, epoch).to(run.device), epoch
                 t.core.set_epoch(epoch)
                 if unit == "epoch":
                     bar.set_description(f"epoch {epoch + 1}/{t.total}")

@@ -191,17 +191,21 @@ class NoisingCore:
         generator: torch.Generator | None = None,
         timesteps: Tensor | None = None,
         cond: Tensor | None = None,
+        groups: Tensor | None = None,
     ) -> TrainingPair:
         """Build one step's training pair from a clean (normalised) batch ``x0`` (B, ...).
 
         ``cond`` (B, ...) is what the model is conditioned on (a policy's flattened normalised
         observation history, an image model's class labels). It reaches the assigner only when the
         assigner declares ``uses_cond``, so strategies written against ``pair(x0, noise, *, generator)``
-        keep working; one that declares it and gets ``cond=None`` fails with one line.
+        keep working; one that declares it and gets ``cond=None`` fails with one line. ``groups`` (B,)
+        integer labels (neighbour batches, policy/neighbour_batches.py) replace ``cond`` as what such an
+        assigner pairs within; the training pair keeps ``cond`` (the condition-leak diagnostic's).
         """
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         start = time.perf_counter()
-        pairing = self.pairing.pair(x0, noise, epoch=self.epoch, generator=generator, cond=cond)
+        within = cond if groups is None else groups
+        pairing = self.pairing.pair(x0, noise, epoch=self.epoch, generator=generator, cond=within)
         assign_ms = (time.perf_counter() - start) * 1e3
         if timesteps is None:
             timesteps = self.draw_timesteps(x0.shape[0], x0.device, generator)
@@ -215,23 +219,33 @@ class NoisingCore:
         return TrainingPair(x_t, timesteps, model_t, target, px0, pnoise, info, cond)
 
     def sharded_training_pair(
-        self, x0: Tensor, generators: Sequence[torch.Generator], cond: Tensor | None = None
+        self,
+        x0: Tensor,
+        generators: Sequence[torch.Generator],
+        cond: Tensor | None = None,
+        groups: Tensor | None = None,
     ) -> TrainingPair:
         """The training pair of a batch made of ``len(generators)`` equal rank slices, concatenated.
 
-        Slice r of ``x0`` (and of ``cond``) gets its noise, its assigner draws and its timesteps from
-        ``generators[r]`` and is paired on its own: exactly what rank r of a multi-process run computes
-        for its per-rank batch (``distributed: local``). With one generator this is :meth:`training_pair`.
+        Slice r of ``x0`` (and of ``cond`` and ``groups``) gets its noise, its assigner draws and its
+        timesteps from ``generators[r]`` and is paired on its own: exactly what rank r of a multi-process
+        run computes for its per-rank batch (``distributed: local``). With one generator this is
+        :meth:`training_pair`.
         """
         if len(generators) == 1:
-            return self.training_pair(x0, generators[0], cond=cond)
+            return self.training_pair(x0, generators[0], cond=cond, groups=groups)
         if x0.shape[0] % len(generators):
             raise ValueError(
                 f"batch of {x0.shape[0]} does not split into {len(generators)} equal rank slices."
             )
-        slices = x0.chunk(len(generators))
-        conds = [None] * len(generators) if cond is None else cond.chunk(len(generators))
-        parts = [self.training_pair(x, g, cond=c) for x, g, c in zip(slices, generators, conds)]
+        n = len(generators)
+        slices = x0.chunk(n)
+        conds = [None] * n if cond is None else cond.chunk(n)
+        labels = [None] * n if groups is None else groups.chunk(n)
+        parts = [
+            self.training_pair(x, g, cond=c, groups=lab)
+            for x, g, c, lab in zip(slices, generators, conds, labels)
+        ]
         return TrainingPair.cat(parts)
 
     def timestep_fraction(self, timesteps: Tensor) -> Tensor:

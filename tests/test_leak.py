@@ -64,6 +64,24 @@ def test_a_scheduled_recipe_is_read_at_its_full_share(determined):
     assert late["paired_share"] == 0.5 and late["condition_leak"] == pytest.approx(now["condition_leak"])
 
 
+def test_neighbour_batches_pair_within_groups_without_the_leak(determined):
+    """Groups of windows with nearly the same condition: c2ot paired within them moves the noise towards
+    the chunks yet leaks (almost) nothing; linear on the same batches leaks as on random ones."""
+    actions, cond = determined
+    kw = {"batch": 128, "rows": 2048, "episodes": torch.arange(2048) // 4}
+    vanilla = recipe_leak("vanilla+neighbour_batches=8", actions, cond, **kw)
+    grouped = recipe_leak("c2ot+neighbour_batches=8", actions, cond, **kw)
+    linear = recipe_leak("linear+neighbour_batches=8", actions, cond, **kw)
+    assert grouped["neighbour_batches"] == 8 and grouped["settings"] == {}
+    assert grouped["pair_l2"] < vanilla["pair_l2"]
+    assert grouped["noise_proj_x0"] > vanilla["noise_proj_x0"] + 0.1
+    assert abs(grouped["condition_leak"]) < 0.02 < linear["condition_leak"]
+    with pytest.raises(ValueError, match="neighbour_batches=3; use a whole number >= 1 dividing batch=128"):
+        recipe_leak("c2ot+neighbour_batches=3", actions, cond, **kw)
+    with pytest.raises(ValueError, match=r"need each window's demo \(episodes=\)"):
+        recipe_leak("c2ot+neighbour_batches=8", actions, cond, batch=128, rows=2048)
+
+
 def test_bad_sizes_are_one_line(determined):
     actions, cond = determined
     with pytest.raises(ValueError, match="batch=4096: use 2 to 2048"):

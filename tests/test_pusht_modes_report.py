@@ -81,8 +81,19 @@ def test_recipes_become_the_schedule_overrides(grid):
         "assigner.ramp_epochs=10",
     ]
     assert "assigner.start_epoch=0" in grid.recipe_overrides("published-nowarmup", 10)
+    assert grid.recipe_overrides("c2ot-nb8", 10)[-2:] == [
+        "assigner.start_epoch=10",
+        "trainer.neighbour_batches=8",
+    ]
     assert grid.parse_row("flow+mirror/vanilla") == ("flow", True, "vanilla")
-    for bad in ("flw/vanilla", "flow+flip/vanilla", "flow/published-x", "flow/vanilla-f0.5", "flow/"):
+    for bad in (
+        "flw/vanilla",
+        "flow+flip/vanilla",
+        "flow/published-x",
+        "flow/vanilla-f0.5",
+        "flow/",
+        "flow/c2ot-nb1",
+    ):
         with pytest.raises(SystemExit):
             grid.parse_row(bad)
 

@@ -14,7 +14,8 @@ each): ``condition_leak`` (held-out ridge R^2 of the paired noise regressed on t
 trainers compute it: ~0 for independent noise), the trainers' noise statistics (``pair_l2``: mean L2
 distance between a chunk and its noise, how much the recipe pairs at all; ``noise_proj_x0``: the noise's
 mean projection on its own chunk's direction, 0 for independent noise; ``noise_norm_ratio``: 1 for
-N(0, I)) and ``paired_share``.
+N(0, I)) and ``paired_share``. ``+neighbour_batches=k`` draws the batches as the policy trainer's neighbour
+batches (policy/neighbour_batches.py) and pairs a condition-aware strategy within their groups.
 
 Read the leak beside ``noise_proj_x0``: a linear probe underestimates the leak for continuous conditions.
 ``c2ot`` leaks ~0 by this probe on PushT, yet trained from step 0 it broke the policies of the PushT grid
@@ -59,14 +60,33 @@ def parse_recipe(spec: str) -> tuple[str, dict]:
     return name, settings
 
 
-def recipe_leak(spec: str, actions: Tensor, cond: Tensor, *, batch: int, rows: int, seed: int = 0) -> dict:
+def recipe_leak(
+    spec: str,
+    actions: Tensor,
+    cond: Tensor,
+    *,
+    batch: int,
+    rows: int,
+    seed: int = 0,
+    episodes: Tensor | None = None,
+) -> dict:
     """``spec``'s condition leak and pair distance on (N, horizon, A) normalised ``actions`` with their
     (N, C) ``cond`` (the trainers' pairing condition), at the recipe's full share (its start epoch plus its
-    ramp)."""
+    ramp). ``+neighbour_batches=k`` draws the batches as the trainer's neighbour batches (groups of a random
+    window and its k - 1 nearest from other demos, ``episodes`` (N,) naming each window's demo) and pairs a
+    condition-aware strategy within the groups."""
     from immiscible_policy.noising import condition_leak, noise_stats
     from immiscible_policy.pairing import NoisePairer
+    from immiscible_policy.policy.neighbour_batches import group_labels, neighbour_table
 
     name, settings = parse_recipe(spec)
+    k = settings.pop("neighbour_batches", 1)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1 or batch % k:
+        raise ValueError(
+            f"recipe {spec!r}: neighbour_batches={k!r}; use a whole number >= 1 dividing batch={batch}."
+        )
+    if k > 1 and episodes is None:
+        raise ValueError(f"recipe {spec!r}: neighbour batches need each window's demo (episodes=).")
     n = actions.shape[0]
     if n < 2 or cond.shape[0] != n:
         raise ValueError(
@@ -78,13 +98,20 @@ def recipe_leak(spec: str, actions: Tensor, cond: Tensor, *, batch: int, rows: i
         raise ValueError(f"rows={rows}: use at least {max(batch, 64)} (one batch, and 64 rows for the fit).")
     pairer = NoisePairer(name, **settings)
     epoch = pairer.schedule.start_epoch + pairer.schedule.ramp_epochs
+    table = neighbour_table(cond, episodes, k) if k > 1 else None
     g = torch.Generator().manual_seed(seed)
     conds, noises, stats, shares = [], [], [], []
     for _ in range((rows + batch - 1) // batch):
-        idx = torch.randint(0, n, (batch,), generator=g)
+        if table is None:
+            idx, within = torch.randint(0, n, (batch,), generator=g), None
+        else:  # the trainer's layout: whole groups, labelled for a condition-aware strategy
+            anchors = torch.randint(0, n, (batch // k,), generator=g)
+            idx, within = torch.cat([anchors[:, None], table[anchors]], 1).reshape(-1), group_labels(batch, k)
         x0, c = actions[idx], cond[idx]
         noise = torch.randn(x0.shape, generator=g)
-        paired = pairer.scheduled.pair(x0, noise, epoch=epoch, generator=g, cond=c)
+        paired = pairer.scheduled.pair(
+            x0, noise, epoch=epoch, generator=g, cond=c if within is None else within
+        )
         conds.append(c)
         noises.append(paired.noise.flatten(1))
         stats.append(noise_stats(paired.x0, paired.noise))
@@ -101,6 +128,7 @@ def recipe_leak(spec: str, actions: Tensor, cond: Tensor, *, batch: int, rows: i
         "recipe": spec,
         "strategy": name,
         "settings": settings,
+        "neighbour_batches": k,
         **out,
         "paired_share": float(sum(shares) / len(shares)),
         "batch": batch,

@@ -283,12 +283,12 @@ def policy_checkpoint_noise_share(
 
 def pairing_data(
     data: str | None, checkpoint: str | None, *, mirror: bool = False, allow_import: bool | None = None
-) -> tuple[torch.Tensor, torch.Tensor, str, dict]:
-    """(normalised action chunks (N, horizon, A), their pairing conditions (N, C), task name, source) for
-    :func:`~immiscible_policy.analysis.leak.recipe_leak`: a low-dim policy run's own training windows and
-    condition (``checkpoint``), else the PushT demos at ``data`` (default: the shared ones) with the PushT
-    task's defaults (horizon 16, 2 observation steps; ``mirror``: with their reflections, as
-    ``task.mirror=true``)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, dict]:
+    """(normalised action chunks (N, horizon, A), their pairing conditions (N, C), each window's demo (N,),
+    task name, source) for :func:`~immiscible_policy.analysis.leak.recipe_leak`: a low-dim policy run's own
+    training windows and condition (``checkpoint``), else the PushT demos at ``data`` (default: the shared
+    ones) with the PushT task's defaults (horizon 16, 2 observation steps; ``mirror``: with their
+    reflections, as ``task.mirror=true``)."""
     if checkpoint is not None:
         from immiscible_policy.policy.load import load_policy
 
@@ -296,18 +296,16 @@ def pairing_data(
         _, policy, cfg, ck = load_policy(checkpoint, device="cpu", allow_import=allow_import)
         if policy.image_shape is not None:
             raise ValueError(f"{checkpoint} is an image policy; leak measures low-dim policies' conditions.")
-        windows, normalizer, steps = (
-            policy_dataset(cfg.task).all_windows(),
-            policy.normalizer,
-            policy.n_obs_steps,
-        )
+        ds = policy_dataset(cfg.task)
+        normalizer, steps = policy.normalizer, policy.n_obs_steps
         source = {"checkpoint": str(ck.path)}
     else:
         from immiscible_policy.policy.dataset import PushTLowdimDataset
 
         ds = PushTLowdimDataset(data, mirror=mirror)
-        windows, normalizer, steps, task = ds.all_windows(), ds.get_normalizer(), ds.n_obs_steps, "pusht"
+        normalizer, steps, task = ds.get_normalizer(), ds.n_obs_steps, "pusht"
         source = {"data": ds.data_source, "mirror": mirror}
+    windows = ds.all_windows()
     actions = normalizer.normalize("action", windows["action"])
     cond = normalizer.normalize("obs", windows["obs"])[:, :steps].flatten(1)
-    return actions, cond, task, source
+    return actions, cond, torch.as_tensor(ds.sampler.window_episode), task, source

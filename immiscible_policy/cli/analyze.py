@@ -342,7 +342,7 @@ def cmd_leak(argv: list[str]) -> dict:
         k: int_option(opts, k, d, least)
         for k, d, least in (("batch", 256, 2), ("rows", 8192, 64), ("seed", 0, 0))
     }
-    actions, cond, task, source = pairing_data(
+    actions, cond, episodes, task, source = pairing_data(
         None if opts.get("data") is None else str(opts["data"]),
         None if opts.get("checkpoint") is None else str(opts["checkpoint"]),
         mirror=bool_option(opts, "mirror", False),
@@ -350,7 +350,7 @@ def cmd_leak(argv: list[str]) -> dict:
     )
     runs = {}
     for recipe, label in tqdm(list(zip(recipes, labels)), desc="leak", leave=False):
-        _add_run(runs, label, recipe_leak(recipe, actions, cond, **numbers))
+        _add_run(runs, label, recipe_leak(recipe, actions, cond, episodes=episodes, **numbers))
     payload = {"task": task, **source, "windows": int(actions.shape[0]), **numbers, "runs": runs}
     return _finish(
         opts,

@@ -128,6 +128,16 @@ class PolicyTrainerConfig(TrainerConfig):
     eval_every_epochs: int = setting(
         10, "roll out the EMA policy every N epochs", lo=0, note="0 = only at the end"
     )
+    neighbour_batches: int = setting(
+        1,
+        "k > 1: from the pairing's start epoch, each batch is groups of k windows (one drawn at random and its "
+        "k - 1 nearest by observation from other demos) and a condition-aware assigner (c2ot) pairs within "
+        "each group (docs/pairing_schedule.md); must divide batch_size; low-dim observations",
+        lo=1,
+        optional=True,
+        note="1 = plain random batches",
+        example=8,
+    )
     eval_video: str | None = setting(
         None,
         "film task.eval.n_video_episodes episodes of each evaluation -> run_dir/videos/epoch_NNNN.<format> "

@@ -248,15 +248,17 @@ class DiffusionPolicy(DiffusionModule):
         A list of generators splits the batch into that many rank slices (one stream each), see
         :meth:`~immiscible_policy.noising.NoisingCore.sharded_training_pair`. Image policies also take the
         batch's frames, ``batch["images"]`` uint8 (B, >= n_obs_steps, 3, H, W); their random crops come from
-        the same streams.
+        the same streams. ``batch["groups"]`` (B,) labels: neighbour batches (``trainer.neighbour_batches``),
+        whose groups a condition-aware assigner pairs within.
         """
         obs_norm, action_norm, images = (batch.get(k) for k in BATCH_KEYS)
         # low-dim: what the U-Net sees is what a condition-aware pairing sees; image: see pairing_cond
         cond = self.pairing_cond(obs_norm, images)
+        groups = batch.get("groups")  # neighbour batches: pair within these groups instead
         if isinstance(generator, Sequence):
-            tp = self.core.sharded_training_pair(action_norm, generator, cond=cond)
+            tp = self.core.sharded_training_pair(action_norm, generator, cond=cond, groups=groups)
         else:
-            tp = self.core.training_pair(action_norm, generator=generator, cond=cond)
+            tp = self.core.training_pair(action_norm, generator=generator, cond=cond, groups=groups)
         net_cond: Tensor | dict[str, Tensor] = cond
         if self.image_shape is not None:
             if images is None:

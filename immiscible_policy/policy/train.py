@@ -12,6 +12,7 @@ Under ``accelerate launch`` / ``torchrun`` each rank trains on its slice of ever
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from immiscible_policy.policy.build import build_model, make_policy, policy_samp
 from immiscible_policy.policy.dataset import describe_source
 from immiscible_policy.policy.evaluate import rollout, validation_loss
 from immiscible_policy.policy.load import load_policy
+from immiscible_policy.policy.neighbour_batches import NeighbourOrder, group_labels, neighbour_table
 from immiscible_policy.policy.tasks import rolls_out, task_env
-from immiscible_policy.training import TrainingRun, preserve_rng, training_run
+from immiscible_policy.training import TrainingRun, epoch_order, preserve_rng, training_run
 
 # the loop is train_policy; the rest is re-exported for code that imported it from here
 __all__ = [
@@ -167,9 +169,14 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
             evaluate=every(epoch, eval_every) or (epoch == epochs and eval_at_end),
         )
 
+    # trainer.neighbour_batches: groups of windows with nearly the condition the network sees
+    order, groups = neighbour_batches(tr, cfg.assigner, dataset, obs_all[:, : policy.n_obs_steps], main)
+
     def prepare(idx: Tensor, gens: list[torch.Generator]) -> Any:
         """The rows' training pair and the network's condition (:meth:`DiffusionPolicy.prepare`)."""
         batch = {"obs": obs_all[idx], "action": act_all[idx]}
+        if groups is not None:  # neighbour batches: whole groups of k consecutive rows
+            batch["groups"] = groups(len(idx), idx.device)
         if frame_rows is not None:
             batch["images"] = frames[frame_rows[idx]]
         return policy.prepare(batch, gens)
@@ -195,7 +202,28 @@ def _train_policy(cfg: DictConfig, run: TrainingRun) -> dict:
         checkpoint=checkpoint,
         evaluate=evaluate,
         report=report,
+        order=order,
     )
     last = fit(run, trainer, at=start_epoch, step=step)
     run.plot(x="epoch", title=f"{task.name} / {cfg.assigner.name}")
     return last
+
+
+def neighbour_batches(tr: Any, assigner: Any, dataset: Any, cond: Tensor, main: bool) -> tuple[Any, Any]:
+    """(the data order, the group labels of a batch) under ``trainer.neighbour_batches`` = k: groups of an
+    anchor window and its k - 1 nearest windows from other demos by ``cond`` (N, n_obs_steps, obs_dim), the
+    normalised observations the network sees, from the pairing's start epoch on
+    (policy/neighbour_batches.py); (the plain random order, None) for k = 1."""
+    k = int(tr.get("neighbour_batches") or 1)
+    if k == 1:
+        return epoch_order, None
+    tick = time.time()
+    table = neighbour_table(cond.cpu(), torch.as_tensor(dataset.sampler.window_episode), k)
+    start = int(assigner.get("start_epoch", 0) or 0)
+    if main:
+        print(
+            f"[immiscible] neighbour batches: groups of {k} (a window and its {k - 1} nearest from other demos) "
+            f"from epoch {start}; table {tuple(table.shape)} in {time.time() - tick:.0f} s",
+            flush=True,
+        )
+    return NeighbourOrder(table, start_epoch=start), lambda b, device: group_labels(b, k, device)
