@@ -29,11 +29,13 @@ Rows are ``<objective>[+mirror]/<recipe>``; ``+mirror`` trains on the demos plus
                           and leaves half of each batch's noise untouched)
     c2ot-nb8              ours: condition-aware pairing within neighbour batches (groups of a window and
                           its 7 nearest by observation from other demos; trainer.neighbour_batches)
+    vanilla-nb8           its control: the same neighbour batches from W on, independent noise
 
 A finished cell writes ``cells/<cell>.json``; reruns skip finished cells and resume interrupted ones (and
 their finished final evaluations); several workers share the list (one per core, ``OMP_NUM_THREADS=1``).
 Order: the pilot (seeds 0-1 of vanilla / published / published-f0.5, both objectives), then priority (a)
-(epsilon vanilla + published to 10 seeds), (b) (flow to 5 seeds, mirrored vanilla + ours), (c) the rest.
+(epsilon vanilla + published to 10 seeds), (b) (flow to 5 seeds, mirrored vanilla + ours, with the
+neighbour-batch control), (c) the rest.
 
 The grid (rows, recipes, protocol constants, cell order) is ``pusht_modes_grid.py``; the statistics, verdicts,
 tables and figures are ``pusht_modes_report.py``; this script trains and evaluates the cells.

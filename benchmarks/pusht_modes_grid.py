@@ -26,6 +26,8 @@ PRIORITY = {
         "flow/published": 5,
         "flow+mirror/vanilla": 5,
         "flow+mirror/c2ot-f0.5-ramp": 5,
+        "flow+mirror/c2ot-nb8": 5,
+        "flow+mirror/vanilla-nb8": 5,
     },
     "c": {
         "epsilon/published-f0.25": 5,
@@ -78,10 +80,12 @@ def recipe_overrides(recipe: str, warmup: int) -> list[str]:
             raise SystemExit(
                 f"recipe {recipe!r}: unknown part {m!r} (use -f<share>, -ramp, -nowarmup, -nb<k>)."
             )
-    if base == "vanilla":
-        if mods:
-            raise SystemExit(f"recipe {recipe!r}: vanilla takes no options.")
-        return ["assigner=vanilla"]
+    if base == "vanilla":  # the baseline; with -nb<k>, the control for what neighbour batches alone do
+        if fraction is not None or ramp or start != warmup or (mods and groups is None):
+            raise SystemExit(f"recipe {recipe!r}: vanilla takes only -nb<k>.")
+        if groups is None:
+            return ["assigner=vanilla"]
+        return ["assigner=vanilla", f"assigner.start_epoch={start}", f"trainer.neighbour_batches={groups}"]
     strategies = {
         "published": ["assigner=linear", "assigner.params.standardize=true"],
         "c2ot": ["assigner=c2ot", "assigner.params.standardize=true"],

@@ -85,6 +85,11 @@ def test_recipes_become_the_schedule_overrides(grid):
         "assigner.start_epoch=10",
         "trainer.neighbour_batches=8",
     ]
+    assert grid.recipe_overrides("vanilla-nb8", 10) == [  # the control: the same batches, independent noise
+        "assigner=vanilla",
+        "assigner.start_epoch=10",
+        "trainer.neighbour_batches=8",
+    ]
     assert grid.parse_row("flow+mirror/vanilla") == ("flow", True, "vanilla")
     for bad in (
         "flw/vanilla",
@@ -93,6 +98,7 @@ def test_recipes_become_the_schedule_overrides(grid):
         "flow/vanilla-f0.5",
         "flow/",
         "flow/c2ot-nb1",
+        "flow/vanilla-nowarmup",
     ):
         with pytest.raises(SystemExit):
             grid.parse_row(bad)
