@@ -402,6 +402,25 @@ def hosts_md(host_list: list[str]) -> str:
     return "\n### Hosts\n\n" + "\n".join(f"- `{h}`" for h in host_list) + "\n" if host_list else ""
 
 
+def grid_payload(host_list: list[str], seeds: dict, args, **protocol) -> dict:
+    """The head of a policy grid's report.json: this machine, the cells' hosts, the seeds, and the protocol
+    (the sweep model's settings from ``args``, then the grid's own ``protocol`` keys and the overrides)."""
+    return {
+        "machine": machine(),
+        "hosts": [json.loads(h) for h in host_list],
+        "seeds": seeds,
+        "protocol": {
+            "model": args.model,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "eval_every": args.eval_every,
+            **protocol,
+            "overrides": args.override,
+        },
+    }
+
+
 def write_report(out: Path, md: str, payload: dict) -> None:
     """``report.json`` and ``report.md`` under ``out``."""
     write_json(out / "report.json", payload)

@@ -8,7 +8,6 @@ split classified with the evaluation's own code (docs/modes.md).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -17,10 +16,10 @@ import numpy as np
 from _common import (
     ci95,
     ci_text,
+    grid_payload,
     hosts,
     hosts_md,
     load_cells,
-    machine,
     markdown_table,
     plot_mean_ci,
     summarize_rows,
@@ -317,21 +316,15 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         + hosts_md(host_list)
     )
     payload = {
-        "machine": machine(),
-        "hosts": [json.loads(h) for h in host_list],
-        "seeds": plan,
-        "protocol": {
-            "model": args.model,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
-            "epochs": args.epochs,
-            "eval_every": args.eval_every,
-            "warmup": args.warmup,
-            "eval_sampler": {k: f"{a}-{b}" for k, (a, b) in EVAL_SAMPLER.items()},
-            "final": {k: [f"{a}-{b}" for a, b in v] for k, v in FINAL.items()},
-            "symmetric_rollouts": SYMMETRIC_ROLLOUTS,
-            "overrides": args.override,
-        },
+        **grid_payload(
+            host_list,
+            plan,
+            args,
+            warmup=args.warmup,
+            eval_sampler={k: f"{a}-{b}" for k, (a, b) in EVAL_SAMPLER.items()},
+            final={k: [f"{a}-{b}" for a, b in v] for k, v in FINAL.items()},
+            symmetric_rollouts=SYMMETRIC_ROLLOUTS,
+        ),
         "demos": demo,
         "paper": PAPER,
         "summary": summary,

@@ -46,6 +46,7 @@ from _common import (  # noqa: E402
     common_points,
     first_reach,
     git_commit,
+    grid_payload,
     hosts,
     hosts_md,
     load_cells,
@@ -382,21 +383,15 @@ def report(rows: list[str], seeds: list[int], args) -> dict:
     host_list = hosts(list(cells.values()))
     md += hosts_md(host_list)
     payload = {
-        "machine": machine(),
-        "hosts": [json.loads(h) for h in host_list],
-        "seeds": seeds,
-        "protocol": {
-            "model": args.model,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
-            "epochs": args.epochs,
-            "eval_every": args.eval_every,
-            "n_episodes": args.n_episodes,
-            "fast_sampler": {k: f"{v}-{FAST_STEPS}" for k, v in FAST_SAMPLER.items()},
-            "final_steps": list(FINAL_STEPS),
-            "extra_final": EXTRA_FINAL,
-            "overrides": args.override,
-        },
+        **grid_payload(
+            host_list,
+            seeds,
+            args,
+            n_episodes=args.n_episodes,
+            fast_sampler={k: f"{v}-{FAST_STEPS}" for k, v in FAST_SAMPLER.items()},
+            final_steps=list(FINAL_STEPS),
+            extra_final=EXTRA_FINAL,
+        ),
         "summary": summary,
         "pairing_stats": stats,
         "command": " ".join(sys.argv),
