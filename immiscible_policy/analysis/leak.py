@@ -77,7 +77,7 @@ def recipe_leak(
     condition-aware strategy within the groups."""
     from immiscible_policy.noising import condition_leak, noise_stats
     from immiscible_policy.pairing import NoisePairer
-    from immiscible_policy.policy.neighbour_batches import group_labels, neighbour_table
+    from immiscible_policy.policy.neighbour_batches import group_labels, grouped_rows, neighbour_table
 
     name, settings = parse_recipe(spec)
     k = settings.pop("neighbour_batches", 1)
@@ -106,7 +106,7 @@ def recipe_leak(
             idx, within = torch.randint(0, n, (batch,), generator=g), None
         else:  # the trainer's layout: whole groups, labelled for a condition-aware strategy
             anchors = torch.randint(0, n, (batch // k,), generator=g)
-            idx, within = torch.cat([anchors[:, None], table[anchors]], 1).reshape(-1), group_labels(batch, k)
+            idx, within = grouped_rows(table, anchors), group_labels(batch, k)
         x0, c = actions[idx], cond[idx]
         noise = torch.randn(x0.shape, generator=g)
         paired = pairer.scheduled.pair(

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from immiscible_policy.training import epoch_order
 
-__all__ = ["NeighbourOrder", "group_labels", "neighbour_table"]
+__all__ = ["NeighbourOrder", "group_labels", "grouped_rows", "neighbour_table"]
 
 
 def neighbour_table(cond: Tensor, episode: Tensor, k: int, *, chunk: int = 2048) -> Tensor:
@@ -53,6 +53,11 @@ def neighbour_table(cond: Tensor, episode: Tensor, k: int, *, chunk: int = 2048)
     return out
 
 
+def grouped_rows(table: Tensor, anchors: Tensor) -> Tensor:
+    """(len(anchors) * k,) rows: each anchor followed by its ``table`` neighbours, group after group."""
+    return torch.cat([anchors[:, None], table[anchors]], dim=1).reshape(-1)
+
+
 def group_labels(batch: int, k: int, device: torch.device | str = "cpu") -> Tensor:
     """(batch,) long: row i belongs to group i // k (the layout :class:`NeighbourOrder` makes)."""
     return torch.arange(batch, device=device) // k
@@ -74,5 +79,4 @@ class NeighbourOrder:
             return epoch_order(n, seed, epoch)
         if n != self.table.shape[0]:
             raise ValueError(f"NeighbourOrder: the table has {self.table.shape[0]} rows, the data {n}.")
-        anchors = epoch_order(n, seed, epoch)[: n // self.k]
-        return torch.cat([anchors[:, None], self.table[anchors]], dim=1).reshape(-1)
+        return grouped_rows(self.table, epoch_order(n, seed, epoch)[: n // self.k])
