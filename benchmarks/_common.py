@@ -111,6 +111,23 @@ def plot_mean_ci(
     fig.savefig(path, dpi=110)
 
 
+def _owner(run_dir: Path) -> int | None:
+    """The pid in ``run_dir/.owner`` when it is a live process other than this one, else None."""
+    try:
+        pid = int((run_dir / ".owner").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
 def claim_cell(run_dir: Path) -> bool:
     """Claim a sweep cell for this process (``run_dir/.owner`` holds our pid); False if a live process has it.
 
@@ -118,21 +135,26 @@ def claim_cell(run_dir: Path) -> bool:
     otherwise resume the same run directory at once and corrupt it. A stale claim (dead pid) is taken over.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    if _owner(run_dir) is not None:
+        return False  # alive: another worker is on this cell
+    (run_dir / ".owner").write_text(str(os.getpid()))
+    return True
+
+
+def cell_busy(run_dir: Path) -> bool:
+    """Whether another live process holds ``run_dir`` (:func:`claim_cell`) right now."""
+    return _owner(run_dir) is not None
+
+
+def release_cell(run_dir: Path) -> None:
+    """Give up this process's claim on ``run_dir`` (a claim of another process is left alone), so that a
+    worker waiting on the run (a warm-up to fork from) sees it free while this worker goes on."""
     owner = run_dir / ".owner"
     try:
-        pid = int(owner.read_text().strip())
+        if int(owner.read_text().strip()) == os.getpid():
+            owner.unlink()
     except (FileNotFoundError, ValueError):
-        pid = None
-    if pid is not None and pid != os.getpid():
-        try:
-            os.kill(pid, 0)
-            return False  # alive: another worker is on this cell
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            return False
-    owner.write_text(str(os.getpid()))
-    return True
+        pass
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -241,14 +263,17 @@ def run_cell(
     print(f"[sweep] {state} {row} seed {seed}: {' '.join(cmd[3:])}", flush=True)
     earlier = earlier_invocations(run_dir)
     t0 = time.time()
-    proc = subprocess.run(cmd, env={**os.environ})
-    if proc.returncode != 0:
-        print(f"[sweep] cell {row} seed {seed} failed with exit code {proc.returncode}", flush=True)
-        return None
-    records = read_records(run_dir)
-    cell = build(run_dir, records, sum(earlier) + (time.time() - t0) / 60, cmd[3:])
-    cell["train_invocations"] = len(earlier) + 1
-    write_json(done, cell)
+    try:
+        proc = subprocess.run(cmd, env={**os.environ})
+        if proc.returncode != 0:
+            print(f"[sweep] cell {row} seed {seed} failed with exit code {proc.returncode}", flush=True)
+            return None
+        records = read_records(run_dir)
+        cell = build(run_dir, records, sum(earlier) + (time.time() - t0) / 60, cmd[3:])
+        cell["train_invocations"] = len(earlier) + 1
+        write_json(done, cell)
+    finally:  # the cell written (or failed): another worker may take the run directory
+        release_cell(run_dir)
     return cell
 
 

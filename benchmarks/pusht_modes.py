@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,10 +60,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     RESULTS,
+    TRAIN_CMD,
     cell_name,
+    claim_cell,
     git_commit,
     machine,
     read_records,
+    release_cell,
     run_cells,
     write_json,
 )
@@ -164,6 +168,61 @@ def start_epoch_of(recipe: str, warmup: int) -> int:
     return 0
 
 
+def checkpoint_at(run_dir: Path, epoch: int) -> Path | None:
+    """The run's checkpoint saved at the end of ``epoch`` (the last such), or None."""
+    found = None
+    for ck in sorted((run_dir / "checkpoints").glob("[0-9]*")):
+        config = ck / "config.json"
+        if config.exists() and json.loads(config.read_text()).get("epoch") == epoch:
+            found = ck
+    return found
+
+
+def warm_up_twin(out: Path, row: str, seed: int, args, wait: bool) -> bool:
+    """Give a warm-up cell a checkpoint to fork from: train its vanilla twin's run up to the warm-up epoch
+    (the twin's own overrides, ``trainer.max_epochs_this_run``) when it has none there; False when another
+    worker holds the twin and ``wait`` is off (the caller leaves the cell for a later pass).
+
+    Why: the vanilla cells keep every checkpoint, but ``runs/`` is not committed, so a later sitting finds
+    finished vanilla cells without them and every warm-up cell would train its ``warmup`` epochs again (the
+    seven epsilon rows of (c) share one warm-up per seed). The twin's run is the same as its cell's, so an
+    unfinished twin cell later resumes from it exactly.
+    """
+    recipe = parse_row(row)[2]
+    start = start_epoch_of(recipe, args.warmup)
+    if recipe == "vanilla" or start == 0 or (out / "runs" / cell_name(row, seed) / "checkpoints").exists():
+        return True
+    twin_row = vanilla_of(row)
+    twin = out / "runs" / cell_name(twin_row, seed)
+    while checkpoint_at(twin, start) is None:
+        if claim_cell(twin):
+            break
+        if not wait:
+            print(f"[sweep] {row} seed {seed}: another worker trains its warm-up; left for later", flush=True)
+            return False
+        time.sleep(20)
+    else:
+        return True
+    try:
+        last = twin / "checkpoints" / "last" / "config.json"
+        at = json.loads(last.read_text()).get("epoch", 0) if last.exists() else 0
+        if at >= start:  # past the warm-up without its checkpoint: nothing to fork from
+            return True
+        cmd = [
+            *TRAIN_CMD,
+            *cell_overrides(twin_row, seed, args),
+            f"run_dir={twin}",
+            "resume=auto",
+            f"trainer.max_epochs_this_run={start - at}",
+            *args.override,
+        ]
+        print(f"[sweep] {row} seed {seed}: training its warm-up ({twin_row} to epoch {start})", flush=True)
+        subprocess.run(cmd)
+    finally:
+        release_cell(twin)
+    return True
+
+
 def fork_warmup(out: Path, row: str, seed: int, warmup: int) -> Path | None:
     """Start a warm-up cell from its vanilla twin's checkpoint at the warm-up epoch; returns that checkpoint.
 
@@ -180,11 +239,7 @@ def fork_warmup(out: Path, row: str, seed: int, warmup: int) -> Path | None:
     if recipe == "vanilla" or start == 0 or (run_dir / "checkpoints").exists():
         return None
     twin = out / "runs" / cell_name(vanilla_of(row), seed)
-    found = None
-    for ck in sorted((twin / "checkpoints").glob("[0-9]*")):
-        config = ck / "config.json"
-        if config.exists() and json.loads(config.read_text()).get("epoch") == start:
-            found = ck
+    found = checkpoint_at(twin, start)
     if found is None:
         return None
     import shutil
@@ -223,8 +278,8 @@ CURVE_KEYS = (
 )
 
 
-def run_cell(row: str, seed: int, args) -> dict | None:
-    """The cell's JSON: finished, or trained now (None when another worker has it or training failed)."""
+def cell_overrides(row: str, seed: int, args) -> list[str]:
+    """The ``immiscible-train`` overrides of a cell (its run directory and resume aside)."""
     objective, mirror, recipe = parse_row(row)
     sampler, steps = EVAL_SAMPLER[objective]
     overrides = [
@@ -246,8 +301,27 @@ def run_cell(row: str, seed: int, args) -> dict | None:
     ] + (["task.mirror=true"] if mirror else [])
     if recipe == "vanilla":  # keep every checkpoint: the warm-up cells fork from the one at --warmup
         overrides.append("trainer.keep_last=null")
+    return overrides
+
+
+def run_cell(row: str, seed: int, args, wait: bool = False) -> dict | None:
+    """The cell's JSON: finished, or trained now (None when another worker has it or its warm-up, or training
+    failed). ``wait``: wait for another worker's warm-up of this cell instead of leaving the cell."""
+    objective, mirror, recipe = parse_row(row)
+    sampler, steps = EVAL_SAMPLER[objective]
+    done = args.out / "cells" / f"{cell_name(row, seed)}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    run_dir = args.out / "runs" / cell_name(row, seed)
+    if not claim_cell(run_dir):  # before the fork: two workers must not fork into one directory
+        print(f"[sweep] {row} seed {seed} is being run by another worker; skipping it here", flush=True)
+        return None
+    if not warm_up_twin(args.out, row, seed, args, wait):
+        release_cell(run_dir)
+        return None
+    overrides = cell_overrides(row, seed, args)
     forked = fork_warmup(args.out, row, seed, args.warmup)
-    if forked is not None or (args.out / "runs" / cell_name(row, seed) / "forked_from.json").exists():
+    if forked is not None or (run_dir / "forked_from.json").exists():
         overrides.append("resume_force=true")  # the twin's checkpoint records assigner=vanilla
 
     def build(run_dir: Path, records: list[dict], wall_min: float, cmd_overrides: list[str]) -> dict:
@@ -321,7 +395,10 @@ def main(argv=None) -> int:
     if args.fill_noise_share:
         print(f"[sweep] noise share filled in: {fill_noise_share(args.out) or 'none'}", flush=True)
     if not args.report_only:
-        run_cells(cell_order(args.rows, plan), lambda row, seed: run_cell(row, seed, args), args.max_minutes)
+        order, start = cell_order(args.rows, plan), time.time()
+        run_cells(order, lambda row, seed: run_cell(row, seed, args), args.max_minutes, start)
+        # second pass: the cells left while another worker trained their warm-up, waiting for it now
+        run_cells(order, lambda row, seed: run_cell(row, seed, args, wait=True), args.max_minutes, start)
     report(args.rows, plan, args)
     if args.video:
         run_dir = args.out / "runs" / cell_name(args.video, 0)

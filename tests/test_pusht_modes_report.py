@@ -360,3 +360,49 @@ def test_fill_noise_share_measures_only_cells_without_it_whose_run_is_kept(sweep
         and cell["curve"] == make_cell("epsilon/vanilla", 1, (1, 1, 0))["curve"]
     )
     assert "noise_share" not in json.loads((tmp_path / "cells" / "epsilon-vanilla-s2.json").read_text())
+
+
+def test_a_missing_warmup_is_trained_once_on_the_twin_and_a_held_one_is_left_for_later(sweep, tmp_path):
+    """A later sitting has the finished vanilla cells but not their runs: the first warm-up cell of a seed
+    trains the twin's run to the warm-up epoch (and no further), the others fork from it; while another
+    worker holds the twin, a cell is left for the second pass instead of training the warm-up again."""
+    import os
+    import subprocess
+    import time
+
+    tiny = [
+        "trainer.batch_size=32",
+        "trainer.max_steps_per_epoch=2",
+        "trainer.warmup_steps=1",
+        "trainer.eval_every_epochs=0",
+        "trainer.eval_at_end=false",
+        "task.max_train_episodes=5",
+    ]
+    args = SimpleNamespace(
+        out=tmp_path, model="unet1d_sweep", warmup=1, epochs=3, eval_every=1, lr=1e-3, batch_size=32
+    )
+    args.override = tiny
+    twin = tmp_path / "runs" / sweep.cell_name("flow/vanilla", 0)
+    held = subprocess.Popen(["sleep", "60"])  # a live process other than this one holds the twin
+    try:
+        twin.mkdir(parents=True)
+        (twin / ".owner").write_text(str(held.pid))
+        assert sweep.warm_up_twin(tmp_path, "flow/published", 0, args, wait=False) is False
+        assert not (twin / "checkpoints").exists()
+        (twin / ".owner").write_text(str(os.getpid() + 10**6))  # its worker died: a stale claim is taken
+        t0 = time.time()
+        assert sweep.warm_up_twin(tmp_path, "flow/published", 0, args, wait=False) is True
+        assert time.time() - t0 < 300
+    finally:
+        held.kill()
+    last = json.loads((twin / "checkpoints" / "last" / "config.json").read_text())
+    assert last["epoch"] == 1 and sweep.checkpoint_at(twin, 1) is not None  # to the warm-up, no further
+    assert not (twin / ".owner").exists()  # released: the next worker need not wait
+    assert sweep.fork_warmup(tmp_path, "flow/published", 0, warmup=1) is not None
+    # a second recipe of the same seed finds the warm-up and trains nothing
+    before = (twin / "metrics.jsonl").read_text()
+    assert sweep.warm_up_twin(tmp_path, "flow/knn", 0, args, wait=False) is True
+    assert (twin / "metrics.jsonl").read_text() == before
+    # vanilla and no-warm-up recipes never need one
+    assert sweep.warm_up_twin(tmp_path, "epsilon/published-nowarmup", 0, args, wait=False) is True
+    assert not (tmp_path / "runs" / sweep.cell_name("epsilon/vanilla", 0)).exists()
