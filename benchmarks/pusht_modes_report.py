@@ -154,6 +154,7 @@ def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) 
         }
     last = [headline(c) for c in got]
     return {
+        "paired": paired_with_vanilla(row, got, base, per_seed),
         "row": row,
         "label": row,
         "n_seeds": len(got),
@@ -178,6 +179,89 @@ def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) 
         "s_per_epoch": 60
         * float(np.median([c["curve"][-1]["train_min"] / c["curve"][-1]["epoch"] for c in got])),
     }
+
+
+def paired_with_vanilla(row: str, got: list[dict], base: dict[int, dict], per_seed) -> dict | None:
+    """Each seed against the same seed's vanilla (row minus vanilla): dominant share, TV to the demos near
+    180° and standard score, mean and 95% interval of the differences; None for a vanilla row.
+
+    Why paired: a warm-up cell is bit-identical to its vanilla twin up to the warm-up (it forks from the
+    twin's checkpoint), so the two differ only by what the recipe did after it; the seed-to-seed spread of
+    the split (wide: mirrored vanilla leans either way) cancels, and the difference's interval is the sharpest
+    test of "does pairing change the split" the grid allows.
+    """
+    if row == vanilla_of(row):
+        return None
+    diffs = {"dominant_share": [], "tv_to_demos_upside_down": [], "mean_score": []}
+    for c in got:
+        v = base.get(c["seed"])
+        if v is None:
+            continue
+        mine, theirs = per_seed(headline(c), c), per_seed(headline(v), v)
+        for k in ("dominant_share", "tv_to_demos_upside_down"):
+            diffs[k].append(mine[k] - theirs[k])
+        diffs["mean_score"].append(headline(c)["mean_score"] - headline(v)["mean_score"])
+    out = {}
+    for k, vals in diffs.items():
+        v = finite(vals)
+        out[k] = {"mean": float(np.mean(v)) if v else float("nan"), "ci95": ci95(v), "n": len(v)}
+    return out
+
+
+def paired_verdict(s: dict) -> str:
+    """The paired differences in words, against the same seeds' vanilla: the split's distance to the demos
+    (TV near 180°) and the score, each named when its interval excludes 0, else 'not distinguishable'; ''
+    without pairs."""
+    d = s.get("paired")
+    if not d or d["tv_to_demos_upside_down"]["n"] < 2:
+        return "" if not d or not d["tv_to_demos_upside_down"]["n"] else "too few seeds"
+
+    def word(a: dict, lower: str, higher: str) -> str:
+        lo, hi = a["mean"] - a["ci95"], a["mean"] + a["ci95"]
+        return lower if hi < 0 else higher if lo > 0 else "not distinguishable"
+
+    tv, sc = d["tv_to_demos_upside_down"], d["mean_score"]
+    return (
+        f"split {word(tv, 'closer to the demos', 'further from the demos')} "
+        f"(TV {ci_text(tv['mean'], tv['ci95'], 2)}), score {word(sc, 'lower', 'higher')} "
+        f"({ci_text(sc['mean'], sc['ci95'], 3)})"
+    )
+
+
+def paired_table_md(summary: list[dict]) -> str:
+    """Every recipe row against the same seeds' vanilla (:func:`paired_with_vanilla`)."""
+    rows = [s for s in summary if s.get("paired") and s["paired"]["mean_score"]["n"]]
+    md = (
+        "\n\n### Paired with the same seed's vanilla (row minus vanilla, mean ± 95% t-interval over the "
+        "seeds both have)\n\n"
+    )
+    md += markdown_table(
+        [
+            "row",
+            "pairs",
+            "dominant share (points)",
+            "TV to demos near 180°",
+            "score (50 standard)",
+            "against the same seeds' vanilla",
+        ],
+        [
+            [
+                s["row"],
+                s["paired"]["mean_score"]["n"],
+                pct(s["paired"]["dominant_share"]),
+                num(s["paired"]["tv_to_demos_upside_down"], 2),
+                num(s["paired"]["mean_score"]),
+                s["paired_verdict"],
+            ]
+            for s in rows
+        ],
+    )
+    md += (
+        "\n\nA warm-up cell is bit-identical to its vanilla twin up to the warm-up (forked from its "
+        "checkpoint), so the difference is the recipe's own effect with the seed-to-seed spread removed; a "
+        "negative TV difference is a split closer to the demos'.\n"
+    )
+    return md
 
 
 def pct(a: dict) -> str:
@@ -301,11 +385,13 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
             s["verdict"] = ""
         else:
             s["verdict"] = against_demos(s, demo) if van is s else verdict(s, van)
+        s["paired_verdict"] = paired_verdict(s)
         s["goal"] = {k: goal_check(s, van, k) for k in ("tv_to_demos", "tv_to_demos_upside_down")}
     host_list = hosts(list(cells.values()))
     md = (
         main_table_md(summary, demo, args)
         + goal_table_md(summary, by_row)
+        + paired_table_md(summary)
         + "\n\n### The paper's Table I PushT row, beside ours\n\n"
         + markdown_table(
             ["row", "dominant mode", "score"], [[p["row"], p["dominant"], p["score"]] for p in PAPER]

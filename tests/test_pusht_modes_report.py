@@ -209,7 +209,19 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(r
         by["epsilon/published"]["verdict"]
         == "not distinguishable from vanilla; score -0.100 (intervals apart)"
     )
+    # paired with the same seed's vanilla: each seed's own difference (TV near 180°: 0.05 - 0.25 and
+    # 0.25 - 0.45; dominant share in that seed's vanilla direction: 0.6 - 0.9 and 0.6 - 0.8)
+    paired = by["epsilon/published"]["paired"]
+    assert paired["tv_to_demos_upside_down"]["mean"] == pytest.approx(-0.2)
+    assert paired["dominant_share"]["mean"] == pytest.approx(-0.25)
+    assert paired["mean_score"]["mean"] == pytest.approx(-0.1) and paired["mean_score"]["n"] == 2
+    assert (
+        by["epsilon/published"]["paired_verdict"].startswith("split closer to the demos (TV -0.20")
+        and "score lower (-0.100" in by["epsilon/published"]["paired_verdict"]
+    )
+    assert by["epsilon/vanilla"]["paired"] is None and by["epsilon/vanilla"]["paired_verdict"] == ""
     md = (tmp_path / "report.md").read_text()
+    assert "| epsilon/published | 2 | -25.0 ± " in md
     # vanilla's two seeds disagree (0.9, 0.8): its interval is wide, so no verdict on the modes
     assert "not distinguishable from vanilla; score -0.100 (intervals apart)" in md
     assert "97.6 ± 1.6%" in md and "cw 26 / ccw 23" in md and "cw 13 / ccw 7" in md
@@ -217,6 +229,20 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(r
     assert "| epsilon/published | 2 | not met (TV up to" in md  # and no goal row for a vanilla
     assert json.loads((tmp_path / "report.json").read_text())["demos"]["cw"] == 26
     assert (tmp_path / "modes.png").stat().st_size > 1000
+
+
+def test_paired_verdict_names_a_difference_only_when_its_interval_excludes_zero(rep):
+    def row(tv, tv_ci, score, score_ci, n=5):
+        agg = lambda m, c: {"mean": m, "ci95": c, "n": n}  # noqa: E731
+        return {"paired": {"tv_to_demos_upside_down": agg(tv, tv_ci), "mean_score": agg(score, score_ci)}}
+
+    assert rep.paired_verdict(row(-0.07, 0.08, -0.009, 0.042)) == (
+        "split not distinguishable (TV -0.07 ± 0.08), score not distinguishable (-0.009 ± 0.042)"
+    )
+    assert rep.paired_verdict(row(0.1, 0.05, 0.02, 0.01)).startswith("split further from the demos")
+    assert "score higher" in rep.paired_verdict(row(0.1, 0.05, 0.02, 0.01))
+    assert rep.paired_verdict(row(0.1, float("nan"), 0.0, float("nan"), n=1)) == "too few seeds"
+    assert rep.paired_verdict({"paired": None}) == ""
 
 
 def test_verdict_needs_disjoint_intervals(rep):
