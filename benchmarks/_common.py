@@ -450,3 +450,27 @@ def write_report(out: Path, md: str, payload: dict) -> None:
     """``report.json`` and ``report.md`` under ``out``."""
     write_json(out / "report.json", payload)
     (out / "report.md").write_text(md)
+
+
+def replace_block(path: Path, name: str, text: str) -> None:
+    """Replace what lies between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``path`` with ``text``.
+
+    Why: a README's measured numbers must come from the report that measured them; regenerating the block
+    by hand (or by a script outside the repository) let the two drift. Everything outside the markers is
+    the author's and stays byte for byte; a file without both markers, in order, is left alone with a
+    one-line error."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    try:
+        old = path.read_text()
+    except OSError as e:
+        raise SystemExit(f"cannot read {path}: {e.strerror}") from None
+    i, j = old.find(begin), old.find(end)
+    if i < 0 or j < i:
+        raise SystemExit(
+            f"{path}: no '{begin}' ... '{end}' block to fill; add the two markers where it goes."
+        )
+    new = old[: i + len(begin)] + "\n" + text.strip("\n") + "\n" + old[j:]
+    if new != old:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(new)
+        os.replace(tmp, path)

@@ -45,6 +45,7 @@ Usage:
     OMP_NUM_THREADS=1 python benchmarks/pusht_modes.py
     python benchmarks/pusht_modes.py --report-only         # report.{md,json}, modes.png
     python benchmarks/pusht_modes.py --report-only --fill-noise-share   # measure it for older cells first
+    python benchmarks/pusht_modes.py --report-only --readme README.md   # and the README's table from it
     python benchmarks/pusht_modes.py --report-only --video flow/vanilla   # one rollout of each mode
 """
 
@@ -67,6 +68,7 @@ from _common import (  # noqa: E402
     machine,
     read_records,
     release_cell,
+    replace_block,
     run_cells,
     write_json,
 )
@@ -85,7 +87,7 @@ from pusht_modes_grid import (  # noqa: E402
     recipe_overrides,
     vanilla_of,
 )
-from pusht_modes_report import mode_examples, report  # noqa: E402
+from pusht_modes_report import mode_examples, readme_md, report  # noqa: E402
 
 OUT = RESULTS / "pusht_modes"
 
@@ -385,6 +387,12 @@ def main(argv=None) -> int:
         default=None,
         help="with --report-only: one rollout of each mode of ROW's seed-0 cell",
     )
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="fill this file's <!-- pusht_modes:begin/end --> block with the report's table (README.md)",
+    )
     p.add_argument("--zarr", default=None, help="the PushT demos (default: the task's lookup)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("override", nargs="*", help="extra Hydra overrides for every cell")
@@ -399,7 +407,9 @@ def main(argv=None) -> int:
         run_cells(order, lambda row, seed: run_cell(row, seed, args), args.max_minutes, start)
         # second pass: the cells left while another worker trained their warm-up, waiting for it now
         run_cells(order, lambda row, seed: run_cell(row, seed, args, wait=True), args.max_minutes, start)
-    report(args.rows, plan, args)
+    payload = report(args.rows, plan, args)
+    if args.readme is not None:
+        replace_block(args.readme, "pusht_modes", readme_md(payload["summary"], plan, args.epochs))
     if args.video:
         run_dir = args.out / "runs" / cell_name(args.video, 0)
         name = cell_name(args.video, 0)

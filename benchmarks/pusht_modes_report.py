@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -490,6 +491,61 @@ def main_table_md(summary: list[dict], demo: dict, args) -> str:
         "row, the seeds whose split is more one-sided than the demos'.\n"
     )
     return md
+
+
+def readme_md(summary: list[dict], plan: dict[str, list[int]], epochs: int) -> str:
+    """The README's block (``pusht_modes.py --report-only --readme README.md``): how many cells are in, and
+    one line per row with seeds: the final symmetric-start split, its distance to the demos near 180°, the
+    standard score, the action noise share, and the recipe against the same seeds' vanilla."""
+    done = sum(s["n_seeds"] for s in summary)
+    total = sum(len(v) for v in plan.values())
+    head = (
+        f"**Measured: {done} of {total} cells"
+        + (" (a lead, not a result: the rows fill to their seed counts).**" if done < total else ".**")
+        + f" Final EMA policy after {epochs} epochs, {SYMMETRIC_ROLLOUTS} rollouts at the symmetric starts, "
+        "scored with DDPM-100 "
+        "(epsilon, the paper's setting) or Euler-16 (flow); mean ± 95% t-interval over seeds; dominant share in "
+        "each seed's vanilla direction; paired: the recipe minus the same seed's vanilla, which it equals up to "
+        "the warm-up ([report.md](benchmarks/results/pusht_modes/report.md) has every column, the verdicts, the "
+        "goal check and the paper's Table I beside ours):"
+    )
+    rows = []
+    for s in summary:
+        if not s["n_seeds"]:
+            continue
+        f, d = s["final"], s.get("paired")
+        n = s["n_seeds"] + len(s["missing_seeds"])
+        rows.append(
+            [
+                s["row"],
+                f"{s['n_seeds']} of {n}",
+                pct(f["dominant_share"]),
+                num(f["tv_to_demos_upside_down"], 2),
+                num(f["mean_score"]),
+                num(f["noise_share"]),
+                (
+                    f"TV {num(d['tv_to_demos_upside_down'], 2)}, score {num(d['mean_score'])}"
+                    if d and d["mean_score"]["n"]
+                    else "-"
+                ),
+            ]
+        )
+    return (
+        textwrap.fill(head, 110, break_on_hyphens=False)
+        + "\n\n"
+        + markdown_table(
+            [
+                "row",
+                "seeds",
+                "dominant share % (symmetric starts)",
+                "TV to demos near 180°",
+                "score (50 standard starts)",
+                "action noise share",
+                "paired with vanilla",
+            ],
+            rows,
+        )
+    )
 
 
 def goal_table_md(summary: list[dict], by_row: dict[str, dict]) -> str:

@@ -220,6 +220,14 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(r
         and "score lower (-0.100" in by["epsilon/published"]["paired_verdict"]
     )
     assert by["epsilon/vanilla"]["paired"] is None and by["epsilon/vanilla"]["paired_verdict"] == ""
+    readme = rep.readme_md(payload["summary"], {r: [0, 1] for r in rows}, 30)
+    assert readme.startswith("**Measured: 5 of 6 cells (a lead, not a result")
+    line = next(x for x in readme.splitlines() if x.startswith("| epsilon/published |"))
+    assert (
+        line.startswith("| epsilon/published | 2 of 2 | 60.0 ± 0.0 |")
+        and "| TV -0.20 ± 0.00, score -0.100" in line
+    )
+    assert "| flow+mirror/vanilla | 1 of 2 |" in readme and readme.rstrip().endswith("| - |")
     md = (tmp_path / "report.md").read_text()
     assert "| epsilon/published | 2 | -25.0 ± " in md
     # vanilla's two seeds disagree (0.9, 0.8): its interval is wide, so no verdict on the modes

@@ -77,3 +77,43 @@ def test_a_finished_cell_is_returned_untouched(common, tmp_path):
     done.write_text(json.dumps({"cell_wall_min": 33.0}))
     assert common.run_cell(tmp_path, "flow/vanilla", 0, [], [], build) == {"cell_wall_min": 33.0}
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_written_cell_releases_its_claim_and_a_live_claim_is_respected(common, tmp_path):
+    """Once its cell is written a worker lets go of the run (a worker waiting on its warm-up sees it free);
+    a claim of another live process is never taken or removed."""
+    import subprocess
+
+    common.run_cell(tmp_path, "flow/vanilla", 0, [], [], build)
+    run_dir = tmp_path / "runs" / "flow-vanilla-s0"
+    assert not (run_dir / ".owner").exists() and not common.cell_busy(run_dir)
+    held = subprocess.Popen(["sleep", "30"])
+    try:
+        other = tmp_path / "runs" / "flow-vanilla-s1"
+        other.mkdir(parents=True)
+        (other / ".owner").write_text(str(held.pid))
+        assert common.cell_busy(other) and not common.claim_cell(other)
+        assert common.run_cell(tmp_path, "flow/vanilla", 1, [], [], build) is None
+        common.release_cell(other)  # not ours: left alone
+        assert (other / ".owner").read_text() == str(held.pid)
+    finally:
+        held.kill()
+        held.wait()
+    assert not common.cell_busy(other) and common.claim_cell(other)  # a dead owner's claim is taken over
+
+
+def test_a_readme_block_is_replaced_between_its_markers_and_nothing_else(common, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nprose before\n<!-- t:begin -->\nold table\n<!-- t:end -->\nprose after\n")
+    common.replace_block(readme, "t", "| a |\n|---|\n| 1 |\n")
+    assert readme.read_text() == (
+        "# Title\n\nprose before\n<!-- t:begin -->\n| a |\n|---|\n| 1 |\n<!-- t:end -->\nprose after\n"
+    )
+    common.replace_block(readme, "t", "| a |\n|---|\n| 1 |")  # idempotent
+    assert readme.read_text().count("| 1 |") == 1
+    before = readme.read_text()
+    with pytest.raises(SystemExit, match="no '<!-- other:begin -->' ... '<!-- other:end -->' block"):
+        common.replace_block(readme, "other", "x")
+    assert readme.read_text() == before
+    with pytest.raises(SystemExit, match="cannot read"):
+        common.replace_block(tmp_path / "missing.md", "t", "x")
