@@ -37,8 +37,9 @@ Order: the pilot (seeds 0-1 of vanilla / published / published-f0.5, both object
 (epsilon vanilla + published to 10 seeds), (b) (flow to 5 seeds, mirrored vanilla + ours, with the
 neighbour-batch control), (c) the rest.
 
-The grid (rows, recipes, protocol constants, cell order) is ``pusht_modes_grid.py``; the statistics, verdicts,
-tables and figures are ``pusht_modes_report.py``; this script trains and evaluates the cells.
+The grid (rows, recipes, protocol constants, cell order) is ``pusht_modes_grid.py``; the statistics, verdicts
+and figures are ``pusht_modes_report.py``, its markdown tables ``pusht_modes_tables.py``; this script trains
+and evaluates the cells.
 
 Usage:
     OMP_NUM_THREADS=1 python benchmarks/pusht_modes.py &   # one worker per core
@@ -87,7 +88,8 @@ from pusht_modes_grid import (  # noqa: E402
     recipe_overrides,
     vanilla_of,
 )
-from pusht_modes_report import mode_examples, readme_md, report  # noqa: E402
+from pusht_modes_report import mode_examples, report  # noqa: E402
+from pusht_modes_tables import readme_md  # noqa: E402
 
 OUT = RESULTS / "pusht_modes"
 

@@ -46,6 +46,14 @@ PRIORITY = {
 NOISE_SHARE_OBS, NOISE_SHARE_SAMPLES = 64, 16
 
 
+#: above this mean share of symmetric rollouts that do not turn the T, a verdict says how few turn before
+#: it speaks of modes (a broken policy's split is not two kept modes)
+NO_TURN = 0.2
+#: the issue's goal: a split within 10 points of the demos' (the TV interval's upper end) at a standard-start
+#: score no more than 0.02 below vanilla's (mean difference)
+GOAL_TV, GOAL_SCORE = 0.10, 0.02
+
+
 def parse_row(row: str) -> tuple[str, bool, str]:
     """'flow+mirror/published-f0.5' -> ('flow', True, 'published-f0.5'); one-line exit on a bad row."""
     head, _, recipe = row.partition("/")

@@ -43,6 +43,12 @@ def rep(sweep):
     return importlib.import_module("pusht_modes_report")
 
 
+@pytest.fixture(scope="module")
+def tables(sweep):
+    """The report's markdown tables (benchmarks/pusht_modes_tables.py)."""
+    return importlib.import_module("pusht_modes_tables")
+
+
 def make_cell(row, seed, sym_split, score=0.9, leak=0.0, noise=None):
     cw, ccw, none = sym_split
     point = {
@@ -126,7 +132,9 @@ def test_pilot_first_then_the_paper_rows_to_ten_seeds(grid):
     assert all(r not in grid.PRIORITY["c"] for r, _ in order[12 : a_done + 1])  # after the pilot
 
 
-def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(rep, tmp_path, monkeypatch):
+def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(
+    rep, tables, tmp_path, monkeypatch
+):
     demo = {
         "all": {"n": 206, "cw": 60, "ccw": 70, "none": 76},
         "n": 49,
@@ -220,7 +228,7 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(r
         and "score lower (-0.100" in by["epsilon/published"]["paired_verdict"]
     )
     assert by["epsilon/vanilla"]["paired"] is None and by["epsilon/vanilla"]["paired_verdict"] == ""
-    readme = rep.readme_md(payload["summary"], {r: [0, 1] for r in rows}, 30)
+    readme = tables.readme_md(payload["summary"], {r: [0, 1] for r in rows}, 30)
     assert readme.startswith("**Measured: 5 of 6 cells (a lead, not a result")
     line = next(x for x in readme.splitlines() if x.startswith("| epsilon/published |"))
     assert (

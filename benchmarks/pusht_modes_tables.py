@@ -1,0 +1,303 @@
+"""The PushT modes report's tables: the headline table, the README's block, the goal check, the paired
+comparison, the per-epoch and per-step tables and the demos' own split, as markdown.
+
+Builds text from the summary ``pusht_modes_report.py`` computes (its statistics and verdicts); nothing here
+reads cells or judges a row.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+from _common import ci_text, markdown_table
+from pusht_modes_grid import (
+    GOAL_SCORE,
+    GOAL_TV,
+    NO_TURN,
+    NOISE_SHARE_OBS,
+    NOISE_SHARE_SAMPLES,
+    SYMMETRIC_ROLLOUTS,
+    vanilla_of,
+)
+
+#: Immiscible Diffusion Policy, Table I, PushT (10 seeds x 50 rollouts; their counts: a share is of the
+#: rollouts that turned, ordered by each seed's Diffusion Policy frequency)
+PAPER = [
+    {"row": "Diffusion Policy (paper)", "dominant": "97.6 ± 1.6%", "score": "95.16 ± 0.30"},
+    {"row": "Immiscible DP, Hungarian + warm-up (paper)", "dominant": "65 / 35", "score": "95.39 ± 0.10"},
+    {"row": "expert demos (paper)", "dominant": "43.1 / 56.9", "score": "-"},
+]
+
+
+def paper_md() -> str:
+    """The paper's Table I PushT row, for the report to print beside ours."""
+    return "\n\n### The paper's Table I PushT row, beside ours\n\n" + markdown_table(
+        ["row", "dominant mode", "score"], [[p["row"], p["dominant"], p["score"]] for p in PAPER]
+    )
+
+
+def pct(a: dict) -> str:
+    return (
+        "-" if not a["n"] else ci_text(100 * a["mean"], None if math.isnan(a["ci95"]) else 100 * a["ci95"], 1)
+    )
+
+
+def share_ci(split: dict) -> str:
+    """'65% (41-85%)': a demo split's cw share and its exact interval."""
+    lo, hi = split["cw_share_ci95"]
+    return f"{100 * split['cw_share']:.0f}% ({100 * lo:.0f}-{100 * hi:.0f}%)"
+
+
+def num(a: dict, digits: int = 3) -> str:
+    return "-" if not a["n"] else ci_text(a["mean"], a["ci95"], digits)
+
+
+def main_table_md(summary: list[dict], demo: dict, args) -> str:
+    """The headline table (one row per recipe: final modes, scores, leak, noise share, verdict) and its key."""
+    table = []
+    for s in summary:
+        n = s["n_seeds"] + len(s["missing_seeds"])
+        seeds = f"{s['n_seeds']}/{n}" + (f" (missing {s['missing_seeds']})" if s["missing_seeds"] else "")
+        if not s["n_seeds"]:
+            table.append([s["row"], seeds] + [""] * 10)
+            continue
+        f = s["final"]
+        table.append(
+            [
+                s["row"],
+                seeds,
+                pct(f["dominant_share"]),
+                num(f["tv_to_demos"], 2),
+                num(f["tv_to_demos_upside_down"], 2),
+                num(f["entropy_bits"], 2),
+                num(f["sym_mean_score"]),
+                num(f["mean_score"]),
+                pct(f["none_share"]),
+                num(f["condition_leak"]),
+                num(f["noise_share"]),
+                s["verdict"],
+            ]
+        )
+    md = (
+        f"### PushT modes: final EMA policy after {args.epochs} epochs ({args.model}, batch {args.batch_size}, "
+        f"AdamW lr {args.lr:g} cosine; warm-up {args.warmup} epochs; {SYMMETRIC_ROLLOUTS} rollouts at the "
+        "symmetric starts; scored with DDPM-100 for epsilon (the paper's setting) and Euler-16 for flow; the "
+        "per-epoch table samples with 16 steps, DDIM for epsilon)\n\n"
+    )
+    md += markdown_table(
+        [
+            "row",
+            "seeds",
+            "dominant share % (symmetric)",
+            "TV to demos",
+            "TV to demos near 180°",
+            "entropy (bits)",
+            "score (symmetric)",
+            "score (50 standard)",
+            "no turn %",
+            "noise leak R²",
+            "action noise share",
+            "verdict",
+        ],
+        table,
+    )
+    md += (
+        "\n\nMean ± 95% t-interval over seeds. Dominant share = share of the direction that seed's vanilla "
+        "policy (same objective and data) prefers, among the symmetric-start rollouts that turned the T "
+        "(the paper's ordering); 50% is balanced. TV to demos = |cw share - the demos' cw share| "
+        f"(raw demos started more than 135° from the goal: cw {demo['cw']} / ccw {demo['ccw']}; near 180°: "
+        f"those started within {demo['upside_down']['max_deg']:g}° of upside down, the symmetric starts' "
+        f"angle: cw {demo['upside_down']['cw']} / ccw {demo['upside_down']['ccw']}; mirrored demos: 50/50 "
+        "for both). Noise leak R² = held-out R² of the paired training noise regressed on the observation "
+        "over the final epoch's last 4096 training rows (ridge): the share of the noise a sampler drawing N(0, I) at inference "
+        "cannot reproduce; ~0 for independent noise. Action noise share = the share of the final policy's "
+        f"action variance that comes from its sampling noise rather than its observation ({NOISE_SHARE_SAMPLES} "
+        f"samples for each of {NOISE_SHARE_OBS} validation observations, the per-epoch sampler; "
+        "`immiscible-analyze noise_share`): a policy that reads its action off the noise scatters. "
+        "Verdict: the dominant share's interval against vanilla's (led by the share of rollouts that turn "
+        f"the T when more than {NO_TURN:.0%} do not), and the standard-start score difference; for a vanilla "
+        "row, the seeds whose split is more one-sided than the demos'.\n"
+    )
+    return md
+
+
+def readme_md(summary: list[dict], plan: dict[str, list[int]], epochs: int) -> str:
+    """The README's block (``pusht_modes.py --report-only --readme README.md``): how many cells are in, and
+    one line per row with seeds: the final symmetric-start split, its distance to the demos near 180°, the
+    standard score, the action noise share, and the recipe against the same seeds' vanilla."""
+    done = sum(s["n_seeds"] for s in summary)
+    total = sum(len(v) for v in plan.values())
+    head = (
+        f"**Measured: {done} of {total} cells"
+        + (" (a lead, not a result: the rows fill to their seed counts).**" if done < total else ".**")
+        + f" Final EMA policy after {epochs} epochs, {SYMMETRIC_ROLLOUTS} rollouts at the symmetric starts, "
+        "scored with DDPM-100 "
+        "(epsilon, the paper's setting) or Euler-16 (flow); mean ± 95% t-interval over seeds; dominant share in "
+        "each seed's vanilla direction; paired: the recipe minus the same seed's vanilla, which it equals up to "
+        "the warm-up ([report.md](benchmarks/results/pusht_modes/report.md) has every column, the verdicts, the "
+        "goal check and the paper's Table I beside ours):"
+    )
+    rows = []
+    for s in summary:
+        if not s["n_seeds"]:
+            continue
+        f, d = s["final"], s.get("paired")
+        n = s["n_seeds"] + len(s["missing_seeds"])
+        rows.append(
+            [
+                s["row"],
+                f"{s['n_seeds']} of {n}",
+                pct(f["dominant_share"]),
+                num(f["tv_to_demos_upside_down"], 2),
+                num(f["mean_score"]),
+                num(f["noise_share"]),
+                (
+                    f"TV {num(d['tv_to_demos_upside_down'], 2)}, score {num(d['mean_score'])}"
+                    if d and d["mean_score"]["n"]
+                    else "-"
+                ),
+            ]
+        )
+    return (
+        textwrap.fill(head, 110, break_on_hyphens=False)
+        + "\n\n"
+        + markdown_table(
+            [
+                "row",
+                "seeds",
+                "dominant share % (symmetric starts)",
+                "TV to demos near 180°",
+                "score (50 standard starts)",
+                "action noise share",
+                "paired with vanilla",
+            ],
+            rows,
+        )
+    )
+
+
+def goal_table_md(summary: list[dict], by_row: dict[str, dict]) -> str:
+    """The goal check of every recipe row against both demo splits."""
+    md = (
+        f"\n### The goal: TV <= {GOAL_TV:.2f} on its interval at a score no more than {GOAL_SCORE:.2f} below "
+        "vanilla's\n\n"
+    )
+    md += markdown_table(
+        ["row", "seeds", "against the far demos", "against the demos near 180°"],
+        [
+            [
+                s["row"],
+                s["n_seeds"],
+                s["goal"]["tv_to_demos"],
+                s["goal"]["tv_to_demos_upside_down"],
+            ]
+            for s in summary
+            if (v := by_row.get(vanilla_of(s["row"]))) is not None and s["row"] != v["row"]
+        ],
+    )
+    return md
+
+
+def paired_table_md(summary: list[dict]) -> str:
+    """Every recipe row against the same seeds' vanilla (:func:`paired_with_vanilla`)."""
+    rows = [s for s in summary if s.get("paired") and s["paired"]["mean_score"]["n"]]
+    md = (
+        "\n\n### Paired with the same seed's vanilla (row minus vanilla, mean ± 95% t-interval over the "
+        "seeds both have)\n\n"
+    )
+    md += markdown_table(
+        [
+            "row",
+            "pairs",
+            "dominant share (points)",
+            "TV to demos near 180°",
+            "score (50 standard)",
+            "against the same seeds' vanilla",
+        ],
+        [
+            [
+                s["row"],
+                s["paired"]["mean_score"]["n"],
+                pct(s["paired"]["dominant_share"]),
+                num(s["paired"]["tv_to_demos_upside_down"], 2),
+                num(s["paired"]["mean_score"]),
+                s["paired_verdict"],
+            ]
+            for s in rows
+        ],
+    )
+    md += (
+        "\n\nA warm-up cell is bit-identical to its vanilla twin up to the warm-up (forked from its "
+        "checkpoint), so the difference is the recipe's own effect with the seed-to-seed spread removed; a "
+        "negative TV difference is a split closer to the demos'.\n"
+    )
+    return md
+
+
+def epoch_table_md(summary: list[dict]) -> str:
+    """Dominant share and standard score of every row at each evaluation epoch."""
+    md = "\n\n### Per evaluation epoch (dominant share % / standard score)\n\n"
+    epochs = sorted({p["epoch"] for s in summary for p in s.get("curve", [])})
+    md += markdown_table(
+        ["row", *[f"epoch {e}" for e in epochs]],
+        [
+            [s["row"]]
+            + [
+                next(
+                    (
+                        f"{pct(p['dominant_share'])} / {num(p['mean_score'], 2)}"
+                        for p in s["curve"]
+                        if p["epoch"] == e
+                    ),
+                    "",
+                )
+                for e in epochs
+            ]
+            for s in summary
+            if s["n_seeds"]
+        ],
+    )
+    return md
+
+
+def steps_table_md(summary: list[dict]) -> str:
+    """The final checkpoint of every row at each sampling setting."""
+    keys = sorted(
+        {k for s in summary for k in s.get("final_steps", {})}, key=lambda k: (k[0], int(k.split("-")[1]))
+    )
+    md = "\n\n### Final checkpoint vs sampling steps (standard score / symmetric dominant share %)\n\n"
+    md += markdown_table(
+        ["row", *keys],
+        [
+            [s["row"]]
+            + [
+                (
+                    f"{num(v['score'], 2)} / {pct(v['dominant_share'])}"
+                    if (v := s["final_steps"].get(k))
+                    else ""
+                )
+                for k in keys
+            ]
+            for s in summary
+            if s["n_seeds"]
+        ],
+    )
+    return md
+
+
+def demos_md(demo: dict) -> str:
+    """The demos' own split, classified with the evaluation's code."""
+    return "\n\n### The demos, classified with the same code\n\n" + (
+        f"All {demo['all']['n']} demos: cw {demo['all']['cw']}, ccw {demo['all']['ccw']}, "
+        f"none {demo['all']['none']}; started more than 135° from the goal ({demo['n']}): cw {demo['cw']}, "
+        f"ccw {demo['ccw']}, none {demo['none']} (cw share {share_ci(demo)}), {demo['long_way']['cw']} cw / "
+        f"{demo['long_way']['ccw']} ccw of them the long way round; started within "
+        f"{demo['upside_down']['max_deg']:g}° of upside down ({demo['upside_down']['n']}): "
+        f"cw {demo['upside_down']['cw']}, ccw {demo['upside_down']['ccw']}, none {demo['upside_down']['none']} "
+        f"(cw share {share_ci(demo['upside_down'])}), {demo['upside_down']['long_way']['cw']} cw / "
+        f"{demo['upside_down']['long_way']['ccw']} ccw the long way. Every other demo turns the shorter way, so "
+        "the far split follows which side of upside down the starts lie on; a policy at the symmetric starts "
+        "imitates the demos near 180°. Shares with their exact (Clopper-Pearson) 95% interval: a row's share "
+        "inside it is not told apart from the demos'.\n"
+    )
