@@ -213,8 +213,9 @@ def paired_with_vanilla(row: str, got: list[dict], base: dict[int, dict], per_se
 
 def paired_verdict(s: dict) -> str:
     """The paired differences in words, against the same seeds' vanilla: the split's distance to the demos
-    (TV near 180°) and the score, each named when its interval excludes 0, else 'not distinguishable'; ''
-    without pairs."""
+    (TV near 180°) and the score, each named when its interval excludes 0, else 'not distinguishable', led by
+    how few rollouts turn the T when more than ``NO_TURN`` do not (a broken policy's split is not two modes);
+    '' without pairs."""
     d = s.get("paired")
     if not d or d["tv_to_demos_upside_down"]["n"] < 2:
         return "" if not d or not d["tv_to_demos_upside_down"]["n"] else "too few seeds"
@@ -224,8 +225,10 @@ def paired_verdict(s: dict) -> str:
         return lower if hi < 0 else higher if lo > 0 else "not distinguishable"
 
     tv, sc = d["tv_to_demos_upside_down"], d["mean_score"]
+    none = s.get("final", {}).get("none_share", {}).get("mean", 0.0)
+    lead = f"turns the T in only {1 - none:.0%} of symmetric rollouts; " if none > NO_TURN else ""
     return (
-        f"split {word(tv, 'closer to the demos', 'further from the demos')} "
+        f"{lead}split {word(tv, 'closer to the demos', 'further from the demos')} "
         f"(TV {ci_text(tv['mean'], tv['ci95'], 2)}), score {word(sc, 'lower', 'higher')} "
         f"({ci_text(sc['mean'], sc['ci95'], 3)})"
     )
@@ -264,7 +267,8 @@ def against_demos(s: dict, demo: dict) -> str:
     """A vanilla row's verdict: in how many seeds its symmetric-start split is more one-sided than the demos'
     (Fisher's exact test at 5% of the seed's cw / ccw against the demos', both finite samples; "more
     one-sided": further from 50 / 50), against the demos near 180° and those far from the goal. Mirrored
-    rows compare with the mirrored demos (each split doubled and balanced)."""
+    rows compare with the mirrored demos (each split doubled and balanced). The counts also go into
+    ``s["more_one_sided"]`` (the README's short verdict)."""
     from scipy.stats import fisher_exact
 
     per_seed = s.get("final", {}).get("per_seed", [])
@@ -282,6 +286,7 @@ def against_demos(s: dict, demo: dict) -> str:
             for cw, ccw, _ in (p["split"] for p in per_seed)
         )
         parts.append(f"{k} of {len(per_seed)} seeds against those {name} ({ref[0]} / {ref[1]})")
+        s.setdefault("more_one_sided", {"n": len(per_seed)})[name] = int(k)
     return "more one-sided than its demos: " + ", ".join(parts) + "; Fisher's exact test, 5%"
 
 

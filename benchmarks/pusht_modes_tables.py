@@ -125,7 +125,7 @@ def main_table_md(summary: list[dict], demo: dict, args) -> str:
 def readme_md(summary: list[dict], plan: dict[str, list[int]], epochs: int) -> str:
     """The README's block (``pusht_modes.py --report-only --readme README.md``): how many cells are in, and
     one line per row with seeds: the final symmetric-start split, its distance to the demos near 180°, the
-    standard score, the action noise share, and the recipe against the same seeds' vanilla."""
+    standard score, the action noise share, and its verdict (:func:`readme_verdict`)."""
     done = sum(s["n_seeds"] for s in summary)
     total = sum(len(v) for v in plan.values())
     head = (
@@ -142,7 +142,7 @@ def readme_md(summary: list[dict], plan: dict[str, list[int]], epochs: int) -> s
     for s in summary:
         if not s["n_seeds"]:
             continue
-        f, d = s["final"], s.get("paired")
+        f = s["final"]
         n = s["n_seeds"] + len(s["missing_seeds"])
         rows.append(
             [
@@ -152,11 +152,7 @@ def readme_md(summary: list[dict], plan: dict[str, list[int]], epochs: int) -> s
                 num(f["tv_to_demos_upside_down"], 2),
                 num(f["mean_score"]),
                 num(f["noise_share"]),
-                (
-                    f"TV {num(d['tv_to_demos_upside_down'], 2)}, score {num(d['mean_score'])}"
-                    if d and d["mean_score"]["n"]
-                    else "-"
-                ),
+                readme_verdict(s),
             ]
         )
     return (
@@ -170,11 +166,20 @@ def readme_md(summary: list[dict], plan: dict[str, list[int]], epochs: int) -> s
                 "TV to demos near 180°",
                 "score (50 standard starts)",
                 "action noise share",
-                "paired with vanilla",
+                "verdict (a recipe: against the same seeds' vanilla)",
             ],
             rows,
         )
     )
+
+
+def readme_verdict(s: dict) -> str:
+    """A row's verdict for the README: a recipe's paired verdict (its unpaired one while it has no pair), a
+    vanilla row's count of seeds more one-sided than the demos near 180° (Fisher's exact test)."""
+    if s.get("paired") is None and "more_one_sided" in s:
+        m = s["more_one_sided"]
+        return f"more one-sided than the demos near 180° in {m['near 180°']} of {m['n']} seeds"
+    return s.get("paired_verdict") or s.get("verdict") or "-"
 
 
 def goal_table_md(summary: list[dict], by_row: dict[str, dict]) -> str:

@@ -231,11 +231,10 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(
     readme = tables.readme_md(payload["summary"], {r: [0, 1] for r in rows}, 30)
     assert readme.startswith("**Measured: 5 of 6 cells (a lead, not a result")
     line = next(x for x in readme.splitlines() if x.startswith("| epsilon/published |"))
-    assert (
-        line.startswith("| epsilon/published | 2 of 2 | 60.0 ± 0.0 |")
-        and "| TV -0.20 ± 0.00, score -0.100" in line
-    )
-    assert "| flow+mirror/vanilla | 1 of 2 |" in readme and readme.rstrip().endswith("| - |")
+    assert line.startswith("| epsilon/published | 2 of 2 | 60.0 ± 0.0 |")
+    assert line.endswith("| split closer to the demos (TV -0.20 ± 0.00), score lower (-0.100 ± 0.000) |")
+    assert "| more one-sided than the demos near 180° in 2 of 2 seeds |" in readme  # epsilon/vanilla
+    assert readme.rstrip().endswith("| more one-sided than the demos near 180° in 0 of 1 seeds |")
     md = (tmp_path / "report.md").read_text()
     assert "| epsilon/published | 2 | -25.0 ± " in md
     # vanilla's two seeds disagree (0.9, 0.8): its interval is wide, so no verdict on the modes
@@ -259,6 +258,8 @@ def test_paired_verdict_names_a_difference_only_when_its_interval_excludes_zero(
     assert "score higher" in rep.paired_verdict(row(0.1, 0.05, 0.02, 0.01))
     assert rep.paired_verdict(row(0.1, float("nan"), 0.0, float("nan"), n=1)) == "too few seeds"
     assert rep.paired_verdict({"paired": None}) == ""
+    broken = {**row(-0.06, 0.09, -0.83, 0.02), "final": {"none_share": {"mean": 0.64, "ci95": 0.1, "n": 5}}}
+    assert rep.paired_verdict(broken).startswith("turns the T in only 36% of symmetric rollouts; split not")
 
 
 def test_verdict_needs_disjoint_intervals(rep):
