@@ -70,6 +70,16 @@ def vanilla_of(row: str) -> str:
     return row.split("/")[0] + "/vanilla"
 
 
+def control_of(row: str) -> str | None:
+    """The row that tells a recipe's pairing from the rest of what it changes, or None: for a recipe on
+    neighbour batches ('flow+mirror/c2ot-nb8'), the same batches with independent noise
+    ('flow+mirror/vanilla-nb8'), since grouping similar observations into a batch is itself a change."""
+    head, _, recipe = row.partition("/")
+    base, *mods = recipe.split("-")
+    groups = [m for m in mods if m.startswith("nb")]
+    return f"{head}/vanilla-{groups[0]}" if base != "vanilla" and groups else None
+
+
 def recipe_overrides(recipe: str, warmup: int) -> list[str]:
     """Hydra overrides of a recipe name (module docstring); ``-f<share>``, ``-ramp``, ``-nowarmup`` and
     ``-nb<k>`` (neighbour batches of k from the start) suffixes."""

@@ -32,6 +32,7 @@ from pusht_modes_grid import (
     GOAL_TV,
     NO_TURN,
     SYMMETRIC_ROLLOUTS,
+    control_of,
     parse_row,
     vanilla_of,
 )
@@ -107,7 +108,9 @@ def finite(values: list[float]) -> list[float]:
     return [v for v in values if v is not None and not math.isnan(v)]
 
 
-def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) -> dict:
+def summarize_row(
+    row: str, got: list[dict], base: dict[int, dict], demo: dict, control: dict[int, dict] | None = None
+) -> dict:
     """Per row: the final symmetric-start mode statistics and scores (mean and 95% CI over seeds, the
     dominant direction of each seed taken from that seed's vanilla of the same objective and data), the
     same per evaluation epoch, and the final checkpoint at each sampling step count."""
@@ -157,7 +160,8 @@ def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) 
         }
     last = [headline(c) for c in got]
     return {
-        "paired": paired_with_vanilla(row, got, base, per_seed),
+        "paired": None if row == vanilla_of(row) else paired_with(got, base, per_seed),
+        "paired_control": None if control is None else paired_with(got, control, per_seed),
         "row": row,
         "label": row,
         "n_seeds": len(got),
@@ -184,20 +188,18 @@ def summarize_row(row: str, got: list[dict], base: dict[int, dict], demo: dict) 
     }
 
 
-def paired_with_vanilla(row: str, got: list[dict], base: dict[int, dict], per_seed) -> dict | None:
-    """Each seed against the same seed's vanilla (row minus vanilla): dominant share, TV to the demos near
-    180° and standard score, mean and 95% interval of the differences; None for a vanilla row.
+def paired_with(got: list[dict], ref: dict[int, dict], per_seed) -> dict:
+    """Each seed against the same seed of a reference row (row minus reference: its vanilla, or its control):
+    dominant share, TV to the demos near 180° and standard score, mean and 95% interval of the differences.
 
     Why paired: a warm-up cell is bit-identical to its vanilla twin up to the warm-up (it forks from the
-    twin's checkpoint), so the two differ only by what the recipe did after it; the seed-to-seed spread of
-    the split (wide: mirrored vanilla leans either way) cancels, and the difference's interval is the sharpest
-    test of "does pairing change the split" the grid allows.
+    twin's checkpoint), and so is a recipe's control, so the two differ only by what each did after it; the
+    seed-to-seed spread of the split (wide: mirrored vanilla leans either way) cancels, and the difference's
+    interval is the sharpest test of "does pairing change the split" the grid allows.
     """
-    if row == vanilla_of(row):
-        return None
     diffs = {"dominant_share": [], "tv_to_demos_upside_down": [], "mean_score": []}
     for c in got:
-        v = base.get(c["seed"])
+        v = ref.get(c["seed"])
         if v is None:
             continue
         mine, theirs = per_seed(headline(c), c), per_seed(headline(v), v)
@@ -211,12 +213,20 @@ def paired_with_vanilla(row: str, got: list[dict], base: dict[int, dict], per_se
     return out
 
 
-def paired_verdict(s: dict) -> str:
+def controls(row: str, cells: dict[tuple[str, int], dict]) -> dict[int, dict] | None:
+    """The row's control cells by seed (:func:`pusht_modes_grid.control_of`), None for a row without one."""
+    control = control_of(row)
+    if control is None:
+        return None
+    return {seed: c for (r, seed), c in cells.items() if r == control}
+
+
+def paired_verdict(s: dict, key: str = "paired") -> str:
     """The paired differences in words, against the same seeds' vanilla: the split's distance to the demos
     (TV near 180°) and the score, each named when its interval excludes 0, else 'not distinguishable', led by
     how few rollouts turn the T when more than ``NO_TURN`` do not (a broken policy's split is not two modes);
-    '' without pairs."""
-    d = s.get("paired")
+    '' without pairs. ``key="paired_control"``: the same against the row's control."""
+    d = s.get(key)
     if not d or d["tv_to_demos_upside_down"]["n"] < 2:
         return "" if not d or not d["tv_to_demos_upside_down"]["n"] else "too few seeds"
 
@@ -322,7 +332,10 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         plan,
         cells,
         vanilla_of,
-        lambda row, got, missing, base: {"missing_seeds": missing, **summarize_row(row, got, base, demo)},
+        lambda row, got, missing, base: {
+            "missing_seeds": missing,
+            **summarize_row(row, got, base, demo, controls(row, cells)),
+        },
     )
     by_row = {s["row"]: s for s in summary}
     for s in summary:  # the verdicts travel in report.json too (the README's table is made from it)
@@ -332,6 +345,8 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         else:
             s["verdict"] = against_demos(s, demo) if van is s else verdict(s, van)
         s["paired_verdict"] = paired_verdict(s)
+        s["control"] = control_of(s["row"])
+        s["control_verdict"] = paired_verdict(s, "paired_control")
         s["goal"] = {k: goal_check(s, van, k) for k in ("tv_to_demos", "tv_to_demos_upside_down")}
     host_list = hosts(list(cells.values()))
     md = (
@@ -423,7 +438,8 @@ def plot_noise_share(summary: list[dict], cells: dict, path: Path) -> None:
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-    right.legend(fontsize=7, frameon=False)
+    if right.get_legend_handles_labels()[0]:  # no cell measured it yet: no legend to draw
+        right.legend(fontsize=7, frameon=False)
     fig.suptitle("PushT: a policy whose action follows its sampling noise (one point per seed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

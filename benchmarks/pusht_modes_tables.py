@@ -174,12 +174,16 @@ def readme_md(summary: list[dict], plan: dict[str, list[int]], epochs: int) -> s
 
 
 def readme_verdict(s: dict) -> str:
-    """A row's verdict for the README: a recipe's paired verdict (its unpaired one while it has no pair), a
-    vanilla row's count of seeds more one-sided than the demos near 180° (Fisher's exact test)."""
+    """A row's verdict for the README: a recipe's paired verdict (its unpaired one while it has no pair) and,
+    for a recipe with a control, the same against it; a vanilla row's count of seeds more one-sided than the
+    demos near 180° (Fisher's exact test)."""
     if s.get("paired") is None and "more_one_sided" in s:
         m = s["more_one_sided"]
         return f"more one-sided than the demos near 180° in {m['near 180°']} of {m['n']} seeds"
-    return s.get("paired_verdict") or s.get("verdict") or "-"
+    out = s.get("paired_verdict") or s.get("verdict") or "-"
+    if s.get("control_verdict"):
+        out += f"; against its control {s['control'].split('/')[1]}: {s['control_verdict']}"
+    return out
 
 
 def goal_table_md(summary: list[dict], by_row: dict[str, dict]) -> str:
@@ -205,37 +209,46 @@ def goal_table_md(summary: list[dict], by_row: dict[str, dict]) -> str:
 
 
 def paired_table_md(summary: list[dict]) -> str:
-    """Every recipe row against the same seeds' vanilla (:func:`paired_with_vanilla`)."""
-    rows = [s for s in summary if s.get("paired") and s["paired"]["mean_score"]["n"]]
+    """Every recipe row against the same seeds' vanilla, and a recipe with a control against the same
+    seeds' control (``pusht_modes_report.paired_with``)."""
+    lines = []
+    for s in summary:
+        for key, verdict, ref in (
+            ("paired", "paired_verdict", vanilla_of(s["row"])),
+            ("paired_control", "control_verdict", s.get("control")),
+        ):
+            d = s.get(key)
+            if d and d["mean_score"]["n"]:
+                lines.append(
+                    [
+                        f"{s['row']} − {ref.split('/')[1]}",
+                        d["mean_score"]["n"],
+                        pct(d["dominant_share"]),
+                        num(d["tv_to_demos_upside_down"], 2),
+                        num(d["mean_score"]),
+                        s[verdict],
+                    ]
+                )
     md = (
-        "\n\n### Paired with the same seed's vanilla (row minus vanilla, mean ± 95% t-interval over the "
-        "seeds both have)\n\n"
+        "\n\n### Paired with the same seed's vanilla or control (row minus it, mean ± 95% t-interval over "
+        "the seeds both have)\n\n"
     )
     md += markdown_table(
         [
-            "row",
+            "row − reference",
             "pairs",
             "dominant share (points)",
             "TV to demos near 180°",
             "score (50 standard)",
-            "against the same seeds' vanilla",
+            "verdict",
         ],
-        [
-            [
-                s["row"],
-                s["paired"]["mean_score"]["n"],
-                pct(s["paired"]["dominant_share"]),
-                num(s["paired"]["tv_to_demos_upside_down"], 2),
-                num(s["paired"]["mean_score"]),
-                s["paired_verdict"],
-            ]
-            for s in rows
-        ],
+        lines,
     )
     md += (
         "\n\nA warm-up cell is bit-identical to its vanilla twin up to the warm-up (forked from its "
-        "checkpoint), so the difference is the recipe's own effect with the seed-to-seed spread removed; a "
-        "negative TV difference is a split closer to the demos'.\n"
+        "checkpoint), and so is a recipe's control (the neighbour batches with independent noise), so the "
+        "difference is what the recipe did after it, with the seed-to-seed spread removed; a negative TV "
+        "difference is a split closer to the demos'.\n"
     )
     return md
 

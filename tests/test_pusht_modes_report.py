@@ -49,6 +49,33 @@ def tables(sweep):
     return importlib.import_module("pusht_modes_tables")
 
 
+def fake_demo() -> dict:
+    """The demos' split as demo_split reports it (the real counts: 26 / 23 far from the goal, 13 / 7 near 180°)."""
+    return {
+        "all": {"n": 206, "cw": 60, "ccw": 70, "none": 76},
+        "n": 49,
+        "cw": 26,
+        "ccw": 23,
+        "none": 0,
+        "cw_share": 26 / 49,
+        "cw_share_ci95": [0.38, 0.67],
+        "long_way": {"cw": 3, "ccw": 0},
+        "upside_down": {
+            "n": 20,
+            "cw": 13,
+            "ccw": 7,
+            "none": 0,
+            "cw_share": 0.65,
+            "cw_share_ci95": [0.41, 0.85],
+            "long_way": {"cw": 2, "ccw": 0},
+            "max_deg": 15.0,
+        },
+        "mirrored_cw_share": 0.5,
+        "threshold_deg": 45.0,
+        "far_from_goal_deg": 135.0,
+    }
+
+
 def make_cell(row, seed, sym_split, score=0.9, leak=0.0, noise=None):
     cw, ccw, none = sym_split
     point = {
@@ -135,29 +162,7 @@ def test_pilot_first_then_the_paper_rows_to_ten_seeds(grid):
 def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(
     rep, tables, tmp_path, monkeypatch
 ):
-    demo = {
-        "all": {"n": 206, "cw": 60, "ccw": 70, "none": 76},
-        "n": 49,
-        "cw": 26,
-        "ccw": 23,
-        "none": 0,
-        "cw_share": 26 / 49,
-        "cw_share_ci95": [0.38, 0.67],
-        "long_way": {"cw": 3, "ccw": 0},
-        "upside_down": {
-            "n": 20,
-            "cw": 13,
-            "ccw": 7,
-            "none": 0,
-            "cw_share": 0.65,
-            "cw_share_ci95": [0.41, 0.85],
-            "long_way": {"cw": 2, "ccw": 0},
-            "max_deg": 15.0,
-        },
-        "mirrored_cw_share": 0.5,
-        "threshold_deg": 45.0,
-        "far_from_goal_deg": 135.0,
-    }
+    demo = fake_demo()
     monkeypatch.setattr(rep, "demo_split", lambda zarr: demo)
     cells = tmp_path / "cells"
     cells.mkdir()
@@ -236,7 +241,7 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(
     assert "| more one-sided than the demos near 180° in 2 of 2 seeds |" in readme  # epsilon/vanilla
     assert readme.rstrip().endswith("| more one-sided than the demos near 180° in 0 of 1 seeds |")
     md = (tmp_path / "report.md").read_text()
-    assert "| epsilon/published | 2 | -25.0 ± " in md
+    assert "| epsilon/published − vanilla | 2 | -25.0 ± " in md
     # vanilla's two seeds disagree (0.9, 0.8): its interval is wide, so no verdict on the modes
     assert "not distinguishable from vanilla; score -0.100 (intervals apart)" in md
     assert "97.6 ± 1.6%" in md and "cw 26 / ccw 23" in md and "cw 13 / ccw 7" in md
@@ -449,3 +454,53 @@ def test_a_missing_warmup_is_trained_once_on_the_twin_and_a_held_one_is_left_for
     # vanilla and no-warm-up recipes never need one
     assert sweep.warm_up_twin(tmp_path, "epsilon/published-nowarmup", 0, args, wait=False) is True
     assert not (tmp_path / "runs" / sweep.cell_name("epsilon/vanilla", 0)).exists()
+
+
+def test_a_recipe_on_neighbour_batches_is_also_paired_with_its_control(
+    rep, tables, grid, tmp_path, monkeypatch
+):
+    """c2ot-nb8 changes two things (the batches and the pairing): its control, vanilla-nb8 (the same batches,
+    independent noise), is the reference that isolates the pairing, seed by seed."""
+    assert grid.control_of("flow+mirror/c2ot-nb8") == "flow+mirror/vanilla-nb8"
+    assert grid.control_of("flow+mirror/vanilla-nb8") is None and grid.control_of("flow/published") is None
+    monkeypatch.setattr(rep, "demo_split", lambda zarr: fake_demo())
+    (tmp_path / "cells").mkdir()
+    splits = {  # seed 0, seed 1 (cw, ccw, none)
+        "flow+mirror/vanilla": ((40, 10, 0), (10, 40, 0)),
+        "flow+mirror/vanilla-nb8": ((35, 15, 0), (15, 35, 0)),
+        "flow+mirror/c2ot-nb8": ((30, 20, 0), (20, 30, 0)),
+    }
+    for row, per_seed in splits.items():
+        for seed, split in enumerate(per_seed):
+            c = make_cell(row, seed, split)
+            (tmp_path / "cells" / f"{row.replace('/', '-').replace('+', '_')}-s{seed}.json").write_text(
+                json.dumps(c)
+            )
+    args = SimpleNamespace(
+        out=tmp_path,
+        epochs=30,
+        model="m",
+        batch_size=256,
+        lr=1e-3,
+        warmup=10,
+        eval_every=5,
+        override=[],
+        zarr=None,
+    )
+    rows = list(splits)
+    by = {s["row"]: s for s in rep.report(rows, {r: [0, 1] for r in rows}, args)["summary"]}
+    nb8 = by["flow+mirror/c2ot-nb8"]
+    # mirrored: TV = |cw share - 0.5|; 0.1 for the recipe, 0.2 for the control, 0.3 for vanilla, both seeds
+    assert nb8["paired"]["tv_to_demos_upside_down"]["mean"] == pytest.approx(-0.2)
+    assert nb8["paired_control"]["tv_to_demos_upside_down"]["mean"] == pytest.approx(-0.1)
+    assert nb8["control"] == "flow+mirror/vanilla-nb8"
+    assert nb8["control_verdict"].startswith("split closer to the demos (TV -0.10 ± 0.00)")
+    assert by["flow+mirror/vanilla-nb8"]["paired_control"] is None
+    line = next(
+        x for x in tables.readme_md(list(by.values()), {}, 30).splitlines() if "| flow+mirror/c2ot-nb8 |" in x
+    )
+    assert "; against its control vanilla-nb8: split closer to the demos (TV -0.10" in line
+    md = (tmp_path / "report.md").read_text()
+    assert (
+        "| flow+mirror/c2ot-nb8 − vanilla-nb8 | 2 |" in md and "| flow+mirror/c2ot-nb8 − vanilla | 2 |" in md
+    )
