@@ -35,7 +35,8 @@ A finished cell writes ``cells/<cell>.json``; reruns skip finished cells and res
 their finished final evaluations); several workers share the list (one per core, ``OMP_NUM_THREADS=1``).
 Order: the pilot (seeds 0-1 of vanilla / published / published-f0.5, both objectives), then priority (a)
 (epsilon vanilla + published to 10 seeds), (b) (flow to 5 seeds, mirrored vanilla + ours, with the
-neighbour-batch control), (c) the rest.
+neighbour-batch control), (c) the rest, then the extension: seeds 5-7 of the mirrored vanilla, c2ot-nb8 and
+its control (``EXTEND``: their paired difference needs more than 5 seeds to be told from zero).
 
 The grid (rows, recipes, protocol constants, cell order) is ``pusht_modes_grid.py``; the statistics, verdicts
 and figures are ``pusht_modes_report.py``, its markdown tables ``pusht_modes_tables.py``; this script trains

@@ -40,6 +40,10 @@ PRIORITY = {
         "epsilon/c2ot-f0.5-ramp": 5,
     },
 }
+#: seeds beyond PRIORITY's, run after every other cell: our neighbour-batch recipe, its control and their
+#: vanilla to 8 seeds on the mirrored demos (at 4 seeds c2ot-nb8 moved the split 0.05 ± 0.04 closer to
+#: 50 / 50 than its control, paired seed by seed: an interval 5 seeds barely separate from zero)
+EXTEND = {"flow+mirror/vanilla": 8, "flow+mirror/c2ot-nb8": 8, "flow+mirror/vanilla-nb8": 8}
 
 #: the noise-share measurement of a final checkpoint: observations (evenly spaced validation windows) and
 #: samples per observation, with the checkpoint's own sampler (the per-epoch one: DDIM-16 / Euler-16)
@@ -122,13 +126,15 @@ def recipe_overrides(recipe: str, warmup: int) -> list[str]:
 
 
 def planned_seeds(rows: list[str], seeds: int | None) -> dict[str, list[int]]:
-    """Seeds per row: the priority table's count (5 for a row it does not name), or ``--seeds N`` for all."""
-    table = {r: n for group in PRIORITY.values() for r, n in group.items()}
+    """Seeds per row: EXTEND's count, else the priority table's (5 for a row neither names), or ``--seeds N``
+    for all."""
+    table = {r: n for group in PRIORITY.values() for r, n in group.items()} | EXTEND
     return {r: list(range(seeds if seeds is not None else table.get(r, 5))) for r in rows}
 
 
 def cell_order(rows: list[str], plan: dict[str, list[int]]) -> list[tuple[str, int]]:
-    """The pilot (seeds 0-1 of PILOT), then (a), (b), (c) seed-major within each, then any other row.
+    """The pilot (seeds 0-1 of PILOT), then (a), (b), (c) seed-major within each (a row's seeds up to that
+    group's count), then any other row, then EXTEND's extra seeds.
 
     Within a group the vanilla cells run one seed ahead of the others (vanilla s0, vanilla s1, the rest of
     s0, vanilla s2, the rest of s1, ...), so that with two workers a warm-up cell finds its vanilla twin's
@@ -136,15 +142,19 @@ def cell_order(rows: list[str], plan: dict[str, list[int]]) -> list[tuple[str, i
     """
     order: list[tuple[str, int]] = []
     groups = [[r for r in PILOT if r in rows]] + [[r for r in g if r in rows] for g in PRIORITY.values()]
-    groups.append([r for r in rows if not any(r in g for g in groups)])
+    groups.append([r for r in rows if not any(r in g for g in PRIORITY.values())])  # pilot-only rows too
+    groups.append([r for r in EXTEND if r in rows])
+    # a group's seeds of a row: the pilot's two, each priority group's count, the rest, then EXTEND's
+    caps = [{r: 2 for r in PILOT}] + [dict(g) for g in PRIORITY.values()] + [{}, {}]
 
     def add(cells: list[tuple[str, int]]) -> None:
         order.extend(c for c in cells if c not in order)
 
     for i, group in enumerate(groups):
-        seeds = [0, 1] if i == 0 else sorted({s for r in group for s in plan[r]})
-        vanillas = {s: [(r, s) for r in group if r.endswith("/vanilla") and s in plan[r]] for s in seeds}
-        rest = {s: [(r, s) for r in group if not r.endswith("/vanilla") and s in plan[r]] for s in seeds}
+        within = {r: [s for s in plan[r] if s < caps[i].get(r, len(plan[r]))] for r in group}
+        seeds = [0, 1] if i == 0 else sorted({s for r in group for s in within[r]})
+        vanillas = {s: [(r, s) for r in group if r.endswith("/vanilla") and s in within[r]] for s in seeds}
+        rest = {s: [(r, s) for r in group if not r.endswith("/vanilla") and s in within[r]] for s in seeds}
         for k, s in enumerate(seeds):
             add(vanillas[s] if k else vanillas[s] + (vanillas[seeds[1]] if len(seeds) > 1 else []))
             if k + 1 < len(seeds):

@@ -152,11 +152,17 @@ def test_pilot_first_then_the_paper_rows_to_ten_seeds(grid):
     for i, (row, seed) in enumerate(order):
         if not row.endswith("/vanilla"):
             twin = row.split("/")[0] + "/vanilla"
-            assert (twin, seed) not in plan.get(twin, []) or order.index((twin, seed)) < i - 1
-    assert plan["epsilon/vanilla"] == list(range(10)) and plan["flow+mirror/vanilla"] == list(range(5))
+            assert seed not in plan.get(twin, []) or order.index((twin, seed)) < i - 1
+    assert plan["epsilon/vanilla"] == list(range(10)) and plan["flow+mirror/vanilla"] == list(range(8))
+    assert plan["flow+mirror/c2ot-f0.5-ramp"] == list(range(5)) and plan["flow+mirror/c2ot-nb8"] == list(
+        range(8)
+    )
     assert len(order) == len(set(order)) == sum(len(v) for v in plan.values())
     a_done = max(i for i, (r, _) in enumerate(order) if r in grid.PRIORITY["a"])
     assert all(r not in grid.PRIORITY["c"] for r, _ in order[12 : a_done + 1])  # after the pilot
+    # (b) runs the mirrored rows to 5 seeds; EXTEND's seeds 5-7 come after every other cell
+    extra = {(r, s) for r, n in grid.EXTEND.items() for s in range(5, n)}
+    assert set(order[-len(extra) :]) == extra and len(extra) == 9
 
 
 def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(
