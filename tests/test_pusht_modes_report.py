@@ -102,6 +102,25 @@ def make_cell(row, seed, sym_split, score=0.9, leak=0.0, noise=None):
     }
 
 
+def write_cells(out: Path, cells: list[dict]) -> SimpleNamespace:
+    """Write synthetic cells where the sweep keeps them; the report's arguments for ``out``."""
+    (out / "cells").mkdir(exist_ok=True)
+    for c in cells:
+        name = f"{c['row'].replace('/', '-').replace('+', '_')}-s{c['seed']}.json"
+        (out / "cells" / name).write_text(json.dumps(c))
+    return SimpleNamespace(
+        out=out,
+        epochs=30,
+        model="m",
+        batch_size=256,
+        lr=1e-3,
+        warmup=10,
+        eval_every=5,
+        override=[],
+        zarr=None,
+    )
+
+
 def test_recipes_become_the_schedule_overrides(grid):
     assert grid.recipe_overrides("vanilla", 10) == ["assigner=vanilla"]
     assert grid.recipe_overrides("published", 7) == [
@@ -170,8 +189,6 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(
 ):
     demo = fake_demo()
     monkeypatch.setattr(rep, "demo_split", lambda zarr: demo)
-    cells = tmp_path / "cells"
-    cells.mkdir()
     # seed 0's vanilla prefers cw, seed 1's ccw: the recipe's dominant share is read in those directions
     made = [
         make_cell("epsilon/vanilla", 0, (45, 5, 0)),
@@ -180,21 +197,7 @@ def test_dominant_share_follows_each_seeds_vanilla_and_tv_uses_the_right_demos(
         make_cell("epsilon/published", 1, (20, 30, 0), score=0.8, leak=0.04, noise=0.4),
         make_cell("flow+mirror/vanilla", 0, (25, 25, 0)),
     ]
-    for c in made:
-        (cells / f"{c['row'].replace('/', '-').replace('+', '_')}-s{c['seed']}.json").write_text(
-            json.dumps(c)
-        )
-    args = SimpleNamespace(
-        out=tmp_path,
-        epochs=30,
-        model="m",
-        batch_size=256,
-        lr=1e-3,
-        warmup=10,
-        eval_every=5,
-        override=[],
-        zarr=None,
-    )
+    args = write_cells(tmp_path, made)
     rows = ["epsilon/vanilla", "epsilon/published", "flow+mirror/vanilla"]
     payload = rep.report(rows, {r: [0, 1] for r in rows}, args)
     by = {s["row"]: s for s in payload["summary"]}
@@ -470,29 +473,15 @@ def test_a_recipe_on_neighbour_batches_is_also_paired_with_its_control(
     assert grid.control_of("flow+mirror/c2ot-nb8") == "flow+mirror/vanilla-nb8"
     assert grid.control_of("flow+mirror/vanilla-nb8") is None and grid.control_of("flow/published") is None
     monkeypatch.setattr(rep, "demo_split", lambda zarr: fake_demo())
-    (tmp_path / "cells").mkdir()
     splits = {  # seed 0, seed 1 (cw, ccw, none)
         "flow+mirror/vanilla": ((40, 10, 0), (10, 40, 0)),
         "flow+mirror/vanilla-nb8": ((35, 15, 0), (15, 35, 0)),
         "flow+mirror/c2ot-nb8": ((30, 20, 0), (20, 30, 0)),
     }
-    for row, per_seed in splits.items():
-        for seed, split in enumerate(per_seed):
-            c = make_cell(row, seed, split)
-            (tmp_path / "cells" / f"{row.replace('/', '-').replace('+', '_')}-s{seed}.json").write_text(
-                json.dumps(c)
-            )
-    args = SimpleNamespace(
-        out=tmp_path,
-        epochs=30,
-        model="m",
-        batch_size=256,
-        lr=1e-3,
-        warmup=10,
-        eval_every=5,
-        override=[],
-        zarr=None,
-    )
+    made = [
+        make_cell(row, seed, split) for row, per_seed in splits.items() for seed, split in enumerate(per_seed)
+    ]
+    args = write_cells(tmp_path, made)
     rows = list(splits)
     by = {s["row"]: s for s in rep.report(rows, {r: [0, 1] for r in rows}, args)["summary"]}
     nb8 = by["flow+mirror/c2ot-nb8"]
