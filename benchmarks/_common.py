@@ -51,11 +51,17 @@ def machine() -> dict:
     return host_record()
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a temporary beside it, then one rename): a reader or a crash
+    never meets half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_text(path, json.dumps(payload, indent=2))
 
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
@@ -124,7 +130,7 @@ def _owner(run_dir: Path) -> int | None:
     except ProcessLookupError:
         return None
     except PermissionError:
-        return pid
+        pass  # alive, another user's
     return pid
 
 
@@ -139,11 +145,6 @@ def claim_cell(run_dir: Path) -> bool:
         return False  # alive: another worker is on this cell
     (run_dir / ".owner").write_text(str(os.getpid()))
     return True
-
-
-def cell_busy(run_dir: Path) -> bool:
-    """Whether another live process holds ``run_dir`` (:func:`claim_cell`) right now."""
-    return _owner(run_dir) is not None
 
 
 def release_cell(run_dir: Path) -> None:
@@ -471,6 +472,4 @@ def replace_block(path: Path, name: str, text: str) -> None:
         )
     new = old[: i + len(begin)] + "\n" + text.strip("\n") + "\n" + old[j:]
     if new != old:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(new)
-        os.replace(tmp, path)
+        write_text(path, new)

@@ -273,19 +273,19 @@ def verdict(s: dict, van: dict | None) -> str:
     return f"{modes}; score {cost:+.3f}" + (" (intervals apart)" if apart else " (overlapping)")
 
 
-def against_demos(s: dict, demo: dict) -> str:
-    """A vanilla row's verdict: in how many seeds its symmetric-start split is more one-sided than the demos'
-    (Fisher's exact test at 5% of the seed's cw / ccw against the demos', both finite samples; "more
-    one-sided": further from 50 / 50), against the demos near 180° and those far from the goal. Mirrored
-    rows compare with the mirrored demos (each split doubled and balanced). The counts also go into
-    ``s["more_one_sided"]`` (the README's short verdict)."""
+def more_one_sided(s: dict, demo: dict) -> dict | None:
+    """A vanilla row's seeds whose symmetric-start split is more one-sided than the demos' (Fisher's exact
+    test at 5% of the seed's cw / ccw against the demos', both finite samples; "more one-sided": further
+    from 50 / 50), against the demos near 180° and those far from the goal: ``{"n": seeds, name: {"k": how
+    many, "ref": [cw, ccw]}}``; None without seeds. Mirrored rows compare with the mirrored demos (each split
+    doubled and balanced)."""
     from scipy.stats import fisher_exact
 
     per_seed = s.get("final", {}).get("per_seed", [])
     if not per_seed:
-        return ""
+        return None
     mirrored = parse_row(s["row"])[1]
-    parts = []
+    out: dict = {"n": len(per_seed)}
     for name, d in (("near 180°", demo["upside_down"]), ("far from the goal", demo)):
         ref = (d["cw"] + d["ccw"],) * 2 if mirrored else (d["cw"], d["ccw"])
         ref_dev = abs(ref[0] / sum(ref) - 0.5)
@@ -295,8 +295,19 @@ def against_demos(s: dict, demo: dict) -> str:
             and abs(cw / (cw + ccw) - 0.5) > ref_dev
             for cw, ccw, _ in (p["split"] for p in per_seed)
         )
-        parts.append(f"{k} of {len(per_seed)} seeds against those {name} ({ref[0]} / {ref[1]})")
-        s.setdefault("more_one_sided", {"n": len(per_seed)})[name] = int(k)
+        out[name] = {"k": int(k), "ref": list(ref)}
+    return out
+
+
+def against_demos(counts: dict | None) -> str:
+    """A vanilla row's verdict in words, from :func:`more_one_sided`'s counts ('' without seeds)."""
+    if counts is None:
+        return ""
+    parts = [
+        f"{c['k']} of {counts['n']} seeds against those {name} ({c['ref'][0]} / {c['ref'][1]})"
+        for name, c in counts.items()
+        if name != "n"
+    ]
     return "more one-sided than its demos: " + ", ".join(parts) + "; Fisher's exact test, 5%"
 
 
@@ -342,8 +353,11 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         van = by_row.get(vanilla_of(s["row"]))
         if not s["n_seeds"]:
             s["verdict"] = ""
+        elif van is s:
+            s["more_one_sided"] = more_one_sided(s, demo)
+            s["verdict"] = against_demos(s["more_one_sided"])
         else:
-            s["verdict"] = against_demos(s, demo) if van is s else verdict(s, van)
+            s["verdict"] = verdict(s, van)
         s["paired_verdict"] = paired_verdict(s)
         s["control"] = control_of(s["row"])
         s["control_verdict"] = paired_verdict(s, "paired_control")

@@ -177,9 +177,9 @@ def readme_verdict(s: dict) -> str:
     """A row's verdict for the README: a recipe's paired verdict (its unpaired one while it has no pair) and,
     for a recipe with a control, the same against it; a vanilla row's count of seeds more one-sided than the
     demos near 180° (Fisher's exact test)."""
-    if s.get("paired") is None and "more_one_sided" in s:
+    if s.get("paired") is None and s.get("more_one_sided"):
         m = s["more_one_sided"]
-        return f"more one-sided than the demos near 180° in {m['near 180°']} of {m['n']} seeds"
+        return f"more one-sided than the demos near 180° in {m['near 180°']['k']} of {m['n']} seeds"
     out = s.get("paired_verdict") or s.get("verdict") or "-"
     if s.get("control_verdict"):
         out += f"; against its control {s['control'].split('/')[1]}: {s['control_verdict']}"
