@@ -102,6 +102,10 @@ def compose_train(overrides: list[str]):
         m = re.search(r"Could not override '([^']+)'", text)
         if m:
             key = m.group(1)
+            given = [o for o in overrides if o.split("=", 1)[0] == key]
+            if key in config_schema.uncomposed_keys() and given:
+                # a right name on a preset without it: add it, so the family's check says why not
+                return compose_train([f"+{o}" if o in given else o for o in overrides])
             raise ValueError(
                 f"{key} is not a setting{_did_you_mean(list(overrides), key)}; correct its name (Hydra's "
                 f"suggested +{key}=... would add a key that nothing reads)."

@@ -135,6 +135,30 @@ SCHEMAS: dict[str, type] = {
 }
 
 
+#: the Hydra group each :data:`SCHEMAS` node fills (``train`` is the root)
+SCHEMA_GROUPS: dict[str, str] = {
+    "policy_trainer": "trainer",
+    "image_trainer": "trainer",
+    "policy_model": "model",
+    "image_model": "model",
+    "policy_task": "task",
+    "image_task": "task",
+}
+
+
+def uncomposed_keys() -> set[str]:
+    """Dotted keys of the settings only some presets compose (``composed=False``: ``task.mirror``,
+    ``model.vision``). On a preset without them Hydra would refuse ``task.mirror=true`` as an unknown key,
+    and "correct its name" is the wrong advice for a right name: :func:`~immiscible_policy.cli._hydra.compose_train`
+    adds such a key instead and the family's own check says why it does not apply there."""
+    return {
+        f"{group}.{key}"
+        for name, group in SCHEMA_GROUPS.items()
+        for key, rule in rules_of(SCHEMAS[name]).items()
+        if not rule.composed
+    }
+
+
 def trainer_sampler(tr: Mapping[str, Any], objective: str, kind: str) -> str:
     """The sampler ``trainer.sampler`` means for ``objective`` in a ``kind`` trainer: ``auto`` is the
     trainer's :attr:`~TrainerConfig.diffusion_sampler` for diffusion objectives, the objective's own
@@ -163,6 +187,7 @@ __all__ = [
     "MODELS",
     "RESUME_CHOICES",
     "SCHEMAS",
+    "SCHEMA_GROUPS",
     "TASKS",
     "TRAINERS",
     "CfdConfig",
@@ -192,4 +217,5 @@ __all__ = [
     "show",
     "suggest",
     "trainer_sampler",
+    "uncomposed_keys",
 ]

@@ -310,11 +310,21 @@ def test_unsupported_mirror_is_one_line(overrides, message):
     assert _one_line(err).startswith(message), str(err.value)
 
 
-def test_mirror_on_a_task_without_the_key_is_one_line():
-    """robomimic and LeRobot configs have no ``mirror`` key: Hydra refuses the override, in one line."""
+@pytest.mark.parametrize("task", ["robomimic_lift", "lerobot"])
+def test_mirror_on_a_task_without_the_key_is_one_line(task):
+    """robomimic and LeRobot configs have no ``mirror`` key (only PushT composes it), yet the plain
+    ``task.mirror=true`` a PushT user writes is told why it does not apply, not to "correct its name";
+    ``false`` is accepted; a misspelt key is still an unknown setting."""
+    family = {"robomimic_lift": "robomimic", "lerobot": "lerobot"}[task]
     with pytest.raises(ValueError) as err:
-        _cfg("task=robomimic_lift", "task.mirror=true")
-    assert _one_line(err).startswith("task.mirror is not a setting; correct its name"), str(err.value)
+        check_config(_cfg(f"task={task}", "task.mirror=true"))
+    assert _one_line(err).startswith(f"task.mirror=true: task {task} ({family} demos) {NO_MIRROR}"), str(
+        err.value
+    )
+    assert task_mirror(_cfg(f"task={task}", "task.mirror=false").task) is False
+    with pytest.raises(ValueError) as err:
+        _cfg(f"task={task}", "task.mirorr=true")
+    assert _one_line(err).startswith("task.mirorr is not a setting; correct its name"), str(err.value)
 
 
 def test_shipped_pusht_config_passes_with_and_without_mirror():
