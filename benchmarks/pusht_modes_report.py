@@ -439,7 +439,7 @@ def plot_noise_share(summary: list[dict], cells: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4.2))
+    fig = Figure(figsize=(12.5, 4.2))
     FigureCanvasAgg(fig)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for k, s in enumerate(x for x in summary if x["n_seeds"]):
@@ -461,7 +461,7 @@ def plot_noise_share(summary: list[dict], cells: dict, path: Path) -> None:
         ax.minorticks_off()
         ax.grid(alpha=0.3)
     if right.get_legend_handles_labels()[0]:  # no cell measured it yet: no legend to draw
-        right.legend(fontsize=7, frameon=False)
+        right.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("PushT: a policy whose action follows its sampling noise (one point per seed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
