@@ -45,6 +45,7 @@ and evaluates the cells.
 Usage:
     OMP_NUM_THREADS=1 python benchmarks/pusht_modes.py &   # one worker per core
     OMP_NUM_THREADS=1 python benchmarks/pusht_modes.py
+    python benchmarks/pusht_modes.py --remaining           # which cells are left, in the order they run
     python benchmarks/pusht_modes.py --report-only         # report.{md,json}, modes.png
     python benchmarks/pusht_modes.py --report-only --fill-noise-share   # measure it for older cells first
     python benchmarks/pusht_modes.py --report-only --readme README.md   # and the README's table from it
@@ -363,6 +364,24 @@ def run_cell(row: str, seed: int, args, wait: bool = False) -> dict | None:
     return _run_cell(args.out, row, seed, overrides, args.override, build)
 
 
+def remaining_text(out: Path, order: list[tuple[str, int]]) -> str:
+    """The cells of ``order`` without a finished cell file under ``out/cells``, one line: the count, then
+    each row's missing seeds in the order the sweep runs them ('epsilon/c2ot seeds 1-4; ...')."""
+    left: dict[str, list[int]] = {}
+    for row, seed in order:
+        if not (out / "cells" / f"{cell_name(row, seed)}.json").is_file():
+            left.setdefault(row, []).append(seed)
+    if not left:
+        return f"Remaining cells (0): all {len(order)} finished."
+
+    def seeds(s: list[int]) -> str:
+        contiguous = s == list(range(s[0], s[-1] + 1))
+        return f"seed {s[0]}" if len(s) == 1 else f"seeds {s[0]}-{s[-1]}" if contiguous else f"seeds {s}"
+
+    n = sum(len(v) for v in left.values())
+    return f"Remaining cells ({n} of {len(order)}): " + "; ".join(f"{r} {seeds(v)}" for r, v in left.items())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -379,6 +398,11 @@ def main(argv=None) -> int:
         "--max-minutes", type=float, default=None, help="start no new cell after this many minutes"
     )
     p.add_argument("--report-only", action="store_true")
+    p.add_argument(
+        "--remaining",
+        action="store_true",
+        help="list the cells not yet finished, in the order they run, and exit",
+    )
     p.add_argument(
         "--fill-noise-share",
         action="store_true",
@@ -403,6 +427,9 @@ def main(argv=None) -> int:
     for row in args.rows:
         parse_row(row)
     plan = planned_seeds(args.rows, args.seeds)
+    if args.remaining:
+        print(remaining_text(args.out, cell_order(args.rows, plan)))
+        return 0
     if args.fill_noise_share:
         print(f"[sweep] noise share filled in: {fill_noise_share(args.out) or 'none'}", flush=True)
     if not args.report_only:

@@ -499,3 +499,17 @@ def test_a_recipe_on_neighbour_batches_is_also_paired_with_its_control(
     assert (
         "| flow+mirror/c2ot-nb8 − vanilla-nb8 | 2 |" in md and "| flow+mirror/c2ot-nb8 − vanilla | 2 |" in md
     )
+
+
+def test_remaining_lists_the_unfinished_cells_per_row_in_run_order(sweep, tmp_path):
+    order = [("a/vanilla", 0), ("a/vanilla", 1), ("a/x", 0), ("a/vanilla", 2), ("a/x", 1), ("a/x", 3)]
+    order += [("a/y", 1), ("a/y", 2)]
+    (tmp_path / "cells").mkdir()
+    for row, seed in [("a/vanilla", 0), ("a/vanilla", 1), ("a/x", 1)]:
+        (tmp_path / "cells" / f"{sweep.cell_name(row, seed)}.json").write_text("{}")
+    assert sweep.remaining_text(tmp_path, order) == (
+        "Remaining cells (5 of 8): a/x seeds [0, 3]; a/vanilla seed 2; a/y seeds 1-2"
+    )
+    for row, seed in order:
+        (tmp_path / "cells" / f"{sweep.cell_name(row, seed)}.json").write_text("{}")
+    assert sweep.remaining_text(tmp_path, order) == "Remaining cells (0): all 8 finished."
