@@ -253,6 +253,38 @@ def paired_table_md(summary: list[dict]) -> str:
     return md
 
 
+def dial_table_md(summary: list[dict]) -> str:
+    """Each recipe at its headline sampler against its vanilla at the sampler setting nearest in score
+    (pusht_modes_report.sampler_dial), paired seed by seed."""
+    md = (
+        "\n\n### Against vanilla's own sampler dial: a recipe vs its vanilla at the sampler setting nearest "
+        "in score (paired, recipe minus vanilla)\n\n"
+        "Fewer sampling steps make a policy's action follow its noise more and its split more balanced, at a "
+        "score cost; a recipe has beaten vanilla only if it is more balanced than vanilla at the same score "
+        "(frontier.png). The vanilla setting is the one whose mean score is nearest the recipe's, chosen by "
+        "score alone.\n\n"
+    )
+    rows = []
+    for s in summary:
+        d = s.get("dial")
+        if not d:
+            continue
+        rows.append(
+            [
+                s["row"],
+                f"{pct(d['recipe']['dominant_share'])} / {num(d['recipe']['score'], 2)}",
+                f"{d['vanilla_setting']}: {pct(d['vanilla']['dominant_share'])} / {num(d['vanilla']['score'], 2)}",
+                d["mean_score"]["n"],
+                num(d["tv_to_demos_upside_down"], 2),
+                num(d["mean_score"], 3),
+                s.get("dial_verdict", ""),
+            ]
+        )
+    headers = ["row", "recipe: share % / score", "vanilla setting: share % / score", "pairs"]
+    headers += ["TV near 180° (diff)", "score (diff)", "verdict"]
+    return md + markdown_table(headers, rows)
+
+
 def epoch_table_md(summary: list[dict]) -> str:
     """Dominant share and standard score of every row at each evaluation epoch."""
     md = "\n\n### Per evaluation epoch (dominant share % / standard score)\n\n"

@@ -513,3 +513,37 @@ def test_remaining_lists_the_unfinished_cells_per_row_in_run_order(sweep, tmp_pa
     for row, seed in order:
         (tmp_path / "cells" / f"{sweep.cell_name(row, seed)}.json").write_text("{}")
     assert sweep.remaining_text(tmp_path, order) == "Remaining cells (0): all 8 finished."
+
+
+def test_a_recipe_is_judged_against_vanillas_sampler_setting_nearest_in_score(rep, tmp_path, monkeypatch):
+    """Fewer sampling steps make vanilla more balanced at a lower score: a recipe is compared, seed by seed,
+    with its vanilla at the setting whose mean score is nearest its own; chosen by score alone (ddim-16 is
+    the most balanced vanilla setting here, yet ddim-4 is nearer in score)."""
+    monkeypatch.setattr(rep, "demo_split", lambda zarr: fake_demo())
+
+    def cell(row, seed, finals):
+        c = make_cell(row, seed, finals["ddpm-100"][0], score=finals["ddpm-100"][1])
+
+        def sample(split, score):
+            return {"mean_score": score, "success_rate": 0.0, **dict(zip(("cw", "ccw", "none"), split))}
+
+        c["final"] = {k: {"standard": sample(*v), "symmetric": sample(*v)} for k, v in finals.items()}
+        return c
+
+    vanilla = {"ddpm-100": ((45, 5, 0), 0.95), "ddim-16": ((25, 25, 0), 0.90), "ddim-4": ((35, 15, 0), 0.80)}
+    made = [cell("epsilon/vanilla", s, vanilla) for s in (0, 1)]
+    made += [cell("epsilon/published", 0, {"ddpm-100": ((30, 20, 0), 0.82)})]
+    made += [cell("epsilon/published", 1, {"ddpm-100": ((28, 22, 0), 0.84)})]
+    rows = ["epsilon/vanilla", "epsilon/published"]
+    payload = rep.report(rows, {r: [0, 1] for r in rows}, write_cells(tmp_path, made))
+    by = {s["row"]: s for s in payload["summary"]}
+    dial = by["epsilon/published"]["dial"]
+    assert dial["vanilla_setting"] == "ddim-4"
+    assert dial["dominant_share"]["mean"] == pytest.approx(((0.6 - 0.7) + (0.56 - 0.7)) / 2)
+    assert dial["mean_score"]["mean"] == pytest.approx(0.03) and dial["mean_score"]["n"] == 2
+    assert dial["tv_to_demos_upside_down"]["mean"] == pytest.approx(((0.05 - 0.05) + (0.09 - 0.05)) / 2)
+    assert by["epsilon/published"]["dial_verdict"].startswith("split not distinguishable (TV 0.02 ± ")
+    assert by["epsilon/vanilla"]["dial"] is None and by["epsilon/vanilla"]["dial_verdict"] == ""
+    md = (tmp_path / "report.md").read_text()
+    assert "| epsilon/published | 58.0 ± " in md and "| ddim-4: 70.0 ± 0.0 / 0.80 ± 0.00 | 2 |" in md
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
