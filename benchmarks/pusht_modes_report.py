@@ -443,15 +443,13 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
     return payload
 
 
-def plot_mode_curves(summary: list[dict], path: Path) -> None:
-    """Each row's dominant share at the symmetric starts against epoch (mean over seeds), one panel per
-    objective and data, with the panel's vanilla in black, shaded by its 95% interval over seeds: the
-    reference a recipe is judged against. Recipes are lines only (17 overlapping bands hide every line;
-    their intervals and the paired differences are report.md's tables)."""
+def row_panels(rows: list[dict], path: Path, *, xlabel: str, title: str, draw) -> None:
+    """One panel per objective and data (epsilon, flow, flow+mirror), the panel's vanilla first, in black
+    (the reference its recipes are judged against), the rest coloured; ``draw(ax, s, style, reference)``
+    draws one row; y is the dominant share at the symmetric starts, legend below each panel."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = [s for s in summary if s["n_seeds"]]
     panels = list(dict.fromkeys(s["row"].split("/")[0] for s in rows))
     fig = Figure(figsize=(4.6 * max(len(panels), 1), 5.2))
     FigureCanvasAgg(fig)
@@ -459,67 +457,65 @@ def plot_mode_curves(summary: list[dict], path: Path) -> None:
         ax = fig.add_subplot(1, len(panels), k + 1)
         mine = [s for s in rows if s["row"].split("/")[0] == panel]
         for i, s in enumerate(sorted(mine, key=lambda s: s["row"] != vanilla_of(s["row"]))):
-            xs = [p["epoch"] for p in s["curve"]]
-            m = np.array([p["dominant_share"]["mean"] for p in s["curve"]])
             reference = s["row"] == vanilla_of(s["row"])
-            style = {"color": "k", "lw": 2.2} if reference else {"color": f"C{i % 10}"}
-            ax.plot(xs, m, marker="o", ms=3, label=f"{s['row'].split('/')[1]} (n={s['n_seeds']})", **style)
-            if reference and s["n_seeds"] >= 3:
-                half = np.array([p["dominant_share"]["ci95"] for p in s["curve"]], dtype=float)
-                ax.fill_between(xs, m - half, m + half, alpha=0.15, color="k", lw=0)
+            style = {"color": "k", "lw": 2.2} if reference else {"color": f"C{i % 10}", "lw": 1.2}
+            style["label"] = f"{s['row'].split('/')[1]} (n={s['n_seeds']})"
+            draw(ax, s, style, reference)
         ax.axhline(0.5, color="k", lw=0.8, ls=":")
-        ax.set(title=panel, xlabel="epoch", ylim=(0.2, 1.02))
+        ax.set(title=panel, xlabel=xlabel, ylim=(0.2, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
         if k == 0:
             ax.set_ylabel("dominant share, symmetric starts (0.5 = balanced)")
-    title = (
-        "PushT: does the policy keep both rotation modes? (mean over seeds; shaded: vanilla's 95% interval)"
-    )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
 
+def plot_mode_curves(summary: list[dict], path: Path) -> None:
+    """Each row's dominant share at the symmetric starts against epoch (mean over seeds), vanilla shaded by
+    its 95% interval over seeds. Recipes are lines only (17 overlapping bands hide every line; their
+    intervals and the paired differences are report.md's tables)."""
+
+    def draw(ax, s, style, reference):
+        xs = [p["epoch"] for p in s["curve"]]
+        m = np.array([p["dominant_share"]["mean"] for p in s["curve"]])
+        ax.plot(xs, m, marker="o", ms=3, **style)
+        if reference and s["n_seeds"] >= 3:
+            half = np.array([p["dominant_share"]["ci95"] for p in s["curve"]], dtype=float)
+            ax.fill_between(xs, m - half, m + half, alpha=0.15, color="k", lw=0)
+
+    row_panels(
+        [s for s in summary if s["n_seeds"]],
+        path,
+        xlabel="epoch",
+        title="PushT: does the policy keep both rotation modes? (mean over seeds; shaded: vanilla's 95% interval)",
+        draw=draw,
+    )
+
+
 def plot_frontier(summary: list[dict], path: Path) -> None:
     """Balance against score: each row's final checkpoint at every sampler setting (mean over seeds; x the
-    standard-start score, y the dominant share at the symmetric starts), one panel per objective and data,
-    vanilla in black with its settings named. A recipe beats vanilla only where it lies below vanilla's
-    curve (more balanced at the same score), not merely lower than vanilla's headline point."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    standard-start score), vanilla's settings named. A recipe beats vanilla only where it lies below
+    vanilla's curve (more balanced at the same score), not merely below vanilla's headline point."""
 
-    rows = [s for s in summary if s["n_seeds"] and s.get("final_steps")]
-    panels = list(dict.fromkeys(s["row"].split("/")[0] for s in rows))
-    fig = Figure(figsize=(4.6 * max(len(panels), 1), 5.2))
-    FigureCanvasAgg(fig)
-    for k, panel in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), k + 1)
-        mine = [s for s in rows if s["row"].split("/")[0] == panel]
-        for i, s in enumerate(sorted(mine, key=lambda s: s["row"] != vanilla_of(s["row"]))):
-            keys = sorted(s["final_steps"], key=lambda key: s["final_steps"][key]["score"]["mean"])
-            xs = [s["final_steps"][key]["score"]["mean"] for key in keys]
-            ys = [s["final_steps"][key]["dominant_share"]["mean"] for key in keys]
-            reference = s["row"] == vanilla_of(s["row"])
-            style = {"color": "k", "lw": 2.2} if reference else {"color": f"C{i % 10}", "lw": 1}
-            ax.plot(xs, ys, marker="o", ms=3, label=f"{s['row'].split('/')[1]} (n={s['n_seeds']})", **style)
-            if reference:
-                for key, x, y in zip(keys, xs, ys):
-                    ax.annotate(key, (x, y), fontsize=6, xytext=(3, -9), textcoords="offset points")
-        ax.axhline(0.5, color="k", lw=0.8, ls=":")
-        ax.set(title=panel, xlabel="score, 50 standard starts", ylim=(0.2, 1.02))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
-        if k == 0:
-            ax.set_ylabel("dominant share, symmetric starts (0.5 = balanced)")
-    fig.suptitle(
-        "PushT: balance against score across sampler settings (final checkpoint, mean over seeds)",
-        fontsize=10,
+    def draw(ax, s, style, reference):
+        keys = sorted(s["final_steps"], key=lambda key: s["final_steps"][key]["score"]["mean"])
+        xs = [s["final_steps"][key]["score"]["mean"] for key in keys]
+        ys = [s["final_steps"][key]["dominant_share"]["mean"] for key in keys]
+        ax.plot(xs, ys, marker="o", ms=3, **style)
+        if reference:
+            for key, x, y in zip(keys, xs, ys):
+                ax.annotate(key, (x, y), fontsize=6, xytext=(3, -9), textcoords="offset points")
+
+    row_panels(
+        [s for s in summary if s["n_seeds"] and s.get("final_steps")],
+        path,
+        xlabel="score, 50 standard starts",
+        title="PushT: balance against score across sampler settings (final checkpoint, mean over seeds)",
+        draw=draw,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
 
 
 def plot_noise_share(summary: list[dict], cells: dict, path: Path) -> None:
