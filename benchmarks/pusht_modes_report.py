@@ -265,11 +265,13 @@ def controls(row: str, cells: dict[tuple[str, int], dict]) -> dict[int, dict] | 
     return {seed: c for (r, seed), c in cells.items() if r == control}
 
 
-def paired_verdict(s: dict, key: str = "paired") -> str:
+def paired_verdict(s: dict, key: str = "paired", lead: bool = True) -> str:
     """The paired differences in words, against the same seeds' vanilla: the split's distance to the demos
     (TV near 180°) and the score, each named when its interval excludes 0, else 'not distinguishable', led by
     how few rollouts turn the T when more than ``NO_TURN`` do not (a broken policy's split is not two modes);
-    '' without pairs. ``key="paired_control"``: the same against the row's control."""
+    '' without pairs. ``key="paired_control"``: the same against the row's control; ``key="dial"``: against
+    vanilla at the sampler setting nearest in score (:func:`sampler_dial`). ``lead=False`` leaves out the
+    no-turn lead (a second verdict on the same row)."""
     d = s.get(key)
     if not d or d["tv_to_demos_upside_down"]["n"] < 2:
         return "" if not d or not d["tv_to_demos_upside_down"]["n"] else "too few seeds"
@@ -280,9 +282,9 @@ def paired_verdict(s: dict, key: str = "paired") -> str:
 
     tv, sc = d["tv_to_demos_upside_down"], d["mean_score"]
     none = s.get("final", {}).get("none_share", {}).get("mean", 0.0)
-    lead = f"turns the T in only {1 - none:.0%} of symmetric rollouts; " if none > NO_TURN else ""
+    head = f"turns the T in only {1 - none:.0%} of symmetric rollouts; " if lead and none > NO_TURN else ""
     return (
-        f"{lead}split {word(tv, 'closer to the demos', 'further from the demos')} "
+        f"{head}split {word(tv, 'closer to the demos', 'further from the demos')} "
         f"(TV {ci_text(tv['mean'], tv['ci95'], 2)}), score {word(sc, 'lower', 'higher')} "
         f"({ci_text(sc['mean'], sc['ci95'], 3)})"
     )
@@ -406,7 +408,7 @@ def report(rows: list[str], plan: dict[str, list[int]], args) -> dict:
         s["control"] = control_of(s["row"])
         s["control_verdict"] = paired_verdict(s, "paired_control")
         s["dial"] = sampler_dial(s, van)
-        s["dial_verdict"] = paired_verdict(s, "dial")
+        s["dial_verdict"] = paired_verdict(s, "dial", lead=False)
         s["goal"] = {k: goal_check(s, van, k) for k in ("tv_to_demos", "tv_to_demos_upside_down")}
     host_list = hosts(list(cells.values()))
     md = (

@@ -135,7 +135,9 @@ def readme_md(summary: list[dict], plan: dict[str, list[int]], epochs: int) -> s
         "scored with DDPM-100 "
         "(epsilon, the paper's setting) or Euler-16 (flow); mean ± 95% t-interval over seeds; dominant share in "
         "each seed's vanilla direction; paired: the recipe minus the same seed's vanilla, which it equals up to "
-        "the warm-up ([report.md](benchmarks/results/pusht_modes/report.md) has every column, the verdicts, the "
+        "the warm-up, at the recipe's sampler and at vanilla's sampler setting nearest in score (fewer steps make "
+        "vanilla itself more balanced at a lower score; [frontier.png](benchmarks/results/pusht_modes/frontier.png)) "
+        "([report.md](benchmarks/results/pusht_modes/report.md) has every column, the verdicts, the "
         "goal check and the paper's Table I beside ours):"
     )
     rows = []
@@ -174,8 +176,9 @@ def readme_md(summary: list[dict], plan: dict[str, list[int]], epochs: int) -> s
 
 
 def readme_verdict(s: dict) -> str:
-    """A row's verdict for the README: a recipe's paired verdict (its unpaired one while it has no pair) and,
-    for a recipe with a control, the same against it; a vanilla row's count of seeds more one-sided than the
+    """A row's verdict for the README: a recipe's paired verdict (its unpaired one while it has no pair), for
+    a recipe with a control the same against it, and against vanilla at the sampler setting nearest in score
+    (from 2 pairs); a vanilla row's count of seeds more one-sided than the
     demos near 180° (Fisher's exact test)."""
     if s.get("paired") is None and s.get("more_one_sided"):
         m = s["more_one_sided"]
@@ -183,6 +186,8 @@ def readme_verdict(s: dict) -> str:
     out = s.get("paired_verdict") or s.get("verdict") or "-"
     if s.get("control_verdict"):
         out += f"; against its control {s['control'].split('/')[1]}: {s['control_verdict']}"
+    if s.get("dial") and s["dial"]["mean_score"]["n"] >= 2:
+        out += f"; against vanilla at {s['dial']['vanilla_setting']} (nearest in score): {s['dial_verdict']}"
     return out
 
 

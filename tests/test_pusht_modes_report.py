@@ -515,7 +515,9 @@ def test_remaining_lists_the_unfinished_cells_per_row_in_run_order(sweep, tmp_pa
     assert sweep.remaining_text(tmp_path, order) == "Remaining cells (0): all 8 finished."
 
 
-def test_a_recipe_is_judged_against_vanillas_sampler_setting_nearest_in_score(rep, tmp_path, monkeypatch):
+def test_a_recipe_is_judged_against_vanillas_sampler_setting_nearest_in_score(
+    rep, tables, tmp_path, monkeypatch
+):
     """Fewer sampling steps make vanilla more balanced at a lower score: a recipe is compared, seed by seed,
     with its vanilla at the setting whose mean score is nearest its own; chosen by score alone (ddim-16 is
     the most balanced vanilla setting here, yet ddim-4 is nearer in score)."""
@@ -544,6 +546,10 @@ def test_a_recipe_is_judged_against_vanillas_sampler_setting_nearest_in_score(re
     assert dial["tv_to_demos_upside_down"]["mean"] == pytest.approx(((0.05 - 0.05) + (0.09 - 0.05)) / 2)
     assert by["epsilon/published"]["dial_verdict"].startswith("split not distinguishable (TV 0.02 ± ")
     assert by["epsilon/vanilla"]["dial"] is None and by["epsilon/vanilla"]["dial_verdict"] == ""
+    assert tables.readme_verdict(by["epsilon/published"]).endswith(
+        "; against vanilla at ddim-4 (nearest in score): split not distinguishable (TV 0.02 ± 0.25), "
+        "score not distinguishable (0.030 ± 0.127)"
+    )
     md = (tmp_path / "report.md").read_text()
     assert "| epsilon/published | 58.0 ± " in md and "| ddim-4: 70.0 ± 0.0 / 0.80 ± 0.00 | 2 |" in md
     assert (tmp_path / "frontier.png").stat().st_size > 1000
