@@ -234,7 +234,8 @@ def sampler_dial(s: dict, van: dict | None) -> dict | None:
     chosen by score alone, never by the split, so the comparison is not tilted either way."""
     if van is None or van is s or not s["n_seeds"]:
         return None
-    mine = s["final_steps"].get(HEADLINE[parse_row(s["row"])[0]])
+    setting = HEADLINE[parse_row(s["row"])[0]]
+    mine = s["final_steps"].get(setting)
     if not mine or not van.get("final_steps"):
         return None
     key = min(
@@ -247,6 +248,7 @@ def sampler_dial(s: dict, van: dict | None) -> dict | None:
         for k in keys
     }
     return {
+        "recipe_setting": setting,
         "vanilla_setting": key,
         "recipe": {"dominant_share": mine["dominant_share"], "score": mine["score"]},
         "vanilla": {k: van["final_steps"][key][k] for k in ("dominant_share", "score")},

@@ -178,15 +178,16 @@ def readme_md(summary: list[dict], plan: dict[str, list[int]], epochs: int) -> s
 def readme_verdict(s: dict) -> str:
     """A row's verdict for the README: a recipe's paired verdict (its unpaired one while it has no pair), for
     a recipe with a control the same against it, and against vanilla at the sampler setting nearest in score
-    (from 2 pairs); a vanilla row's count of seeds more one-sided than the
-    demos near 180° (Fisher's exact test)."""
+    (from 2 pairs; not when that is the recipe's own setting, the first verdict's comparison); a vanilla
+    row's count of seeds more one-sided than the demos near 180° (Fisher's exact test)."""
     if s.get("paired") is None and s.get("more_one_sided"):
         m = s["more_one_sided"]
         return f"more one-sided than the demos near 180° in {m['near 180°']['k']} of {m['n']} seeds"
     out = s.get("paired_verdict") or s.get("verdict") or "-"
     if s.get("control_verdict"):
         out += f"; against its control {s['control'].split('/')[1]}: {s['control_verdict']}"
-    if s.get("dial") and s["dial"]["mean_score"]["n"] >= 2:
+    dial = s.get("dial")
+    if dial and dial["mean_score"]["n"] >= 2 and dial["vanilla_setting"] != dial["recipe_setting"]:
         out += f"; against vanilla at {s['dial']['vanilla_setting']} (nearest in score): {s['dial_verdict']}"
     return out
 

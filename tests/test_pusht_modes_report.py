@@ -546,6 +546,8 @@ def test_a_recipe_is_judged_against_vanillas_sampler_setting_nearest_in_score(
     assert dial["tv_to_demos_upside_down"]["mean"] == pytest.approx(((0.05 - 0.05) + (0.09 - 0.05)) / 2)
     assert by["epsilon/published"]["dial_verdict"].startswith("split not distinguishable (TV 0.02 ± ")
     assert by["epsilon/vanilla"]["dial"] is None and by["epsilon/vanilla"]["dial_verdict"] == ""
+    same = {**by["epsilon/published"], "dial": {**dial, "vanilla_setting": "ddpm-100"}}
+    assert "nearest in score" not in tables.readme_verdict(same)  # the paired verdict says it already
     assert tables.readme_verdict(by["epsilon/published"]).endswith(
         "; against vanilla at ddim-4 (nearest in score): split not distinguishable (TV 0.02 ± 0.25), "
         "score not distinguishable (0.030 ± 0.127)"
