@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from immiscible_policy.cli.eval import main as eval_main
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "legacy_policy_ckpt"
@@ -54,11 +56,14 @@ def test_symmetric_modes_write_both_blocks(tmp_path, capsys):
     assert sum(sym["modes"]["rotation"].values()) == 5 and len(sym["scores"]) == 5
     assert 0.0 <= sym["mean_score"] <= 1.0 and 0.0 <= sym["success_rate"] <= 1.0
     assert (out / "rollout.mp4").exists() and sym["video_path"] == str(out / "rollout_symmetric.mp4")
-    # modes=standard (the default): the same standard block, no symmetric one
+    # modes=standard (the default): the same standard block, no symmetric one; the same rollouts, scores equal
+    # up to float rounding (filming an episode changes how the policy's inference is batched, and on CPUs with
+    # AMX a matmul's last bit depends on the batch: 0.45777193343909106 against ...911 seen)
     out2 = tmp_path / "eval2"
     assert eval_main([*argv[:-1], f"output_dir={out2}", "n_video_episodes=0"]) == 0
     m2 = json.loads((out2 / "metrics.json").read_text())
-    assert "symmetric" not in m2 and m2["modes"] == m["modes"] and m2["scores"] == m["scores"]
+    assert "symmetric" not in m2 and m2["modes"] == m["modes"]
+    assert m2["scores"] == pytest.approx(m["scores"], rel=1e-6, abs=1e-9)
 
 
 def test_bad_modes_are_one_line_errors(tmp_path, capsys):
