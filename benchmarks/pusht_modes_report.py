@@ -108,6 +108,13 @@ def finite(values: list[float]) -> list[float]:
     return [v for v in values if v is not None and not math.isnan(v)]
 
 
+def agg(values: list[float]) -> dict:
+    """Mean, 95% t-interval half-width and count over the finite values (a failed seed's NaN is left out and
+    shows as a smaller n, never as a zero)."""
+    v = finite(values)
+    return {"mean": float(np.mean(v)) if v else float("nan"), "ci95": ci95(v), "n": len(v)}
+
+
 def summarize_row(
     row: str, got: list[dict], base: dict[int, dict], demo: dict, control: dict[int, dict] | None = None
 ) -> dict:
@@ -122,10 +129,6 @@ def summarize_row(
     def per_seed(point: dict, cell: dict, prefix: str = "sym_modes_") -> dict:
         direction = vanilla_direction(base.get(cell["seed"])) or vanilla_direction(cell)
         return mode_stats(*split_of(point, prefix), direction, demo_cw)
-
-    def agg(values: list[float]) -> dict:
-        v = finite(values)
-        return {"mean": float(np.mean(v)) if v else float("nan"), "ci95": ci95(v), "n": len(v)}
 
     finals = [per_seed(headline(c), c) for c in got]
     epochs = sorted(set.intersection(*[{p["epoch"] for p in c["curve"]} for c in got]))
@@ -216,11 +219,7 @@ def paired_with(got: list[dict], ref: dict[int, dict], per_seed) -> dict:
         for k in ("dominant_share", "tv_to_demos_upside_down"):
             diffs[k].append(mine[k] - theirs[k])
         diffs["mean_score"].append(headline(c)["mean_score"] - headline(v)["mean_score"])
-    out = {}
-    for k, vals in diffs.items():
-        v = finite(vals)
-        out[k] = {"mean": float(np.mean(v)) if v else float("nan"), "ci95": ci95(v), "n": len(v)}
-    return out
+    return {k: agg(vals) for k, vals in diffs.items()}
 
 
 def sampler_dial(s: dict, van: dict | None) -> dict | None:
@@ -243,19 +242,13 @@ def sampler_dial(s: dict, van: dict | None) -> dict | None:
     )
     theirs = {p["seed"]: p for p in van["final_steps"][key]["per_seed"]}
     keys = ("dominant_share", "tv_to_demos_upside_down", "mean_score")
-    diffs = {
-        k: finite([p[k] - theirs[p["seed"]][k] for p in mine["per_seed"] if p["seed"] in theirs])
-        for k in keys
-    }
+    diffs = {k: [p[k] - theirs[p["seed"]][k] for p in mine["per_seed"] if p["seed"] in theirs] for k in keys}
     return {
         "recipe_setting": setting,
         "vanilla_setting": key,
         "recipe": {"dominant_share": mine["dominant_share"], "score": mine["score"]},
         "vanilla": {k: van["final_steps"][key][k] for k in ("dominant_share", "score")},
-        **{
-            k: {"mean": float(np.mean(v)) if v else float("nan"), "ci95": ci95(v), "n": len(v)}
-            for k, v in diffs.items()
-        },
+        **{k: agg(v) for k, v in diffs.items()},
     }
 
 
