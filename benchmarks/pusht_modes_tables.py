@@ -188,7 +188,7 @@ def readme_verdict(s: dict) -> str:
         out += f"; against its control {s['control'].split('/')[1]}: {s['control_verdict']}"
     dial = s.get("dial")
     if dial and dial["mean_score"]["n"] >= 2 and dial["vanilla_setting"] != dial["recipe_setting"]:
-        out += f"; against vanilla at {s['dial']['vanilla_setting']} (nearest in score): {s['dial_verdict']}"
+        out += f"; against vanilla at {dial['vanilla_setting']} (nearest in score): {s['dial_verdict']}"
     return out
 
 
